@@ -1,0 +1,95 @@
+"""`loyale-sync`: the operator's command line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli import context as ctx
+from cli.render import outcome_table, plan_table, wait_for_run
+from producers.backfill import run_backfill
+from producers.loyale import CustomerNotFound
+from worker.errors import RetryableError, TenantFatalError
+from worker.outcomes import Outcome
+from worker.runtime import current_run
+from worker.sync import plan_customer, sync_customer
+
+app = typer.Typer(
+    help="Keep Klaviyo profiles in step with Loyale loyalty customers. Every command has --help.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+
+TenantOpt = Annotated[str | None, typer.Option("--tenant", "-t", help="Tenant id (default: the only tenant).")]
+
+
+@app.command()
+def backfill(
+    tenant: TenantOpt = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until every customer has an outcome.")] = False,
+) -> None:
+    """Enqueue every customer of the tenant's Loyale scheme, one task each, as a new run."""
+    from worker.app import app as celery_app
+
+    with ctx.runtime() as rt:
+        chosen = ctx.pick_tenant(rt.tenants, tenant)
+        loyale = ctx.loyale_client(rt.http, chosen)
+        run_id = rt.store.create_run(chosen.id, "backfill")
+        ctx.console.print(f"run [bold]{run_id}[/]: reading customers of {chosen.id} from Loyale…")
+        try:
+            produced = run_backfill(app=celery_app, store=rt.store, loyale=loyale, tenant=chosen.id, run_id=run_id)
+        except TenantFatalError as exc:
+            raise ctx.fail(str(exc)) from None
+        except RetryableError as exc:
+            raise ctx.fail(f"Loyale kept failing while paging ({exc}); run `loyale-sync backfill` again later") from None
+        ctx.console.print(f"enqueued {produced.enqueued} customers"
+                          + (f" ({produced.duplicates} duplicates from paging skipped)" if produced.duplicates else ""))
+        if not wait:
+            ctx.console.print(f"follow it with: loyale-sync status {run_id}")
+            return
+        info = wait_for_run(rt.store, run_id, console=ctx.console)
+        ctx.console.print(outcome_table(info))
+
+
+@app.command("sync-one")
+def sync_one(
+    customer_id: Annotated[str, typer.Argument(help="The Loyale customer id.")],
+    tenant: TenantOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only: read both systems, write nothing.")] = False,
+) -> None:
+    """Sync one customer now, in this process, and show the plan, the field changes and the outcome."""
+    with ctx.runtime() as rt:
+        chosen = ctx.pick_tenant(rt.tenants, tenant)
+        loyale = ctx.loyale_client(rt.http, chosen)
+        try:
+            payload = loyale.snapshot(loyale.customer(customer_id))
+        except CustomerNotFound:
+            raise ctx.fail(f"Loyale has no customer {customer_id!r} in scheme {chosen.loyale_scheme_id}") from None
+        except (TenantFatalError, RetryableError) as exc:
+            raise ctx.fail(str(exc)) from None
+        deps = rt.deps(chosen.id)
+        try:
+            if dry_run:
+                _, plan, warnings = plan_customer(deps, payload)
+                ctx.console.print(plan_table(plan))
+                for warning in warnings:
+                    ctx.console.print(f"[yellow]warning:[/] {warning}")
+                ctx.console.print(f"dry run: would end as [bold]{plan.outcome.value}[/]; nothing was written")
+                return
+            run_id = rt.store.create_run(chosen.id, "sync-one", customer=customer_id)
+            rt.store.mark_enqueued(run_id, [customer_id])
+            token = current_run.set(run_id)
+            try:
+                result = sync_customer(deps, run_id, payload)
+            finally:
+                current_run.reset(token)
+            rt.store.finish_producing(run_id, 1)
+        except (TenantFatalError, RetryableError) as exc:
+            raise ctx.fail(f"{exc} (nothing recorded; try again)") from None
+        if result.plan is not None:
+            ctx.console.print(plan_table(result.plan))
+        for warning in result.warnings:
+            ctx.console.print(f"[yellow]warning:[/] {warning}")
+        style = "red" if result.outcome in (Outcome.REJECTED, Outcome.CONFLICT, Outcome.INVALID) else "green"
+        ctx.console.print(f"outcome: [bold {style}]{result.outcome.value}[/] — {result.reason}"
+                          + (f" (Klaviyo profile {result.profile_id})" if result.profile_id else ""))

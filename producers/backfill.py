@@ -1,0 +1,66 @@
+"""Backfill: every customer of a scheme, one task each, under one run id.
+
+Streaming: one page of 100 customers is in memory at a time, whatever the size of the scheme.
+A customer that paging returns twice (records moving between pages while we read) is enqueued
+once, so the run's expected count is exact and the run ends when every customer has its outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from celery import Celery
+
+from producers.loyale import LoyaleClient
+from worker.store import Store
+from worker.sync import customer_id_of
+from worker.tasks import QUEUE_BACKFILL, enqueue
+
+log = structlog.get_logger("backfill")
+
+#: Stable order while paging, so a customer does not move between pages as others are added.
+BACKFILL_SORTS = "createdDate"
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class Produced:
+    run_id: str
+    enqueued: int
+    duplicates: int
+
+
+def enqueue_customers(app: Celery, store: Store, loyale: LoyaleClient, tenant: str, run_id: str,
+                      customers: list[object], queue: str) -> tuple[int, int]:
+    """Snapshot and enqueue a page of customers once each; returns (enqueued, duplicates)."""
+    payloads = [loyale.snapshot(raw) for raw in customers]
+    ids = [customer_id_of(p) for p in payloads]
+    fresh = store.mark_enqueued(run_id, ids)
+    enqueued = 0
+    for payload, is_new in zip(payloads, fresh, strict=True):
+        if is_new:
+            enqueue(app, tenant, run_id, payload, queue)
+            enqueued += 1
+    return enqueued, len(payloads) - enqueued
+
+
+def run_backfill(*, app: Celery, store: Store, loyale: LoyaleClient, tenant: str, run_id: str | None = None,
+                 queue: str = QUEUE_BACKFILL, on_progress: Progress | None = None) -> Produced:
+    """Page through the whole scheme and enqueue every customer; returns when all are enqueued."""
+    run_id = run_id or store.create_run(tenant, "backfill")
+    if store.run(run_id) is None:
+        store.create_run(tenant, "backfill", run_id=run_id)
+    enqueued = duplicates = 0
+    for page in loyale.pages(sorts=BACKFILL_SORTS):
+        added, dupes = enqueue_customers(app, store, loyale, tenant, run_id, page.customers, queue)
+        enqueued += added
+        duplicates += dupes
+        store.set_run_field(run_id, **{"meta:page": str(page.number)})
+        if on_progress:
+            on_progress(enqueued, page.total_count)
+    store.finish_producing(run_id, store.enqueued_count(run_id))
+    log.info("backfill_enqueued", tenant=tenant, run=run_id, customers=enqueued, duplicates=duplicates)
+    return Produced(run_id, enqueued, duplicates)

@@ -1,0 +1,76 @@
+"""Every Redis key this service writes, in one place. All start with `lks:` so they never collide
+with Celery's own keys when the broker and the state share a database."""
+
+from __future__ import annotations
+
+PREFIX = "lks"
+
+
+def run(run_id: str) -> str:
+    """Hash: tenant, kind, state, timestamps, `expected`, `completed`, `outcome:<name>` counters."""
+    return f"{PREFIX}:run:{run_id}"
+
+
+def run_outcomes(run_id: str) -> str:
+    """Hash customer id -> outcome: one terminal outcome per customer per run (HSETNX)."""
+    return f"{PREFIX}:run:{run_id}:outcomes"
+
+
+def run_problems(run_id: str) -> str:
+    """Hash customer id -> JSON {outcome, reason}: every non-success customer, for the report."""
+    return f"{PREFIX}:run:{run_id}:problems"
+
+
+def run_requests(run_id: str) -> str:
+    """Hash `<endpoint> <status>` -> count of Klaviyo requests this run spent."""
+    return f"{PREFIX}:run:{run_id}:requests"
+
+
+def runs_index(tenant: str | None = None) -> str:
+    """Sorted set of run ids by start time, for one tenant or all."""
+    return f"{PREFIX}:runs:{tenant}" if tenant else f"{PREFIX}:runs"
+
+
+def ledger(tenant: str, customer_id: str) -> str:
+    """List of JSON entries (newest first): the customer's history of outcomes across runs."""
+    return f"{PREFIX}:ledger:{tenant}:{customer_id}"
+
+
+def synced(tenant: str) -> str:
+    """Hash customer id -> updatedDate (epoch microseconds) of the newest snapshot synced."""
+    return f"{PREFIX}:tenant:{tenant}:synced"
+
+
+def suppressed_by_us(tenant: str) -> str:
+    """Hash email -> time: suppressions this service set (only these are ever lifted)."""
+    return f"{PREFIX}:tenant:{tenant}:suppressed"
+
+
+def paused(tenant: str) -> str:
+    """String JSON {reason, at}: the tenant's credentials failed; its tasks stop until fixed."""
+    return f"{PREFIX}:tenant:{tenant}:paused"
+
+
+def backoff_until(tenant: str) -> str:
+    """String epoch seconds: after a 429 no task of the tenant calls Klaviyo before this time."""
+    return f"{PREFIX}:tenant:{tenant}:backoff_until"
+
+
+def customer_lock(tenant: str, customer_id: str) -> str:
+    """One sync of a customer at a time, so a webhook and a pass cannot interleave their writes."""
+    return f"{PREFIX}:lock:{tenant}:{customer_id}"
+
+
+def journal(run_id: str) -> str:
+    """List of JSON entries: the old value of every field a run overwrote (for review and undo)."""
+    return f"{PREFIX}:journal:{run_id}"
+
+
+def queued(tenant: str) -> str:
+    """Counter of the tenant's tasks enqueued and not yet finished (backfill backpressure)."""
+    return f"{PREFIX}:tenant:{tenant}:queued"
+
+
+def run_enqueued(run_id: str) -> str:
+    """Set of customer ids enqueued in the run: dedupes a customer that paging returns twice."""
+    return f"{PREFIX}:run:{run_id}:enqueued"

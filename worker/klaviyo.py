@@ -1,0 +1,311 @@
+"""Typed client for the Klaviyo endpoints the sync uses (JSON:API, pinned `revision`).
+
+One `httpx.Client` per process is passed in (explicit timeouts, pooled connections, shared by every
+tenant); each `KlaviyoClient` adds one tenant's key. Every response is mapped to what the caller
+should do (see `worker.errors`): data, a retry, a stop for the tenant, or a per-customer rejection.
+Before each request the optional `gate` is asked for permission (the cluster-wide rate limiter); it
+raises `Deferred` when the request must wait.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from worker.errors import DuplicateProfile, RecordRejected, RetryableError, TenantFatalError, Throttled
+from worker.models import KlaviyoProfile
+
+JSONAPI = "application/vnd.api+json"
+EXPECTED_IN = re.compile(r"available in (\d+(?:\.\d+)?) second", re.IGNORECASE)
+RETRYABLE_STATUSES = frozenset({500, 502, 503, 504, 520, 522, 524})
+#: Filter values Klaviyo accepts in one `any(...)`; lookups are chunked to this size.
+MAX_FILTER_VALUES = 100
+MAX_SUPPRESSION_EMAILS = 100
+MAX_BULK_PROFILES = 10_000
+
+# Endpoint names used for rate limiting and request counting (operation, not concrete path).
+GET_PROFILES = "GET /api/profiles"
+CREATE_PROFILE = "POST /api/profiles"
+UPDATE_PROFILE = "PATCH /api/profiles/{id}"
+IMPORT_PROFILE = "POST /api/profile-import"
+BULK_IMPORT = "POST /api/profile-bulk-import-jobs"
+GET_BULK_IMPORT = "GET /api/profile-bulk-import-jobs/{id}"
+GET_IMPORT_ERRORS = "GET /api/profile-bulk-import-jobs/{id}/import-errors"
+SUPPRESS = "POST /api/profile-suppression-bulk-create-jobs"
+UNSUPPRESS = "POST /api/profile-suppression-bulk-delete-jobs"
+GET_ACCOUNTS = "GET /api/accounts"
+
+Gate = Callable[[str], None]
+RequestHook = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class BulkImportJob:
+    id: str
+    status: str
+    total_count: int = 0
+    completed_count: int = 0
+    failed_count: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("complete", "cancelled")
+
+
+@dataclass(frozen=True)
+class ImportError_:
+    """One row Klaviyo could not import (`import-errors`), with the payload it came from."""
+
+    code: str
+    detail: str
+    pointer: str | None
+    original_payload: dict[str, Any]
+
+
+def _first_error(body: Any) -> dict[str, Any]:
+    if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
+        first = body["errors"][0]
+        if isinstance(first, dict):
+            return first
+    return {}
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """Seconds to wait after a 429: the Retry-After header, else the "available in N seconds" detail."""
+    header = response.headers.get("Retry-After")
+    if header is not None:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            pass
+    try:
+        detail = str(_first_error(response.json()).get("detail") or "")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    found = EXPECTED_IN.search(detail)
+    return float(found.group(1)) if found else None
+
+
+def raise_for_klaviyo(response: httpx.Response, tenant: str) -> None:
+    """Map a non-2xx answer to the error that says what the caller should do."""
+    status = response.status_code
+    if status < 400:
+        return
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    error = _first_error(body)
+    code = str(error.get("code") or "")
+    detail = str(error.get("detail") or error.get("title") or response.reason_phrase or "")
+    source = error.get("source") if isinstance(error.get("source"), dict) else {}
+    pointer = source.get("pointer") or source.get("parameter")
+    if status == 429:
+        wait = retry_after_s(response)
+        raise Throttled(f"Klaviyo throttled the request (429); retry in {wait}s", retry_after_s=wait)
+    if status in RETRYABLE_STATUSES or status >= 500:
+        raise RetryableError(f"Klaviyo answered {status}: {detail[:200]}")
+    if status in (401, 403) and not error:
+        # Not Klaviyo's JSON: a CDN page (e.g. a Cloudflare challenge) in front of the API. The key
+        # may be fine, so this is retried rather than stopping the tenant.
+        raise RetryableError(f"Klaviyo answered {status} with a non-JSON page (likely a CDN block); retrying")
+    if status == 401:
+        raise TenantFatalError(
+            tenant,
+            f"Klaviyo rejected the private API key ({code or 401}: {detail}). Create a new private key in "
+            "Klaviyo (Settings > API Keys) and update the tenant's klaviyo_private_key",
+        )
+    if status == 403:
+        raise TenantFatalError(
+            tenant,
+            f"the Klaviyo private API key lacks a scope this sync needs ({code or 403}: {detail}). It needs "
+            "profiles:read, profiles:write, subscriptions:write and lists:write; `loyale-sync verify` shows "
+            "which are missing. Scopes cannot be added to a key: create a new one",
+        )
+    if status == 410:
+        raise TenantFatalError(tenant, f"Klaviyo retired the API revision in use (410): {detail}; "
+                                       "set SYNC_KLAVIYO_REVISION to a current revision")
+    if status == 409 and code == "duplicate_profile":
+        meta = error.get("meta") if isinstance(error.get("meta"), dict) else {}
+        raise DuplicateProfile(detail, meta.get("duplicate_profile_id"), pointer)
+    raise RecordRejected(status, code or str(status), detail[:500], pointer)
+
+
+class KlaviyoClient:
+    """One tenant's view of Klaviyo. `http` is shared; `gate` and `on_request` are optional hooks."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        *,
+        tenant: str,
+        base_url: str,
+        private_key: SecretStr,
+        revision: str,
+        gate: Gate | None = None,
+        on_request: RequestHook | None = None,
+    ) -> None:
+        self._http = http
+        self.tenant = tenant
+        self._base = base_url.rstrip("/")
+        self._headers = {
+            "Authorization": f"Klaviyo-API-Key {private_key.get_secret_value()}",
+            "revision": revision,
+            "Accept": JSONAPI,
+        }
+        self._gate = gate
+        self._on_request = on_request
+
+    # --- transport -------------------------------------------------------------------------------
+
+    def _request(self, endpoint: str, method: str, path: str, *, params: dict[str, Any] | None = None,
+                 body: Any = None) -> Any:
+        if self._gate is not None:
+            self._gate(endpoint)
+        headers = dict(self._headers)
+        content = None
+        if body is not None:
+            headers["Content-Type"] = JSONAPI
+            content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        url = path if path.startswith("http") else f"{self._base}{path}"
+        try:
+            response = self._http.request(method, url, params=params, content=content, headers=headers)
+        except httpx.TimeoutException as exc:
+            self._count(endpoint, 0)
+            raise RetryableError(f"Klaviyo did not answer in time ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            self._count(endpoint, 0)
+            raise RetryableError(f"connection to Klaviyo failed ({type(exc).__name__}: {exc})") from exc
+        self._count(endpoint, response.status_code)
+        raise_for_klaviyo(response, self.tenant)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RetryableError(f"Klaviyo answered {response.status_code} with a body that is not JSON") from exc
+
+    def _count(self, endpoint: str, status: int) -> None:
+        if self._on_request is not None:
+            self._on_request(endpoint, status)
+
+    @staticmethod
+    def _data(body: Any) -> Any:
+        if not isinstance(body, dict) or "data" not in body:
+            raise RetryableError("Klaviyo answered without a JSON:API `data` member")
+        return body["data"]
+
+    # --- profiles --------------------------------------------------------------------------------
+
+    def find_profiles(self, filter_expr: str, *, page_size: int = 100,
+                      with_subscriptions: bool = True) -> Iterator[KlaviyoProfile]:
+        """Every profile matching a Klaviyo filter expression, following `links.next`."""
+        params: dict[str, Any] | None = {"filter": filter_expr, "page[size]": page_size}
+        if with_subscriptions and params is not None:
+            params["additional-fields[profile]"] = "subscriptions"
+        url = "/api/profiles"
+        while url:
+            body = self._request(GET_PROFILES, "GET", url, params=params)
+            for resource in self._data(body) or []:
+                yield KlaviyoProfile.from_resource(resource)
+            url = ((body.get("links") or {}).get("next")) or ""
+            params = None  # `next` is a full URL carrying the cursor and every parameter
+
+    def find_one(self, field: str, value: str) -> KlaviyoProfile | None:
+        """The profile whose identifier `field` (email, external_id, phone_number) equals `value`."""
+        found = list(self.find_profiles(f"equals({field},{json.dumps(value)})", page_size=1))
+        return found[0] if found else None
+
+    def find_many(self, field: str, values: list[str]) -> list[KlaviyoProfile]:
+        """Profiles whose `field` is any of `values` (chunked into lookups of 100)."""
+        profiles: list[KlaviyoProfile] = []
+        for start in range(0, len(values), MAX_FILTER_VALUES):
+            chunk = values[start:start + MAX_FILTER_VALUES]
+            profiles.extend(self.find_profiles(f"any({field},{json.dumps(chunk)})", page_size=100))
+        return profiles
+
+    def create_profile(self, attributes: dict[str, Any]) -> KlaviyoProfile:
+        body = {"data": {"type": "profile", "attributes": attributes}}
+        return KlaviyoProfile.from_resource(self._data(self._request(CREATE_PROFILE, "POST", "/api/profiles",
+                                                                     body=body)))
+
+    def update_profile(self, profile_id: str, attributes: dict[str, Any]) -> KlaviyoProfile:
+        body = {"data": {"type": "profile", "id": profile_id, "attributes": attributes}}
+        return KlaviyoProfile.from_resource(
+            self._data(self._request(UPDATE_PROFILE, "PATCH", f"/api/profiles/{profile_id}", body=body)))
+
+    def import_profile(self, attributes: dict[str, Any], profile_id: str | None = None) -> KlaviyoProfile:
+        """Create-or-update (`profile-import`); matches by `profile_id` or else by identifiers."""
+        data: dict[str, Any] = {"type": "profile", "attributes": attributes}
+        if profile_id:
+            data["id"] = profile_id
+        return KlaviyoProfile.from_resource(self._data(self._request(IMPORT_PROFILE, "POST", "/api/profile-import",
+                                                                     body={"data": data})))
+
+    # --- suppression -----------------------------------------------------------------------------
+
+    def _suppression_job(self, endpoint: str, job_type: str, emails: list[str]) -> None:
+        for start in range(0, len(emails), MAX_SUPPRESSION_EMAILS):
+            chunk = emails[start:start + MAX_SUPPRESSION_EMAILS]
+            body = {"data": {"type": job_type, "attributes": {"profiles": {"data": [
+                {"type": "profile", "attributes": {"email": email}} for email in chunk]}}}}
+            self._request(endpoint, "POST", endpoint.split(" ", 1)[1], body=body)
+
+    def suppress(self, emails: list[str]) -> None:
+        """Suppress email marketing for these addresses (reason USER_SUPPRESSED), 100 per request."""
+        self._suppression_job(SUPPRESS, "profile-suppression-bulk-create-job", emails)
+
+    def unsuppress(self, emails: list[str]) -> None:
+        """Lift USER_SUPPRESSED suppressions (Klaviyo never lifts bounces or unsubscribes this way)."""
+        self._suppression_job(UNSUPPRESS, "profile-suppression-bulk-delete-job", emails)
+
+    # --- bulk import -----------------------------------------------------------------------------
+
+    def start_bulk_import(self, rows: list[dict[str, Any]]) -> BulkImportJob:
+        """Submit up to 10,000 profile rows (`{"type": "profile", "attributes": ...}`) as one job."""
+        body = {"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": rows}}}}
+        return self._job(self._data(self._request(BULK_IMPORT, "POST", "/api/profile-bulk-import-jobs", body=body)))
+
+    def bulk_import_job(self, job_id: str) -> BulkImportJob:
+        return self._job(self._data(self._request(GET_BULK_IMPORT, "GET", f"/api/profile-bulk-import-jobs/{job_id}")))
+
+    def import_errors(self, job_id: str) -> list[ImportError_]:
+        errors: list[ImportError_] = []
+        url = f"/api/profile-bulk-import-jobs/{job_id}/import-errors"
+        params: dict[str, Any] | None = {"page[size]": 100}
+        while url:
+            body = self._request(GET_IMPORT_ERRORS, "GET", url, params=params)
+            for item in self._data(body) or []:
+                attrs = item.get("attributes") or {}
+                errors.append(ImportError_(
+                    code=str(attrs.get("code") or ""), detail=str(attrs.get("detail") or attrs.get("title") or ""),
+                    pointer=(attrs.get("source") or {}).get("pointer"),
+                    original_payload=attrs.get("original_payload") or {},
+                ))
+            url = ((body.get("links") or {}).get("next")) or ""
+            params = None
+        return errors
+
+    @staticmethod
+    def _job(data: dict[str, Any]) -> BulkImportJob:
+        attrs = data.get("attributes") or {}
+        return BulkImportJob(
+            id=str(data["id"]), status=str(attrs.get("status") or "queued"),
+            total_count=int(attrs.get("total_count") or 0), completed_count=int(attrs.get("completed_count") or 0),
+            failed_count=int(attrs.get("failed_count") or 0),
+        )
+
+    # --- account ---------------------------------------------------------------------------------
+
+    def account(self) -> dict[str, Any]:
+        """The account the key belongs to (`GET /api/accounts`: 1/s, 15/min; call it rarely)."""
+        data = self._data(self._request(GET_ACCOUNTS, "GET", "/api/accounts"))
+        if not data:
+            raise RetryableError("Klaviyo returned no account for this key")
+        return dict(data[0])

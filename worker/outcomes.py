@@ -1,0 +1,27 @@
+"""The terminal outcomes of a customer in a run (DESIGN.md, decision 9)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    CREATED = "created"                        #: a new Klaviyo profile was created
+    UPDATED = "updated"                        #: fields of an existing profile were written
+    UNCHANGED = "unchanged"                    #: Klaviyo already matched; nothing was sent
+    SKIPPED_EXISTING = "skipped_existing"      #: merge off: the existing profile was left as it is
+    SKIPPED_NO_CONSENT = "skipped_no_consent"  #: not opted in and not in Klaviyo: never created
+    SUPPRESSED = "suppressed"                  #: opted out (or deleted/suspended): suppressed in Klaviyo
+    UNSUPPRESSED = "unsuppressed"              #: opted in again: our own suppression was lifted
+    STALE = "stale"                            #: an older snapshot than one already synced: dropped
+    INVALID = "invalid"                        #: refused before sending (no email and phone, bad email)
+    REJECTED = "rejected"                      #: Klaviyo refused it (4xx); its detail is kept
+    CONFLICT = "conflict"                      #: email and external id point at different profiles
+    FAILED = "failed"                          #: retries exhausted or tenant paused; re-drivable
+
+
+#: Outcomes an operator has to look at; `loyale-sync failures` lists FAILED and REJECTED.
+PROBLEMS = frozenset({Outcome.INVALID, Outcome.REJECTED, Outcome.CONFLICT, Outcome.FAILED})
+RETRYABLE = frozenset({Outcome.FAILED, Outcome.REJECTED})
+#: Outcomes after which the snapshot counts as synced (a later, older snapshot is stale).
+SETTLED = frozenset(Outcome) - {Outcome.FAILED, Outcome.STALE}

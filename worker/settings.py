@@ -1,0 +1,221 @@
+"""Settings, loaded once per process from the environment (prefix `SYNC_`) and an optional `.env`.
+
+Tenants (one per Loyale scheme / brand) come from a TOML file named by `SYNC_TENANTS_FILE`, or, for a
+single tenant, from `SYNC_TENANT_*` variables. Secrets in the TOML file may be written as
+`env:NAME` so the file itself can be committed to a deployment repository without keys in it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+KLAVIYO_PRIVATE_KEY = re.compile(r"^pk_[A-Za-z0-9]+$")
+KLAVIYO_PUBLIC_KEY = re.compile(r"^[A-Za-z0-9]{6}$")
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class TenantConfig(BaseModel):
+    """One brand: its Loyale scheme, its Klaviyo account and its merge settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    loyale_base_url: str = "https://api.loyale.io"
+    loyale_scheme_id: str
+    loyale_admin_email: str
+    loyale_admin_password: SecretStr
+    klaviyo_base_url: str = "https://a.klaviyo.com"
+    klaviyo_private_key: SecretStr
+    #: Merge Customers: on = Loyale overwrites conflicting Klaviyo fields; off (default) = Klaviyo wins.
+    merge_customers: bool = False
+    #: With merge off: "skip" leaves existing profiles untouched, "fill_empty" sets only empty fields.
+    existing_profiles: Literal["skip", "fill_empty"] = "skip"
+    #: Share of each Klaviyo quota left for the brand's other integrations (0.0 - 0.9).
+    headroom: float = Field(default=0.0, ge=0.0, le=0.9)
+    #: ISO region used for phones that carry no country code (e.g. "MT"); None drops such phones.
+    default_phone_region: str | None = None
+    #: Optional nightly full backfill, cron syntax ("0 3 * * *"); None = no scheduled backfill.
+    backfill_cron: str | None = None
+    #: Email of our Loyale admin user: webhook events caused by it are ignored (loop avoidance).
+    loyale_own_admin_email: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _tenant_id(cls, value: str) -> str:
+        if not TENANT_ID.match(value):
+            raise ValueError("tenant id must be 1-63 lower-case letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("klaviyo_private_key")
+    @classmethod
+    def _private_key(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value().strip()
+        if KLAVIYO_PUBLIC_KEY.match(raw):
+            raise ValueError(
+                "this is Klaviyo's 6-character public API key (site ID), which cannot read or write profiles. "
+                "Create a private key in Klaviyo under Settings > API Keys > Create Private API Key "
+                "(scopes: profiles:read, profiles:write, subscriptions:write, lists:write; accounts:read "
+                "for `loyale-sync verify`) and use that pk_... value"
+            )
+        if not KLAVIYO_PRIVATE_KEY.match(raw):
+            raise ValueError(
+                "a Klaviyo private API key starts with 'pk_' followed by letters and digits; "
+                "copy it from Klaviyo under Settings > API Keys"
+            )
+        return SecretStr(raw)
+
+    @field_validator("loyale_base_url", "klaviyo_base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @property
+    def own_admin_email(self) -> str:
+        return (self.loyale_own_admin_email or self.loyale_admin_email).strip().lower()
+
+
+class Settings(BaseSettings):
+    """Process-wide settings. Durations carry their unit in the name."""
+
+    model_config = SettingsConfigDict(env_prefix="SYNC_", env_file=".env", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Celery broker; defaults to `redis_url`.
+    broker_url: str | None = None
+    tenants_file: Path | None = None
+
+    # Single-tenant configuration from the environment (used when no tenants file is given).
+    tenant_id: str = "default"
+    tenant_loyale_base_url: str | None = None
+    tenant_loyale_scheme_id: str | None = None
+    tenant_loyale_admin_email: str | None = None
+    tenant_loyale_admin_password: SecretStr | None = None
+    tenant_klaviyo_base_url: str | None = None
+    tenant_klaviyo_private_key: SecretStr | None = None
+    tenant_merge_customers: bool = False
+    tenant_existing_profiles: Literal["skip", "fill_empty"] = "skip"
+    tenant_headroom: float = 0.0
+    tenant_default_phone_region: str | None = None
+    tenant_backfill_cron: str | None = None
+
+    klaviyo_revision: str = "2026-07-15"
+    #: Klaviyo's OpenAPI spec, read for the `x-klaviyo-ratelimit` numbers (built-in table if absent).
+    klaviyo_spec_path: Path | None = None
+    http_timeout_s: float = 20.0
+    http_connect_timeout_s: float = 5.0
+
+    #: Attempts per customer before the outcome is `failed` (deferrals by our limiter do not count).
+    max_attempts: int = 8
+    retry_base_s: float = 2.0
+    retry_max_s: float = 300.0
+    #: Redis broker visibility timeout: an unacked message is redelivered after this long. Every
+    #: countdown we schedule stays far below it (see `max_countdown_s`).
+    visibility_timeout_s: int = 3600
+    #: How long a run's ledger, outcomes and journal are kept in Redis.
+    retention_days: int = 30
+
+    #: Backfill backpressure: at most this many of a tenant's tasks wait on the queue at once.
+    max_queued_per_tenant: int = 10_000
+    incremental_interval_s: float = 60.0
+    incremental_overlap_s: float = 120.0
+
+    log_json: bool | None = None
+    log_level: str = "INFO"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def max_countdown_s(self) -> float:
+        """Longest countdown a task may be given: a quarter of the visibility timeout."""
+        return self.visibility_timeout_s / 4
+
+    def load_tenants(self) -> dict[str, TenantConfig]:
+        """All configured tenants by id; raises ConfigError saying what is wrong and how to fix it."""
+        if self.tenants_file is not None:
+            return load_tenants_file(self.tenants_file)
+        if not self.tenant_loyale_scheme_id:
+            raise ConfigError(
+                "no tenants configured: set SYNC_TENANTS_FILE to a tenants TOML file, or set "
+                "SYNC_TENANT_LOYALE_SCHEME_ID, SYNC_TENANT_LOYALE_ADMIN_EMAIL, SYNC_TENANT_LOYALE_ADMIN_PASSWORD "
+                "and SYNC_TENANT_KLAVIYO_PRIVATE_KEY (see .env.example)"
+            )
+        raw: dict[str, Any] = {
+            "loyale_scheme_id": self.tenant_loyale_scheme_id,
+            "loyale_admin_email": self.tenant_loyale_admin_email,
+            "loyale_admin_password": _secret(self.tenant_loyale_admin_password),
+            "klaviyo_private_key": _secret(self.tenant_klaviyo_private_key),
+            "merge_customers": self.tenant_merge_customers,
+            "existing_profiles": self.tenant_existing_profiles,
+            "headroom": self.tenant_headroom,
+            "default_phone_region": self.tenant_default_phone_region,
+            "backfill_cron": self.tenant_backfill_cron,
+        }
+        if self.tenant_loyale_base_url:
+            raw["loyale_base_url"] = self.tenant_loyale_base_url
+        if self.tenant_klaviyo_base_url:
+            raw["klaviyo_base_url"] = self.tenant_klaviyo_base_url
+        return {self.tenant_id: _tenant(self.tenant_id, raw, "SYNC_TENANT_* environment variables")}
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def _resolve_env_refs(tenant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Replace `env:NAME` values by the environment variable NAME."""
+    resolved = {}
+    for key, value in raw.items():
+        if isinstance(value, str) and value.startswith("env:"):
+            name = value[4:]
+            if name not in os.environ:
+                raise ConfigError(
+                    f"tenant {tenant_id!r}: {key} refers to environment variable {name}, which is not set"
+                )
+            value = os.environ[name]
+        resolved[key] = value
+    return resolved
+
+
+def _tenant(tenant_id: str, raw: dict[str, Any], source: str) -> TenantConfig:
+    try:
+        return TenantConfig(id=tenant_id, **_resolve_env_refs(tenant_id, raw))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'tenant'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"tenant {tenant_id!r} in {source} is invalid: {problems}") from None
+
+
+def load_tenants_file(path: Path) -> dict[str, TenantConfig]:
+    """Parse a tenants TOML file: one `[tenants.<id>]` table per brand."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"tenants file {path} does not exist (SYNC_TENANTS_FILE)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"tenants file {path} is not valid TOML: {exc}") from None
+    tables = data.get("tenants")
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError(f"tenants file {path} has no [tenants.<id>] tables")
+    return {tid: _tenant(tid, dict(raw), str(path)) for tid, raw in tables.items()}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process, read once."""
+    return Settings()

@@ -1,0 +1,260 @@
+"""Run counters, the per-customer ledger and sync memory, in Redis.
+
+Recording an outcome is one Lua script, so under redelivery (a killed worker, a duplicate message)
+a customer still gets exactly one outcome per run and every counter moves exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from worker import keys
+from worker.merge import FieldChange, Memory
+from worker.outcomes import PROBLEMS, SETTLED, Outcome
+
+RECORD_OUTCOME = """
+-- KEYS: 1 run outcomes, 2 run hash, 3 run problems, 4 customer ledger, 5 tenant synced
+-- ARGV: 1 customer, 2 outcome, 3 entry json, 4 is problem, 5 updated epoch-us or '', 6 ledger max,
+--       7 ttl seconds, 8 now (epoch seconds, string)
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'outcome:' .. ARGV[2], 1)
+local completed = redis.call('HINCRBY', KEYS[2], 'completed', 1)
+if ARGV[4] == '1' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[3]) end
+redis.call('LPUSH', KEYS[4], ARGV[3])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
+redis.call('EXPIRE', KEYS[4], ARGV[7])
+if ARGV[5] ~= '' then
+  local current = redis.call('HGET', KEYS[5], ARGV[1])
+  if (not current) or tonumber(current) < tonumber(ARGV[5]) then redis.call('HSET', KEYS[5], ARGV[1], ARGV[5]) end
+end
+local expected = tonumber(redis.call('HGET', KEYS[2], 'expected') or '-1')
+if redis.call('HGET', KEYS[2], 'produced') == '1' and expected >= 0 and completed >= expected then
+  if redis.call('HGET', KEYS[2], 'state') ~= 'done' then
+    redis.call('HSET', KEYS[2], 'state', 'done', 'finished_at', ARGV[8])
+  end
+end
+return 1
+"""
+
+FINISH_PRODUCING = """
+-- KEYS: 1 run hash. ARGV: 1 expected, 2 now
+redis.call('HSET', KEYS[1], 'expected', ARGV[1], 'produced', '1', 'produced_at', ARGV[2])
+local completed = tonumber(redis.call('HGET', KEYS[1], 'completed') or '0')
+if completed >= tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'state', 'done', 'finished_at', ARGV[2])
+else
+  redis.call('HSET', KEYS[1], 'state', 'running')
+end
+return 1
+"""
+
+RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+LEDGER_MAX_ENTRIES = 50
+
+
+def epoch_us(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)
+
+
+def new_run_id(kind: str) -> str:
+    """Sortable, readable and unique: `backfill-20261128T184500-3f9a`."""
+    return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: str
+    tenant: str
+    kind: str
+    state: str
+    started_at: float
+    finished_at: float | None
+    expected: int | None
+    completed: int
+    counts: dict[str, int] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        end = self.finished_at or time.time()
+        return max(0.0, end - self.started_at)
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+
+class Store:
+    """All sync state in Redis, for one deployment. `redis` is passed in (decode_responses=True)."""
+
+    def __init__(self, client: redis.Redis, retention_days: int = 30) -> None:
+        self.redis = client
+        self.ttl_s = retention_days * 86_400
+        self._record = client.register_script(RECORD_OUTCOME)
+        self._finish = client.register_script(FINISH_PRODUCING)
+        self._release = client.register_script(RELEASE_LOCK)
+
+    # --- runs ------------------------------------------------------------------------------------
+
+    def create_run(self, tenant: str, kind: str, run_id: str | None = None, **meta: str) -> str:
+        run_id = run_id or new_run_id(kind)
+        now = time.time()
+        fields = {"tenant": tenant, "kind": kind, "state": "producing", "started_at": repr(now),
+                  "completed": 0, **{f"meta:{k}": v for k, v in meta.items()}}
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.run(run_id), mapping=fields)
+        pipe.zadd(keys.runs_index(tenant), {run_id: now})
+        pipe.zadd(keys.runs_index(), {run_id: now})
+        for key in (keys.run(run_id),):
+            pipe.expire(key, self.ttl_s)
+        pipe.execute()
+        return run_id
+
+    def mark_enqueued(self, run_id: str, customer_ids: list[str]) -> list[bool]:
+        """Remember that these customers are on the queue for the run; False for ones already there."""
+        pipe = self.redis.pipeline()
+        for customer_id in customer_ids:
+            pipe.sadd(keys.run_enqueued(run_id), customer_id)
+        pipe.expire(keys.run_enqueued(run_id), self.ttl_s)
+        return [bool(added) for added in pipe.execute()[:-1]]
+
+    def enqueued_count(self, run_id: str) -> int:
+        return int(self.redis.scard(keys.run_enqueued(run_id)))
+
+    def finish_producing(self, run_id: str, expected: int) -> None:
+        """The producer enqueued `expected` customers; the run is done when all have an outcome."""
+        self._finish(keys=[keys.run(run_id)], args=[expected, repr(time.time())])
+        for key in (keys.run_outcomes(run_id), keys.run_problems(run_id), keys.run_requests(run_id),
+                    keys.journal(run_id), keys.run_enqueued(run_id)):
+            self.redis.expire(key, self.ttl_s)
+
+    def set_run_field(self, run_id: str, **values: str) -> None:
+        self.redis.hset(keys.run(run_id), mapping=values)
+
+    def run(self, run_id: str) -> RunInfo | None:
+        raw = self.redis.hgetall(keys.run(run_id))
+        if not raw:
+            return None
+        return RunInfo(
+            id=run_id, tenant=raw.get("tenant", ""), kind=raw.get("kind", ""), state=raw.get("state", ""),
+            started_at=float(raw.get("started_at", 0)),
+            finished_at=float(raw["finished_at"]) if raw.get("finished_at") else None,
+            expected=int(raw["expected"]) if raw.get("expected") else None,
+            completed=int(raw.get("completed", 0)),
+            counts={k.split(":", 1)[1]: int(v) for k, v in raw.items() if k.startswith("outcome:")},
+            meta={k.split(":", 1)[1]: v for k, v in raw.items() if k.startswith("meta:")},
+        )
+
+    def runs(self, tenant: str | None = None, limit: int = 20) -> list[RunInfo]:
+        ids = self.redis.zrevrange(keys.runs_index(tenant), 0, limit - 1)
+        return [info for run_id in ids if (info := self.run(run_id)) is not None]
+
+    def problems(self, run_id: str) -> dict[str, dict[str, Any]]:
+        return {cid: json.loads(entry) for cid, entry in self.redis.hgetall(keys.run_problems(run_id)).items()}
+
+    def outcomes(self, run_id: str) -> dict[str, str]:
+        return dict(self.redis.hgetall(keys.run_outcomes(run_id)))
+
+    def count_request(self, run_id: str | None, endpoint: str, status: int) -> None:
+        if run_id:
+            self.redis.hincrby(keys.run_requests(run_id), f"{endpoint} {status}", 1)
+
+    def requests(self, run_id: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self.redis.hgetall(keys.run_requests(run_id)).items()}
+
+    # --- outcomes and the ledger -----------------------------------------------------------------
+
+    def record_outcome(
+        self, *, run_id: str, tenant: str, customer_id: str, outcome: Outcome, reason: str = "",
+        profile_id: str | None = None, updated_date: datetime | None = None, warnings: list[str] | None = None,
+    ) -> bool:
+        """Record the customer's terminal outcome for the run; False if it already had one."""
+        entry = {"run": run_id, "outcome": outcome.value, "reason": reason, "profile_id": profile_id,
+                 "updated_date": updated_date.isoformat() if updated_date else None, "at": time.time()}
+        if warnings:
+            entry["warnings"] = warnings
+        settled = outcome in SETTLED and updated_date is not None
+        return bool(self._record(
+            keys=[keys.run_outcomes(run_id), keys.run(run_id), keys.run_problems(run_id),
+                  keys.ledger(tenant, customer_id), keys.synced(tenant)],
+            args=[customer_id, outcome.value, json.dumps(entry, ensure_ascii=False),
+                  "1" if outcome in PROBLEMS else "0", str(epoch_us(updated_date)) if settled else "",
+                  LEDGER_MAX_ENTRIES, self.ttl_s, repr(time.time())],
+        ))
+
+    def history(self, tenant: str, customer_id: str) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.redis.lrange(keys.ledger(tenant, customer_id), 0, -1)]
+
+    def memory(self, tenant: str, customer_id: str, email: str | None) -> Memory:
+        pipe = self.redis.pipeline()
+        pipe.hget(keys.synced(tenant), customer_id)
+        pipe.hexists(keys.suppressed_by_us(tenant), email or "")
+        last, ours = pipe.execute()
+        last_synced = datetime.fromtimestamp(int(last) / 1_000_000, UTC) if last else None
+        return Memory(last_synced=last_synced, suppressed_by_us=bool(email) and bool(ours))
+
+    def mark_suppressed(self, tenant: str, email: str) -> None:
+        self.redis.hset(keys.suppressed_by_us(tenant), email, repr(time.time()))
+
+    def mark_unsuppressed(self, tenant: str, email: str) -> None:
+        self.redis.hdel(keys.suppressed_by_us(tenant), email)
+
+    def journal_overwrites(self, run_id: str, tenant: str, customer_id: str, profile_id: str,
+                           changes: tuple[FieldChange, ...]) -> None:
+        """Write the old value of every field about to be overwritten, before the write is sent."""
+        if not changes:
+            return
+        now = time.time()
+        entries = [json.dumps({"run": run_id, "tenant": tenant, "customer_id": customer_id, "profile_id": profile_id,
+                               "field": c.field, "old": c.old, "new": c.new, "at": now}, ensure_ascii=False)
+                   for c in changes]
+        pipe = self.redis.pipeline()
+        pipe.rpush(keys.journal(run_id), *entries)
+        pipe.expire(keys.journal(run_id), self.ttl_s)
+        pipe.execute()
+
+    def journal(self, run_id: str) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.redis.lrange(keys.journal(run_id), 0, -1)]
+
+    # --- tenant state ----------------------------------------------------------------------------
+
+    def pause_tenant(self, tenant: str, reason: str) -> bool:
+        """Pause the tenant; True if this call paused it (so only one error is logged)."""
+        return bool(self.redis.set(keys.paused(tenant), json.dumps({"reason": reason, "at": time.time()}), nx=True))
+
+    def tenant_paused(self, tenant: str) -> str | None:
+        raw = self.redis.get(keys.paused(tenant))
+        return json.loads(raw)["reason"] if raw else None
+
+    def resume_tenant(self, tenant: str) -> bool:
+        return bool(self.redis.delete(keys.paused(tenant)))
+
+    def back_off_tenant(self, tenant: str, seconds: float) -> None:
+        """No task of the tenant calls Klaviyo for `seconds` (only ever extends the back-off)."""
+        until = time.time() + seconds
+        current = self.redis.get(keys.backoff_until(tenant))
+        if current is None or float(current) < until:
+            self.redis.set(keys.backoff_until(tenant), repr(until), px=max(1, int(seconds * 1000) + 1000))
+
+    def backoff_remaining_s(self, tenant: str) -> float:
+        current = self.redis.get(keys.backoff_until(tenant))
+        return max(0.0, float(current) - time.time()) if current else 0.0
+
+    # --- per-customer lock -----------------------------------------------------------------------
+
+    def lock_customer(self, tenant: str, customer_id: str, token: str, ttl_s: float = 120.0) -> bool:
+        return bool(self.redis.set(keys.customer_lock(tenant, customer_id), token, nx=True, px=int(ttl_s * 1000)))
+
+    def unlock_customer(self, tenant: str, customer_id: str, token: str) -> None:
+        self._release(keys=[keys.customer_lock(tenant, customer_id)], args=[token])
