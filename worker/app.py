@@ -32,6 +32,9 @@ def create_app(settings: Settings) -> Celery:
             "visibility_timeout": settings.visibility_timeout_s,
             # Round robin between the incremental and the backfill queue.
             "queue_order_strategy": "round_robin",
+            # Messages of a worker that died are restored once older than the visibility timeout;
+            # sweep often enough that recovery takes about 1.1x the timeout, not a fixed 100 s.
+            "unacked_restore_interval": max(1, settings.visibility_timeout_s // 100),
         },
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,

@@ -1,0 +1,37 @@
+"""Integration fixtures: fake Loyale and fake Klaviyo as real processes on loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from fakes.klaviyo_control import FakeKlaviyoControl
+from fakes.loyale_control import FakeLoyaleControl
+from fakes.serving import ServerProcess
+
+
+@pytest.fixture(scope="session")
+def fake_loyale_server() -> Iterator[ServerProcess]:
+    with ServerProcess(module="fakes.loyale") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_klaviyo_server() -> Iterator[ServerProcess]:
+    with ServerProcess(module="fakes.klaviyo", args=["--validate-spec"]) as server:
+        yield server
+
+
+@pytest.fixture
+def loyale(fake_loyale_server: ServerProcess) -> Iterator[FakeLoyaleControl]:
+    control = FakeLoyaleControl(fake_loyale_server.url)
+    control.reset()
+    yield control
+
+
+@pytest.fixture
+def klaviyo(fake_klaviyo_server: ServerProcess) -> Iterator[FakeKlaviyoControl]:
+    control = FakeKlaviyoControl(fake_klaviyo_server.url)
+    control.reset()
+    yield control
