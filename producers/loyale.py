@@ -67,7 +67,7 @@ class LoyaleClient:
         self._levels: dict[str, str] = {}
         self._retrying = Retrying(
             stop=stop_after_attempt(max_attempts),
-            wait=_wait(wait_exponential_jitter(initial=0.5, max=max_wait_s)),
+            wait=_wait(wait_exponential_jitter(multiplier=0.5, max=max_wait_s, jitter=0.5)),
             retry=retry_if_exception_type(RetryableError),
             reraise=True,
             before_sleep=lambda s: log.info("loyale_retry", tenant=tenant, attempt=s.attempt_number,

@@ -1,0 +1,906 @@
+"""The `/api/*` endpoints: routing, authentication, revision, scopes, rate limits and the handlers.
+
+`dispatch` is synchronous on purpose: a request's checks and state changes run without an `await`
+in between, so concurrent requests on the event loop never see half-applied writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import re
+import uuid
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from fakes.klaviyo.errors import (
+    JSONAPI,
+    RATE_LIMIT_DOCS,
+    ApiError,
+    duplicate,
+    error_item,
+    invalid,
+    not_found,
+    plural,
+)
+from fakes.klaviyo.filters import IDENTIFIER_FIELDS, SUPPRESSION_REASON, Condition, FilterError, parse_filter
+from fakes.klaviyo.profiles import (
+    ATTRIBUTE_ORDER,
+    IDENTIFIERS,
+    PUBLIC_BASE,
+    Profile,
+    ProfileStore,
+    email_key,
+    identifiers_in,
+    is_valid_email,
+    iso,
+    now_utc,
+    render_profile,
+    validate_attributes,
+    validate_meta,
+)
+from fakes.klaviyo.ratelimit import ceil_seconds, scaled
+from fakes.klaviyo.spec import Operation
+from fakes.klaviyo.state import Account, BulkImportJob, FakeKlaviyo, KeyRecord, SuppressionJob
+
+KB = 1024
+SINGLE_PROFILE_MAX = 100 * KB
+BULK_MAX = 5 * KB * KB
+BULK_ROW_MAX = 100 * KB
+BULK_MAX_PROFILES = 10_000
+SUPPRESSION_MAX_PROFILES = 100
+_KEY = re.compile(r"^pk_[A-Za-z0-9]+$")
+_REVISION = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(\.[A-Za-z0-9]+)?$")
+_NO_JSON = object()
+
+
+@dataclass
+class ApiRequest:
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: dict[str, str]
+    body: bytes
+    #: scheme://host of the request, for collection links a client can follow back to the fake.
+    base_url: str
+    json: Any = _NO_JSON
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    account_id: str | None = None
+
+
+def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return Reply(status, body, [("content-type", JSONAPI), *(headers or {}).items()])
+
+
+def error_reply(err: ApiError, headers: dict[str, str] | None = None) -> Reply:
+    return json_reply(err.status, {"errors": err.items}, {**err.headers, **(headers or {})})
+
+
+# ---------------------------------------------------------------------------------------------
+# Routing
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str
+    handler: Callable[[Ctx], tuple[int, dict[str, Any]]]
+    #: Query parameters the spec allows for this operation.
+    params: frozenset[str]
+    pattern: re.Pattern[str]
+
+
+@functools.lru_cache(maxsize=512)
+def _pattern(template: str) -> re.Pattern[str]:
+    return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "/?$")
+
+
+def match_route(method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
+    """(route, path params, path exists with another method)."""
+    other_method = False
+    for route in ROUTES:
+        m = route.pattern.match(path)
+        if m:
+            if route.method == method:
+                return route, m.groupdict(), False
+            other_method = True
+    return None, {}, other_method
+
+
+def normalize_path(path: str) -> str:
+    return path.rstrip("/") or "/"
+
+
+# ---------------------------------------------------------------------------------------------
+# Request context and checks shared by the handlers
+
+
+@dataclass
+class Ctx:
+    fake: FakeKlaviyo
+    account: Account
+    req: ApiRequest
+    params: dict[str, str]
+    query: dict[str, str]
+    op: Operation
+
+    @property
+    def store(self) -> ProfileStore:
+        return self.account.store
+
+    def body_json(self, limit: int) -> Any:
+        ctype = self.req.headers.get("content-type", "")
+        media = ctype.split(";")[0].strip().lower()
+        if media not in ("application/json", JSONAPI):
+            raise ApiError.one(415, "unsupported_media_type", f'Unsupported media type "{ctype}" in request.')
+        encoding = self.req.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise ApiError.one(415, "unsupported_media_type",
+                               f'Unsupported content encoding "{encoding}" (the fake reads plain bodies only).')
+        if len(self.req.body) > limit:
+            raise ApiError.one(413, "request_too_large",
+                               f"Request body of {len(self.req.body)} bytes exceeds the maximum allowed "
+                               f"payload size of {_size(limit)}.")
+        if self.req.json is not _NO_JSON:
+            return self.req.json
+        try:
+            return json.loads(self.req.body)
+        except ValueError as exc:
+            raise invalid(f"JSON parse error - {exc}", pointer="/") from None
+
+
+def _size(limit: int) -> str:
+    return f"{limit // (KB * KB)}MB" if limit >= KB * KB else f"{limit // KB}KB"
+
+
+def require_data(body: Any, resource_type: str) -> dict[str, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
+        raise invalid("The request body must be a JSON:API document with a 'data' object.", pointer="/data")
+    data = body["data"]
+    if data.get("type") != resource_type:
+        raise invalid(f"'{data.get('type')}' is not a valid type; expected '{resource_type}'.",
+                      pointer="/data/type")
+    return data
+
+
+def require_attributes(data: dict[str, Any]) -> dict[str, Any]:
+    attrs = data.get("attributes")
+    if not isinstance(attrs, dict):
+        raise invalid("This field is required.", pointer="/data/attributes")
+    return attrs
+
+
+def authenticate(fake: FakeKlaviyo, header: str | None) -> KeyRecord:
+    scheme, _, credential = (header or "").strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "klaviyo-api-key" or not credential:
+        raise ApiError.one(401, "not_authenticated",
+                           "Missing or invalid authorization scheme. Please use Klaviyo-API-Key.")
+    record = fake.keys.get(credential)
+    if record is None or record.revoked or not _KEY.match(credential):
+        raise ApiError.one(401, "authentication_failed", "Incorrect authentication credentials.")
+    return record
+
+
+def check_revision(value: str | None) -> None:
+    if value is None or value.strip() == "":
+        raise invalid("The 'revision' header is required (format: YYYY-MM-DD[.suffix]).", parameter="revision")
+    m = _REVISION.match(value.strip())
+    try:
+        if not m:
+            raise ValueError(value)
+        date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    except ValueError:
+        raise invalid(f"Invalid revision '{value}' (format: YYYY-MM-DD[.suffix]).", parameter="revision") from None
+
+
+def check_query(route: Route, query: list[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in query:
+        if name not in route.params:
+            raise invalid(f"'{name}' is not a valid query parameter for this endpoint.", parameter=name)
+        out[name] = value
+    return out
+
+
+def csv_param(query: dict[str, str], name: str) -> list[str]:
+    raw = query.get(name)
+    return [v.strip() for v in raw.split(",") if v.strip()] if raw else []
+
+
+def page_size(query: dict[str, str]) -> int:
+    raw = query.get("page[size]")
+    if raw is None:
+        return 20
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= 100:
+        raise invalid(f"Page size must be an integer between 1 and 100; got '{raw}'.", parameter="page[size]")
+    return size
+
+
+def check_include(query: dict[str, str], allowed: tuple[str, ...]) -> bool:
+    values = csv_param(query, "include")
+    for v in values:
+        if v not in allowed:
+            raise invalid(f"'{v}' is not an allowed include parameter for this resource.", parameter="include")
+    return bool(values)
+
+
+_PROFILE_FIELD_ROOTS = {*ATTRIBUTE_ORDER, "id", "subscriptions", "predictive_analytics"}
+
+
+def profile_view(query: dict[str, str]) -> tuple[list[str] | None, tuple[str, ...]]:
+    additional = csv_param(query, "additional-fields[profile]")
+    for v in additional:
+        if v not in ("subscriptions", "predictive_analytics"):
+            raise invalid(f"'{v}' is not a valid additional field for the resource 'profile'.",
+                          parameter="additional-fields[profile]")
+    fields = csv_param(query, "fields[profile]")
+    for f in fields:
+        if f.split(".")[0] not in _PROFILE_FIELD_ROOTS:
+            raise invalid(f"'{f}' is not a valid field for the resource 'profile'.", parameter="fields[profile]")
+    return fields or None, tuple(additional)
+
+
+def _cursor(kind: str, sort: str, key: list[Any]) -> str:
+    raw = json.dumps({"d": kind, "s": sort, "k": key}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(value: str, sort: str) -> tuple[str, list[Any]]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        if raw["d"] in ("next", "prev") and raw["s"] == sort and isinstance(raw["k"], list):
+            return raw["d"], raw["k"]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        pass
+    raise invalid("Invalid page cursor.", parameter="page[cursor]")
+
+
+def _link(ctx: Ctx, cursor: str | None) -> str:
+    params = [(k, v) for k, v in ctx.req.query if k != "page[cursor]"]
+    if cursor is not None:
+        params.append(("page[cursor]", cursor))
+    path = normalize_path(ctx.req.path) + "/"
+    return f"{ctx.req.base_url}{path}" + (f"?{urlencode(params)}" if params else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# GET /api/profiles
+
+
+_SORTS: dict[str, Callable[[Profile], list[Any]]] = {
+    "id": lambda p: [p.id],
+    # Fixed-width UTC ISO strings sort like the instants they name.
+    "created": lambda p: [iso(p.created), p.id],
+    "updated": lambda p: [iso(p.updated), p.id],
+    "email": lambda p: [p.scalars["email"] is not None, p.scalars["email"] or "", p.id],
+}
+
+
+def _matches(p: Profile, c: Condition) -> bool:
+    if c.field in IDENTIFIER_FIELDS:
+        actual = p.id if c.field == "id" else p.scalars.get(c.field)
+        if actual is None:
+            return False
+        wanted = [c.value] if c.op == "equals" else c.value
+        if c.field == "email":
+            return email_key(actual) in {email_key(w) for w in wanted}
+        return actual in wanted
+    if c.field == SUPPRESSION_REASON:
+        return any(s["reason"] == c.value for s in p.suppressions)
+    ts = p.created if c.field == "created" else p.updated
+    return ts > c.value if c.op == "greater-than" else ts < c.value
+
+
+def _candidates(store: ProfileStore, conditions: list[Condition]) -> list[Profile] | None:
+    """Profiles an identifier condition narrows to via the index; None = no narrowing."""
+    narrowed: set[str] | None = None
+    for c in conditions:
+        if c.field not in IDENTIFIER_FIELDS:
+            continue
+        values = [c.value] if c.op == "equals" else c.value
+        if c.field == "id":
+            ids = {v for v in values if v in store.profiles}
+        else:
+            ids = {pid for v in values if (pid := store.owner(c.field, v)) is not None}
+        narrowed = ids if narrowed is None else narrowed & ids
+    return None if narrowed is None else [store.profiles[i] for i in narrowed]
+
+
+def list_profiles(ctx: Ctx) -> tuple[int, dict[str, Any]]:
+    q = ctx.query
+    size = page_size(q)
+    fields, additional = profile_view(q)
+    included = check_include(q, ("conversations", "push-tokens"))
+    try:
+        conditions = parse_filter(q["filter"], max_any_values=ctx.fake.knobs.max_any_values) if q.get(
+            "filter") else []
+    except FilterError as exc:
+        raise invalid(str(exc), parameter="filter") from None
+    sort = q.get("sort", "id")
+    field_name = sort.lstrip("-")
+    if field_name not in _SORTS:
+        raise invalid(f"'{sort}' is not a valid sort for the resource 'profile' in the fake.", parameter="sort")
+    descending = sort.startswith("-")
+    cursor = _decode_cursor(q["page[cursor]"], sort) if q.get("page[cursor]") else None
+    store = ctx.store
+
+    candidates = _candidates(store, conditions)
+    if candidates is None and sort == "id":
+        page, has_prev, has_next = _page_by_id(store, conditions, cursor, size)
+    else:
+        pool = candidates if candidates is not None else list(store.profiles.values())
+        items = [p for p in pool if all(_matches(p, c) for c in conditions)]
+        page, has_prev, has_next = _page_sorted(items, _SORTS[field_name], descending, cursor, size)
+
+    key = _SORTS[field_name]
+    links: dict[str, Any] = {"self": _link(ctx, q.get("page[cursor]"))}
+    if has_next and page:
+        links["next"] = _link(ctx, _cursor("next", sort, key(page[-1])))
+    if has_prev and page:
+        links["prev"] = _link(ctx, _cursor("prev", sort, key(page[0])))
+    body: dict[str, Any] = {
+        "data": [render_profile(p, fields=fields, additional=additional) for p in page],
+        "links": links,
+    }
+    if included:
+        body["included"] = []
+    return 200, body
+
+
+def _page_by_id(store: ProfileStore, conditions: list[Condition], cursor: tuple[str, list[Any]] | None,
+                size: int) -> tuple[list[Profile], bool, bool]:
+    """Fast path: walk the id-ordered list from the cursor, testing conditions (O(page) unfiltered)."""
+    order, profiles = store.order, store.profiles
+
+    def ok(pid: str) -> bool:
+        return all(_matches(profiles[pid], c) for c in conditions)
+
+    if cursor is not None and cursor[0] == "prev":
+        found: list[Profile] = []
+        for i in range(bisect_left(order, cursor[1][0]) - 1, -1, -1):
+            if ok(order[i]):
+                found.append(profiles[order[i]])
+                if len(found) > size:
+                    break
+        return list(reversed(found[:size])), len(found) > size, True
+    start = bisect_right(order, cursor[1][0]) if cursor is not None else 0
+    found = []
+    for i in range(start, len(order)):
+        if ok(order[i]):
+            found.append(profiles[order[i]])
+            if len(found) > size:
+                break
+    return found[:size], cursor is not None, len(found) > size
+
+
+def _page_sorted(items: list[Profile], key: Callable[[Profile], list[Any]], descending: bool,
+                 cursor: tuple[str, list[Any]] | None, size: int) -> tuple[list[Profile], bool, bool]:
+    items.sort(key=key, reverse=descending)
+    keys = [key(p) for p in items]
+
+    def after(k: list[Any], ref: list[Any]) -> bool:
+        return k < ref if descending else k > ref
+
+    if cursor is None:
+        return items[:size], False, len(items) > size
+    kind, ref = cursor
+    if kind == "next":
+        start = next((i for i, k in enumerate(keys) if after(k, ref)), len(items))
+        return items[start:start + size], start > 0, start + size < len(items)
+    end = next((i for i, k in enumerate(keys) if not after(ref, k)), len(items))
+    start = max(0, end - size)
+    return items[start:end], start > 0, end < len(items)
+
+
+# ---------------------------------------------------------------------------------------------
+# Single profiles
+
+
+def _profile(ctx: Ctx, profile_id: str) -> Profile:
+    p = ctx.store.profiles.get(profile_id)
+    if p is None:
+        raise not_found(f"A profile with id {profile_id} does not exist.")
+    return p
+
+
+def _one(ctx: Ctx, status: int, p: Profile) -> tuple[int, dict[str, Any]]:
+    fields, additional = profile_view(ctx.query)
+    resource = render_profile(p, fields=fields, additional=additional)
+    return status, {"data": resource, "links": {"self": resource["links"]["self"]}}
+
+
+def get_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
+    profile_view(ctx.query)
+    included = check_include(ctx.query, ("conversations", "lists", "push-tokens", "segments"))
+    status, body = _one(ctx, 200, _profile(ctx, ctx.params["id"]))
+    if included:
+        body["included"] = []
+    return status, body
+
+
+def _validated(data: dict[str, Any], *, allow_kx: bool, meta_allowed: bool) -> tuple[dict[str, Any], Any]:
+    attrs = require_attributes(data)
+    errors = validate_attributes(attrs, "/data/attributes", allow_kx=allow_kx)
+    meta = data.get("meta") if meta_allowed else None
+    errors += validate_meta(meta, "/data/meta", "/data/attributes/meta/patch_properties/unset")
+    if errors:
+        raise ApiError(400, errors)
+    return attrs, meta
+
+
+def _identifier_required() -> ApiError:
+    return invalid("One or more identifiers is required", pointer="/data/attributes")
+
+
+def _keeps_identifier(p: Profile, attrs: dict[str, Any]) -> bool:
+    return any((attrs[f] if f in attrs else p.scalars.get(f)) not in (None, "") for f in IDENTIFIERS)
+
+
+def create_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
+    data = require_data(ctx.body_json(SINGLE_PROFILE_MAX), "profile")
+    attrs, _ = _validated(data, allow_kx=False, meta_allowed=False)
+    profile_view(ctx.query)
+    if not identifiers_in(attrs):
+        raise _identifier_required()
+    owner = ctx.store.conflict(None, attrs)
+    if owner is not None:
+        raise duplicate(owner)
+    return _one(ctx, 201, ctx.store.create(attrs))
+
+
+def update_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
+    data = require_data(ctx.body_json(SINGLE_PROFILE_MAX), "profile")
+    if not isinstance(data.get("id"), str):
+        raise invalid("This field is required.", pointer="/data/id")
+    if data["id"] != ctx.params["id"]:
+        raise invalid("The id in the request body does not match the id in the URL.", pointer="/data/id")
+    attrs, meta = _validated(data, allow_kx=False, meta_allowed=True)
+    profile_view(ctx.query)
+    p = _profile(ctx, ctx.params["id"])
+    owner = ctx.store.conflict(p.id, attrs)
+    if owner is not None:
+        raise duplicate(owner)
+    if not _keeps_identifier(p, attrs):
+        raise _identifier_required()
+    ctx.store.update(p, attrs, meta, ignore_nulls=False)
+    return _one(ctx, 200, p)
+
+
+def import_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
+    data = require_data(ctx.body_json(SINGLE_PROFILE_MAX), "profile")
+    attrs, meta = _validated(data, allow_kx=True, meta_allowed=True)
+    profile_view(ctx.query)
+    store = ctx.store
+    profile_id = data.get("id")
+    if profile_id is not None:
+        p = _profile(ctx, str(profile_id))
+        if store.conflict(p.id, attrs) is not None:
+            # Observed live (community thread 11971): an identifier owned by another profile
+            # answers 404 for the id, not 409.
+            raise not_found(f"A profile with id {profile_id} does not exist.")
+        if not _keeps_identifier(p, attrs):
+            raise _identifier_required()
+        store.update(p, attrs, meta, ignore_nulls=False)
+        return _one(ctx, 200, p)
+    idents = identifiers_in(attrs)
+    if not idents:
+        raise _identifier_required()
+    owners = store.owners(idents)
+    if len(owners) > 1:
+        raise duplicate(owners[1])
+    if owners:
+        p = store.profiles[owners[0]]
+        if not _keeps_identifier(p, attrs):
+            raise _identifier_required()
+        store.update(p, attrs, meta, ignore_nulls=False)
+        return _one(ctx, 200, p)
+    return _one(ctx, 201, store.create(attrs, meta))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bulk import jobs
+
+
+def render_bulk_job(job: BulkImportJob) -> dict[str, Any]:
+    base = f"{PUBLIC_BASE}/api/profile-bulk-import-jobs/{job.id}"
+    return {
+        "type": "profile-bulk-import-job",
+        "id": job.id,
+        "attributes": {
+            "status": job.status,
+            "created_at": iso(job.created_at),
+            "total_count": job.total_count,
+            "completed_count": job.completed_count,
+            "failed_count": job.failed_count,
+            "completed_at": iso(job.completed_at),
+            "expires_at": iso(job.created_at + timedelta(days=7)),
+            "started_at": iso(job.started_at),
+        },
+        "relationships": {
+            "lists": {"data": [{"type": "list", "id": i} for i in job.list_ids],
+                      "links": {"self": f"{base}/relationships/lists/", "related": f"{base}/lists/"}},
+            "profiles": {"links": {"self": f"{base}/relationships/profiles/", "related": f"{base}/profiles/"}},
+            "import-errors": {"links": {"related": f"{base}/import-errors/"}},
+        },
+        "links": {"self": f"{base}/"},
+    }
+
+
+def create_bulk_job(ctx: Ctx) -> tuple[int, dict[str, Any]]:
+    body = ctx.body_json(BULK_MAX)
+    data = require_data(body, "profile-bulk-import-job")
+    attrs = data.get("attributes")
+    profiles = attrs.get("profiles") if isinstance(attrs, dict) else None
+    rows = profiles.get("data") if isinstance(profiles, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise invalid("At least one profile is required.", pointer="/data/attributes/profiles/data")
+    if len(rows) > BULK_MAX_PROFILES:
+        raise invalid(f"A maximum of {BULK_MAX_PROFILES} profiles may be imported per request; got {len(rows)}.",
+                      pointer="/data/attributes/profiles/data")
+    # A row can only exceed its own limit when the whole body does.
+    check_row_size = len(ctx.req.body) > BULK_ROW_MAX
+    errors: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        prefix = f"/data/attributes/profiles/data/{i}"
+        if not isinstance(row, dict):
+            errors.append(error_item(400, "invalid", "Each profile must be an object.", pointer=prefix))
+            continue
+        if row.get("type") != "profile":
+            errors.append(error_item(400, "invalid",
+                                     f"'{row.get('type')}' is not a valid type; expected 'profile'.",
+                                     pointer=f"{prefix}/type"))
+        if check_row_size and len(json.dumps(row, separators=(",", ":")).encode()) > BULK_ROW_MAX:
+            errors.append(error_item(400, "invalid", "A profile exceeds the maximum allowed size of "
+                                     f"{_size(BULK_ROW_MAX)}.", pointer=prefix))
+            continue
+        row_attrs = row.get("attributes")
+        row_errors = validate_attributes(row_attrs, f"{prefix}/attributes", allow_kx=True)
+        row_errors += validate_meta(row.get("meta"), f"{prefix}/meta", f"{prefix}/meta/patch_properties/unset")
+        if not row_errors and row.get("id") is None and not identifiers_in(row_attrs):
+            row_errors.append(error_item(400, "invalid", "One or more identifiers is required",
+                                         pointer=f"{prefix}/attributes"))
+        errors += row_errors
+    if errors:
+        raise ApiError(400, errors)
+    rels = data.get("relationships") or {}
+    lists = ((rels.get("lists") or {}).get("data") or []) if isinstance(rels, dict) else []
+    job = BulkImportJob(
+        id=ctx.fake.ids.new(),
+        created_at=now_utc(),
+        total_count=len(rows),
+        rows=rows,
+        list_ids=[str(item.get("id")) for item in lists if isinstance(item, dict)],
+    )
+    ctx.account.bulk_jobs[job.id] = job
+    return 202, {"data": render_bulk_job(job), "links": {"self": render_bulk_job(job)["links"]["self"]}}
+
+
+def _bulk_job(ctx: Ctx, job_id: str) -> BulkImportJob:
+    job = ctx.account.bulk_jobs.get(job_id)
+    if job is None:
+        raise not_found(f"A profile-bulk-import-job with id {job_id} does not exist.")
+    return job
+
+
+def _advance(ctx: Ctx, job: BulkImportJob) -> None:
+    if job.status == "complete":
+        return
+    per_step = ctx.fake.knobs.bulk_job_gets_per_step
+    job.gets += 1
+    if per_step and job.gets < per_step:
+        return
+    job.gets = 0
+    if job.status == "queued" and per_step:
+        job.status = "processing"
+        job.started_at = now_utc()
+        return
+    job.started_at = job.started_at or now_utc()
+    _apply_bulk_rows(ctx.store, job)
+    job.status = "complete"
+    job.completed_at = now_utc()
+
+
+def _import_error(code: str, title: str, detail: str, pointer: str, row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "import-error",
+        "id": str(uuid.uuid4()),
+        "attributes": {"code": code, "title": title, "detail": detail, "source": {"pointer": pointer},
+                       "original_payload": row},
+    }
+
+
+def _apply_bulk_rows(store: ProfileStore, job: BulkImportJob) -> None:
+    """Rows are upserts in order; nulls never clear (the bulk-import rule)."""
+    for i, row in enumerate(job.rows or []):
+        attrs = row.get("attributes") or {}
+        meta = row.get("meta")
+        pointer = f"/data/attributes/profiles/data/{i}"
+        row_id = row.get("id")
+        if row_id is not None:
+            p = store.profiles.get(str(row_id))
+            if p is None:
+                job.errors.append(_import_error("not_found", "Not found.",
+                                                f"A profile with id {row_id} does not exist.", pointer, row))
+                continue
+            if store.conflict(p.id, attrs) is not None:
+                job.errors.append(_import_error("duplicate_profile", "Conflict.",
+                                                "A profile already exists with one of these identifiers.",
+                                                pointer, row))
+                continue
+        else:
+            owners = store.owners(identifiers_in(attrs))
+            if len(owners) > 1:
+                job.errors.append(_import_error("duplicate_profile", "Conflict.",
+                                                "A profile already exists with one of these identifiers.",
+                                                pointer, row))
+                continue
+            p = store.profiles[owners[0]] if owners else None
+        if p is None:
+            p = store.create(attrs, meta)
+        else:
+            store.update(p, attrs, meta, ignore_nulls=True)
+        job.profile_ids.append(p.id)
+    job.failed_count = len(job.errors)
+    job.completed_count = job.total_count - job.failed_count
+    job.rows = None
+
+
+def get_bulk_job(ctx: Ctx) -> tuple[int, dict[str, Any]]:
+    included = check_include(ctx.query, ("lists",))
+    job = _bulk_job(ctx, ctx.params["job_id"])
+    _advance(ctx, job)
+    resource = render_bulk_job(job)
+    body: dict[str, Any] = {"data": resource, "links": {"self": resource["links"]["self"]}}
+    if included:
+        body["included"] = []
+    return 200, body
+
+
+def get_import_errors(ctx: Ctx) -> tuple[int, dict[str, Any]]:
+    size = page_size(ctx.query)
+    job = _bulk_job(ctx, ctx.params["id"])
+    start = 0
+    if ctx.query.get("page[cursor]"):
+        _, key = _decode_cursor(ctx.query["page[cursor]"], "offset")
+        start = int(key[0]) if key and isinstance(key[0], int) else 0
+    page = job.errors[start:start + size]
+    links: dict[str, Any] = {"self": _link(ctx, ctx.query.get("page[cursor]"))}
+    if start + size < len(job.errors):
+        links["next"] = _link(ctx, _cursor("next", "offset", [start + size]))
+    if start > 0:
+        links["prev"] = _link(ctx, _cursor("prev", "offset", [max(0, start - size)]))
+    return 200, {"data": page, "links": links}
+
+
+# ---------------------------------------------------------------------------------------------
+# Suppression jobs (applied at once; Klaviyo takes hours)
+
+
+_SUPPRESSION_TYPES = {"create": "profile-suppression-bulk-create-job", "delete": "profile-suppression-bulk-delete-job"}
+
+
+def render_suppression_job(job: SuppressionJob) -> dict[str, Any]:
+    resource_type = _SUPPRESSION_TYPES[job.kind]
+    base = f"{PUBLIC_BASE}/api/{resource_type}s/{job.id}"
+    return {
+        "type": resource_type,
+        "id": job.id,
+        "attributes": {
+            "status": job.status,
+            "created_at": iso(job.created_at),
+            "total_count": job.total_count,
+            "completed_count": job.completed_count,
+            "completed_at": iso(job.completed_at),
+            "skipped_count": job.skipped_count,
+        },
+        "relationships": {
+            rel: {"data": [], "links": {"self": f"{base}/relationships/{rel}/", "related": f"{base}/{rel}/"}}
+            for rel in ("lists", "segments")
+        },
+        "links": {"self": f"{base}/"},
+    }
+
+
+def _suppression_emails(ctx: Ctx, kind: str) -> list[str]:
+    data = require_data(ctx.body_json(BULK_MAX), _SUPPRESSION_TYPES[kind])
+    rels = data.get("relationships")
+    if isinstance(rels, dict) and (rels.get("list") or rels.get("segment")):
+        raise invalid("Suppressing a list or segment is valid in Klaviyo but not modelled by the fake.",
+                      pointer="/data/relationships")
+    attrs = data.get("attributes")
+    profiles = attrs.get("profiles") if isinstance(attrs, dict) else None
+    rows = profiles.get("data") if isinstance(profiles, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise invalid("At least one profile is required.", pointer="/data/attributes/profiles/data")
+    if len(rows) > SUPPRESSION_MAX_PROFILES:
+        raise invalid(f"A maximum of {SUPPRESSION_MAX_PROFILES} profiles may be given per request; "
+                      f"got {len(rows)}.", pointer="/data/attributes/profiles/data")
+    errors, emails = [], []
+    for i, row in enumerate(rows):
+        pointer = f"/data/attributes/profiles/data/{i}/attributes/email"
+        email = (row.get("attributes") or {}).get("email") if isinstance(row, dict) else None
+        if not isinstance(email, str) or not is_valid_email(email):
+            errors.append(error_item(400, "invalid", "Invalid email address", pointer=pointer))
+        else:
+            emails.append(email)
+    if errors:
+        raise ApiError(400, errors)
+    return emails
+
+
+def suppress(ctx: Ctx) -> tuple[int, dict[str, Any]]:
+    emails = _suppression_emails(ctx, "create")
+    store, ts = ctx.store, now_utc()
+    for email in emails:
+        pid = store.owner("email", email)
+        # Klaviyo's docs say an unknown email gets a new, suppressed profile.
+        p = store.profiles[pid] if pid else store.create({"email": email})
+        if not any(s["reason"] == "USER_SUPPRESSED" for s in p.suppressions):
+            # Consent is left as it is; `updated` does not move for subscription changes.
+            p.suppressions.append({"reason": "USER_SUPPRESSED", "timestamp": ts})
+            p.subscriptions_updated = ts
+    job = SuppressionJob(ctx.fake.ids.new(), "create", ts, len(emails), len(emails), 0, ts)
+    ctx.account.suppression_jobs[job.id] = job
+    resource = render_suppression_job(job)
+    return 202, {"data": resource, "links": {"self": resource["links"]["self"]}}
+
+
+def unsuppress(ctx: Ctx) -> tuple[int, dict[str, Any]]:
+    emails = _suppression_emails(ctx, "delete")
+    store, ts = ctx.store, now_utc()
+    done = skipped = 0
+    for email in emails:
+        pid = store.owner("email", email)
+        if pid is None:
+            skipped += 1
+            continue
+        p = store.profiles[pid]
+        kept = [s for s in p.suppressions if s["reason"] != "USER_SUPPRESSED"]
+        if len(kept) != len(p.suppressions):
+            p.suppressions = kept  # HARD_BOUNCE, SPAM_COMPLAINT, UNSUBSCRIBE, INVALID_EMAIL stay
+            p.subscriptions_updated = ts
+        done += 1
+    job = SuppressionJob(ctx.fake.ids.new(), "delete", ts, len(emails), done, skipped, ts)
+    ctx.account.suppression_jobs[job.id] = job
+    resource = render_suppression_job(job)
+    return 202, {"data": resource, "links": {"self": resource["links"]["self"]}}
+
+
+def _get_suppression_job(ctx: Ctx, kind: str) -> tuple[int, dict[str, Any]]:
+    job = ctx.account.suppression_jobs.get(ctx.params["job_id"])
+    if job is None or job.kind != kind:
+        raise not_found(f"A {_SUPPRESSION_TYPES[kind]} with id {ctx.params['job_id']} does not exist.")
+    resource = render_suppression_job(job)
+    return 200, {"data": resource, "links": {"self": resource["links"]["self"]}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounts
+
+
+def get_accounts(ctx: Ctx) -> tuple[int, dict[str, Any]]:
+    account_id = ctx.account.id
+    resource = {
+        "type": "account",
+        "id": account_id,
+        "attributes": {
+            "test_account": False,
+            "contact_information": {
+                "default_sender_name": "Fake Brand",
+                "default_sender_email": f"hello@{account_id.lower()}.example.com",
+                "website_url": f"https://{account_id.lower()}.example.com",
+                "organization_name": f"Fake Brand {account_id}",
+                "street_address": {"address1": "1 Main St", "address2": None, "city": "Boston", "region": "MA",
+                                   "country": "US", "zip": "02110"},
+            },
+            "industry": "Ecommerce",
+            "timezone": "America/New_York",
+            "preferred_currency": "USD",
+            "public_api_key": account_id,
+            "locale": "en-US",
+        },
+        "links": {"self": f"{PUBLIC_BASE}/api/accounts/{account_id}/"},
+    }
+    return 200, {"data": [resource], "links": {"self": _link(ctx, None)}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch
+
+
+def _route(method: str, template: str, handler: Callable[[Ctx], tuple[int, dict[str, Any]]],
+           *params: str) -> Route:
+    return Route(method, template, handler, frozenset(params), _pattern(template))
+
+
+_PROFILE_VIEW = ("additional-fields[profile]", "fields[profile]")
+ROUTES: list[Route] = [
+    _route("GET", "/api/accounts", get_accounts, "fields[account]"),
+    _route("GET", "/api/profiles", list_profiles, *_PROFILE_VIEW, "fields[conversation]", "fields[push-token]",
+           "filter", "include", "page[cursor]", "page[size]", "sort"),
+    _route("POST", "/api/profiles", create_profile, *_PROFILE_VIEW),
+    _route("GET", "/api/profiles/{id}", get_profile, *_PROFILE_VIEW, "fields[conversation]", "fields[list]",
+           "fields[push-token]", "fields[segment]", "include"),
+    _route("PATCH", "/api/profiles/{id}", update_profile, *_PROFILE_VIEW),
+    _route("POST", "/api/profile-import", import_profile, *_PROFILE_VIEW),
+    _route("POST", "/api/profile-bulk-import-jobs", create_bulk_job),
+    _route("GET", "/api/profile-bulk-import-jobs/{job_id}", get_bulk_job, "fields[list]",
+           "fields[profile-bulk-import-job]", "include"),
+    _route("GET", "/api/profile-bulk-import-jobs/{id}/import-errors", get_import_errors, "fields[import-error]",
+           "page[cursor]", "page[size]"),
+    _route("POST", "/api/profile-suppression-bulk-create-jobs", suppress),
+    _route("GET", "/api/profile-suppression-bulk-create-jobs/{job_id}",
+           lambda ctx: _get_suppression_job(ctx, "create"), "fields[profile-suppression-bulk-create-job]"),
+    _route("POST", "/api/profile-suppression-bulk-delete-jobs", unsuppress),
+    _route("GET", "/api/profile-suppression-bulk-delete-jobs/{job_id}",
+           lambda ctx: _get_suppression_job(ctx, "delete"), "fields[profile-suppression-bulk-delete-job]"),
+]
+
+
+def unknown_path(fake: FakeKlaviyo, method: str, path: str, other_method: bool) -> Reply:
+    if other_method:
+        return error_reply(ApiError.one(405, "method_not_allowed", f'Method "{method}" not allowed.'))
+    detail = "The requested URL was not found."
+    if fake.spec.raw is not None:
+        for template in fake.spec.raw.get("paths", {}):
+            if _pattern(template).match(path):
+                detail = f"{template} exists in Klaviyo's API but is not implemented by the fake."
+                break
+    return error_reply(not_found(detail))
+
+
+def dispatch(fake: FakeKlaviyo, req: ApiRequest, route: Route, params: dict[str, str]) -> Reply:
+    rate_headers: dict[str, str] = {}
+    account_id = None
+    try:
+        key = authenticate(fake, req.headers.get("authorization"))
+        account_id = key.account_id
+        check_revision(req.headers.get("revision"))
+        op = fake.spec.operations[(route.method, route.template)]
+        if not key.allows(op.scopes):
+            raise ApiError.one(403, "permission_denied", "You do not have permission to perform this action.")
+        knobs = fake.knobs
+        if knobs.rate_limits_enabled:
+            decision = fake.limiter.hit(
+                (key.account_id, op.key),
+                scaled(op.burst, knobs.rate_limit_scale, knobs.window_scale),
+                scaled(op.steady, knobs.rate_limit_scale, knobs.window_scale),
+                fake.monotonic(),
+            )
+            if not decision.allowed:
+                wait = ceil_seconds(decision.retry_after_s)
+                raise ApiError.one(
+                    429, "throttled", f"Request was throttled. Expected available in {plural(wait, 'second')}.",
+                    links={"type": RATE_LIMIT_DOCS},
+                    headers={} if knobs.omit_retry_after else {"Retry-After": str(wait)},
+                )
+            rate_headers = {
+                "RateLimit-Limit": str(decision.limit),
+                "RateLimit-Remaining": str(decision.remaining),
+                "RateLimit-Reset": str(ceil_seconds(decision.reset_s)),
+            }
+        ctx = Ctx(fake, fake.accounts[key.account_id], req, params, check_query(route, req.query), op)
+        status, payload = route.handler(ctx)
+        reply = json_reply(status, payload, rate_headers)
+    except ApiError as err:
+        reply = error_reply(err, rate_headers)
+    reply.account_id = account_id
+    return reply

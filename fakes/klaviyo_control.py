@@ -1,0 +1,94 @@
+"""A small sync client for the fake Klaviyo's `/_fake/*` control API (tests, demo, benchmark)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+REVISION = "2026-07-15"
+
+
+class FakeKlaviyoControl:
+    """Mirrors the control endpoints one method each; raises `httpx.HTTPStatusError` on a refusal."""
+
+    def __init__(self, base_url: str, timeout_s: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> FakeKlaviyoControl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        response = self._http.request(method, f"/_fake{path}", **kw)
+        response.raise_for_status()
+        return response.json()
+
+    def health(self) -> bool:
+        return bool(self._call("GET", "/health").get("ok"))
+
+    def reset(self) -> None:
+        self._call("POST", "/reset")
+
+    def info(self) -> dict[str, Any]:
+        return self._call("GET", "/info")
+
+    def accounts(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/accounts")["accounts"]
+
+    def add_account(self, keys: list[str | dict[str, Any]], account_id: str | None = None) -> str:
+        """`keys`: "pk_..." (all scopes) or {"key": "pk_...", "scopes": [...]}; returns the account id."""
+        body: dict[str, Any] = {"keys": [{"key": k} if isinstance(k, str) else k for k in keys]}
+        if account_id is not None:
+            body["account_id"] = account_id
+        return self._call("POST", "/accounts", json=body)["account_id"]
+
+    def add_key(self, key: str, account_id: str | None = None, scopes: list[str] | None = None) -> None:
+        body: dict[str, Any] = {"key": key, "account_id": account_id}
+        if scopes is not None:
+            body["scopes"] = scopes
+        self._call("POST", "/keys", json=body)
+
+    def revoke_key(self, key: str) -> None:
+        self._call("POST", "/keys/revoke", json={"key": key})
+
+    def seed_profiles(self, profiles: list[dict[str, Any]], account_id: str | None = None) -> list[str]:
+        body: dict[str, Any] = {"profiles": profiles}
+        if account_id is not None:
+            body["account_id"] = account_id
+        return self._call("POST", "/profiles", json=body)["ids"]
+
+    def profiles(self, account_id: str | None = None) -> list[dict[str, Any]]:
+        params = {"account_id": account_id} if account_id is not None else None
+        return self._call("GET", "/profiles", params=params)["profiles"]
+
+    def profile(self, profile_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/profiles/{profile_id}")
+
+    def requests(self) -> dict[str, Any]:
+        return self._call("GET", "/requests")
+
+    def request_log(self, limit: int | None = None) -> list[dict[str, Any]]:
+        params = {"limit": limit} if limit is not None else None
+        return self._call("GET", "/requests/log", params=params)["requests"]
+
+    def knobs(self) -> dict[str, Any]:
+        return self._call("GET", "/knobs")
+
+    def set_knobs(self, **knobs: Any) -> dict[str, Any]:
+        return self._call("POST", "/knobs", json=knobs)
+
+    def spec_violations(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/spec-violations")["violations"]
+
+    def api_client(self, key: str, revision: str = REVISION, **kw: Any) -> httpx.Client:
+        """An httpx client for the fake's `/api` with the key and revision headers set."""
+        headers = {"Authorization": f"Klaviyo-API-Key {key}", "revision": revision,
+                   "Accept": "application/vnd.api+json", **kw.pop("headers", {})}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=kw.pop("timeout", 30.0), **kw)
