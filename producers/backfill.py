@@ -22,6 +22,10 @@ log = structlog.get_logger("backfill")
 
 #: Stable order while paging, so a customer does not move between pages as others are added.
 BACKFILL_SORTS = "createdDate"
+#: Loyale's list leaves deleted customers out unless the filter names `deleted`; a backfill needs
+#: them too (a deleted customer's Klaviyo profile is suppressed). If Loyale's Sieve does not know the
+#: field it ignores the filter, which is the same list as without it.
+BACKFILL_FILTERS = "deleted==true|false"
 
 Progress = Callable[[int, int | None], None]
 
@@ -54,7 +58,7 @@ def run_backfill(*, app: Celery, store: Store, loyale: LoyaleClient, tenant: str
     if store.run(run_id) is None:
         store.create_run(tenant, "backfill", run_id=run_id)
     enqueued = duplicates = 0
-    for page in loyale.pages(sorts=BACKFILL_SORTS):
+    for page in loyale.pages(filters=BACKFILL_FILTERS, sorts=BACKFILL_SORTS):
         added, dupes = enqueue_customers(app, store, loyale, tenant, run_id, page.customers, queue)
         enqueued += added
         duplicates += dupes

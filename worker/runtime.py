@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import httpx
 import redis
 
+from worker.errors import Deferred
 from worker.klaviyo import KlaviyoClient
 from worker.settings import Settings, TenantConfig
 from worker.store import Store
@@ -52,9 +53,16 @@ class Runtime:
             self._klaviyo[tenant_id] = KlaviyoClient(
                 self.http, tenant=tenant.id, base_url=tenant.klaviyo_base_url,
                 private_key=tenant.klaviyo_private_key, revision=self.settings.klaviyo_revision,
+                gate=lambda endpoint, tenant_id=tenant_id: self._gate(tenant_id, endpoint),
                 on_request=self._count_request,
             )
         return self._klaviyo[tenant_id]
+
+    def _gate(self, tenant_id: str, endpoint: str) -> None:
+        """Before every Klaviyo request: a tenant that was throttled stays quiet until Retry-After."""
+        wait_s = self.store.backoff_remaining_s(tenant_id)
+        if wait_s > 0:
+            raise Deferred(f"tenant {tenant_id} backs off after a 429", retry_after_s=wait_s)
 
     def _count_request(self, endpoint: str, status: int) -> None:
         self.store.count_request(current_run.get(), endpoint, status)

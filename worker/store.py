@@ -55,6 +55,17 @@ end
 return 1
 """
 
+ACQUIRE_LOCK = """
+-- The same task id may take its own lock again: that is its message redelivered after the worker
+-- that held it died, and waiting for the TTL would stall the customer for nothing.
+local holder = redis.call('GET', KEYS[1])
+if (not holder) or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -103,6 +114,7 @@ class Store:
         self.ttl_s = retention_days * 86_400
         self._record = client.register_script(RECORD_OUTCOME)
         self._finish = client.register_script(FINISH_PRODUCING)
+        self._acquire = client.register_script(ACQUIRE_LOCK)
         self._release = client.register_script(RELEASE_LOCK)
 
     # --- runs ------------------------------------------------------------------------------------
@@ -254,7 +266,8 @@ class Store:
     # --- per-customer lock -----------------------------------------------------------------------
 
     def lock_customer(self, tenant: str, customer_id: str, token: str, ttl_s: float = 120.0) -> bool:
-        return bool(self.redis.set(keys.customer_lock(tenant, customer_id), token, nx=True, px=int(ttl_s * 1000)))
+        """Take the customer's lock for `token` (the task id); True if it is ours now."""
+        return bool(self._acquire(keys=[keys.customer_lock(tenant, customer_id)], args=[token, int(ttl_s * 1000)]))
 
     def unlock_customer(self, tenant: str, customer_id: str, token: str) -> None:
         self._release(keys=[keys.customer_lock(tenant, customer_id)], args=[token])

@@ -93,6 +93,7 @@ class ApiGateway:
 
     async def _handle(self, scope: Scope, body: bytes, send: Send) -> None:
         fake = self.fake
+        received_ts = time.time()
         method = scope["method"]
         path = scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -143,6 +144,8 @@ class ApiGateway:
         status = reply.status if reply is not None else None
         fake.stats.record(endpoint, "dropped" if fault == "drop" else str(status), {
             "ts": time.time(),
+            "received_ts": received_ts,
+            "retry_after": _header(reply, "retry-after"),
             "method": method,
             "path": path,
             "endpoint": endpoint,
@@ -202,6 +205,12 @@ def _keys(raw: Any) -> list[KeySpec]:
             raise ValueError("'scopes' must be a list of strings or omitted")
         out.append(KeySpec(item["key"], scopes))
     return out
+
+
+def _header(reply: Reply | None, name: str) -> str | None:
+    if reply is None:
+        return None
+    return next((v for k, v in reply.headers if k.lower() == name), None)
 
 
 def _ts(value: Any, default: datetime | None) -> datetime | None:
