@@ -93,3 +93,33 @@ def sync_one(
         style = "red" if result.outcome in (Outcome.REJECTED, Outcome.CONFLICT, Outcome.INVALID) else "green"
         ctx.console.print(f"outcome: [bold {style}]{result.outcome.value}[/] — {result.reason}"
                           + (f" (Klaviyo profile {result.profile_id})" if result.profile_id else ""))
+
+
+@app.command()
+def fakes(
+    loyale_port: Annotated[int, typer.Option(help="Port of the fake Loyale.")] = 8090,
+    klaviyo_port: Annotated[int, typer.Option(help="Port of the fake Klaviyo.")] = 8091,
+    customers: Annotated[int, typer.Option(help="Synthetic customers in the Loyale scheme.")] = 200,
+    klaviyo_key: Annotated[str | None, typer.Option(help="Private key the fake Klaviyo accepts.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 1,
+) -> None:
+    """Run the fake Loyale and fake Klaviyo on loopback with seeded data, and print how to use them."""
+    from cli.local import serve_fakes
+
+    serve_fakes(loyale_port, klaviyo_port, customers, klaviyo_key, seed)
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(help="Synthetic customers in the Loyale scheme.")] = 300,
+    merge_customers: Annotated[bool, typer.Option(
+        "--merge-customers/--no-merge-customers", help="Loyale overwrites conflicting Klaviyo data.")] = False,
+    existing_profiles: Annotated[str, typer.Option(help="With merge off: skip or fill_empty.")] = "skip",
+    keep_running: Annotated[bool, typer.Option(help="Leave Redis, the fakes and the worker up afterwards.")] = False,
+) -> None:
+    """The whole product on this machine: private Redis, both fakes, a worker, and a backfill."""
+    from cli.local import run_demo
+
+    if existing_profiles not in ("skip", "fill_empty"):
+        raise ctx.fail("--existing-profiles is skip or fill_empty")
+    run_demo(customers, merge_customers, existing_profiles, keep_running)

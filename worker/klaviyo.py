@@ -67,6 +67,12 @@ class ImportError_:
     pointer: str | None
     original_payload: dict[str, Any]
 
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """The row's profile attributes, whether Klaviyo echoes the whole row or only its attributes."""
+        inner = self.original_payload.get("attributes")
+        return inner if isinstance(inner, dict) else self.original_payload
+
 
 def _first_error(body: Any) -> dict[str, Any]:
     if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:

@@ -1,0 +1,168 @@
+"""Local processes for the demo, the tests and the benchmark: a private redis-server and Celery
+workers, each started on demand and stopped cleanly (nothing here is used in production)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from fakes.serving import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.1, what: str = ""):
+    """Poll until `predicate()` is truthy; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+        time.sleep(interval_s)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_tenants_file(tenants: dict[str, dict[str, Any]], directory: str | None = None) -> Path:
+    lines = []
+    for tenant_id, values in tenants.items():
+        lines.append(f"[tenants.{tenant_id}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None)
+        lines.append("")
+    handle, path = tempfile.mkstemp(suffix=".toml", prefix="tenants-", dir=directory)
+    with os.fdopen(handle, "w") as out:
+        out.write("\n".join(lines))
+    return Path(path)
+
+
+def sync_env(redis_url: str, tenants_file: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNC_")}
+    env.update({"SYNC_REDIS_URL": redis_url, "SYNC_TENANTS_FILE": str(tenants_file), "SYNC_LOG_JSON": "true",
+                "SYNC_RETRY_BASE_S": "0.2", "SYNC_RETRY_MAX_S": "2", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+@dataclass
+class RedisServer:
+    """`redis-server` in a temporary directory; `appendonly` turns persistence on (for restart tests)."""
+
+    appendonly: bool = False
+    port: int = field(default_factory=free_port)
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="lks-redis-"))
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not on PATH: install Redis (Debian: apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.workdir,
+             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+             "--appendfsync", "always", "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                time.sleep(0.02)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> RedisServer:
+        """Stop and start again on the same port and directory (keeps data only with appendonly)."""
+        self.stop()
+        return self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass
+class WorkerProcess:
+    """`celery -A worker.app worker` as a child process, in its own process group."""
+
+    env: dict[str, str]
+    concurrency: int = 2
+    queues: str = "sync.incremental,sync.backfill"
+    name: str = "w1"
+    log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1]))
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", self.queues,
+             "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
+             "-E", "--loglevel", "WARNING"],
+            env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout_s: float = 60.0) -> WorkerProcess:
+        probe = Celery(broker=self.env["SYNC_REDIS_URL"], set_as_current=False)
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            replies = probe.control.ping(timeout=0.5)
+            return any(name.startswith(f"{self.name}@") for reply in replies for name in reply)
+
+        try:
+            wait_for(ready, timeout_s, interval_s=0.2, what=f"worker {self.name} to be ready")
+        finally:
+            probe.close()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: main process and pool children, no chance to requeue anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
