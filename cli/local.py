@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import tempfile
 import time
 from typing import Any
 
-import redis
 import uvicorn
 
 from cli.context import console, fail
@@ -66,10 +66,8 @@ def serve_fakes(loyale_port: int, klaviyo_port: int, customers: int, klaviyo_key
                    for app, port in ((lapp, loyale_port), (kapp, klaviyo_port))]
         await asyncio.gather(*(s.serve() for s in servers))
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(both())
-    except KeyboardInterrupt:
-        pass
 
 
 def seed_existing_profiles(loyale: FakeLoyaleControl, klaviyo: FakeKlaviyoControl, scheme_id: str,
@@ -99,9 +97,10 @@ def run_demo(customers: int, merge_customers: bool, existing_profiles: str, keep
         except RuntimeError as exc:
             raise fail(str(exc)) from None
         processes.append(redis_server)
-        loyale_proc = ServerProcess("fakes.loyale", args=["--customers", str(customers), "--seed", "1"]).start()
+        loyale_proc = ServerProcess("fakes.loyale", args=["--customers", str(customers), "--seed", "1"],
+                                    quiet=True).start()
         processes.append(loyale_proc)
-        klaviyo_proc = ServerProcess("fakes.klaviyo", args=["--key", key]).start()
+        klaviyo_proc = ServerProcess("fakes.klaviyo", args=["--key", key], quiet=True).start()
         processes.append(klaviyo_proc)
         loyale, klaviyo = FakeLoyaleControl(loyale_proc.url), FakeKlaviyoControl(klaviyo_proc.url)
         scheme = loyale.schemes()[0]
@@ -140,9 +139,11 @@ def run_demo(customers: int, merge_customers: bool, existing_profiles: str, keep
             after = next(p for p in klaviyo.profiles() if p["attributes"].get("email") == first["email"])
             console.print(f"[bold]4.[/] an existing Klaviyo profile ({first['email']}), before → after:")
             props = after["attributes"].get("properties") or {}
-            console.print(f"   first_name          {first['first_name']} → {short(after['attributes'].get('first_name'))}")
+            name = short(after["attributes"].get("first_name"))
+            console.print(f"   first_name          {first['first_name']} → {name}")
             console.print(f"   LoyalePointBalance  0 → {short(props.get('LoyalePointBalance'))}")
-            console.print(f"   FavouriteColour     blue → {short(props.get('FavouriteColour'))} (not ours: never touched)")
+            colour = short(props.get("FavouriteColour"))
+            console.print(f"   FavouriteColour     blue → {colour} (not ours: never touched)")
         problems = rt.store.problems(produced.run_id)
         if problems:
             console.print(f"[bold]5.[/] {len(problems)} customers need a look, e.g.:")
@@ -155,15 +156,12 @@ def run_demo(customers: int, merge_customers: bool, existing_profiles: str, keep
             for name in ("SYNC_REDIS_URL", "SYNC_TENANTS_FILE"):
                 console.print(f"  export {name}={env[name]}", markup=False, highlight=False)
             console.print("  loyale-sync sync-one <customer id> --dry-run\nCtrl-C stops everything.")
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
         rt.close()
     finally:
         for process in reversed(processes):
             process.stop()
         if processes and isinstance(processes[0], RedisServer):
             processes[0].cleanup()
-        redis.Redis  # noqa: B018 - keep the import for type checkers of RedisServer users

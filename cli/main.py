@@ -11,6 +11,7 @@ from cli.render import outcome_table, plan_table, wait_for_run
 from producers.backfill import run_backfill
 from producers.loyale import CustomerNotFound
 from worker.errors import RetryableError, TenantFatalError
+from worker.logs import configure_logging
 from worker.outcomes import Outcome
 from worker.runtime import current_run
 from worker.sync import plan_customer, sync_customer
@@ -19,6 +20,13 @@ app = typer.Typer(
     help="Keep Klaviyo profiles in step with Loyale loyalty customers. Every command has --help.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show info logs.")] = False) -> None:
+    """Logs go to stderr; commands print their results to stdout."""
+    settings = ctx.settings()
+    configure_logging(settings.log_json, "INFO" if verbose else "WARNING")
+
 
 TenantOpt = Annotated[str | None, typer.Option("--tenant", "-t", help="Tenant id (default: the only tenant).")]
 
@@ -41,7 +49,8 @@ def backfill(
         except TenantFatalError as exc:
             raise ctx.fail(str(exc)) from None
         except RetryableError as exc:
-            raise ctx.fail(f"Loyale kept failing while paging ({exc}); run `loyale-sync backfill` again later") from None
+            raise ctx.fail(f"Loyale kept failing while paging ({exc}); run `loyale-sync backfill` again later"
+                           ) from None
         ctx.console.print(f"enqueued {produced.enqueued} customers"
                           + (f" ({produced.duplicates} duplicates from paging skipped)" if produced.duplicates else ""))
         if not wait:

@@ -48,6 +48,8 @@ class ServerProcess:
     args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     env: dict[str, str] | None = None
+    #: Send the fake's own output (its URLs and keys) to /dev/null instead of this terminal.
+    quiet: bool = False
     proc: subprocess.Popen | None = None
 
     @property
@@ -59,6 +61,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, "--host", "127.0.0.1", "--port", str(self.port), *self.args],
             env=env,
+            stdout=subprocess.DEVNULL if self.quiet else None,
         )
         try:
             wait_until_healthy(f"{self.url}/_fake/health", timeout_s=timeout_s, proc=self.proc)
