@@ -117,7 +117,7 @@ def run_demo(customers: int, merge_customers: bool, existing_profiles: str, keep
         env = sync_env(redis_server.url, tenants_file)
         console.print(f"[bold]2.[/] starting a Celery worker (merge customers: {'on' if merge_customers else 'off'}"
                       + ("" if merge_customers else f", existing profiles: {existing_profiles}") + ")…")
-        worker = WorkerProcess(env, concurrency=2, name="demo").start()
+        worker = WorkerProcess.backfill(env, name="demo").start()
         processes.append(worker)
         worker.wait_ready()
 

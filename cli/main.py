@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli import context as ctx
 from cli.render import outcome_table, plan_table, wait_for_run
@@ -15,6 +16,7 @@ from worker.logs import configure_logging
 from worker.outcomes import Outcome
 from worker.runtime import current_run
 from worker.sync import plan_customer, sync_customer
+from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL
 
 app = typer.Typer(
     help="Keep Klaviyo profiles in step with Loyale loyalty customers. Every command has --help.",
@@ -35,6 +37,9 @@ TenantOpt = Annotated[str | None, typer.Option("--tenant", "-t", help="Tenant id
 def backfill(
     tenant: TenantOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until every customer has an outcome.")] = False,
+    per_customer: Annotated[bool, typer.Option(
+        "--per-customer", help="Sync each customer with its own Klaviyo requests (the incremental queue) "
+                               "instead of in batches; for small schemes and comparisons.")] = False,
 ) -> None:
     """Enqueue every customer of the tenant's Loyale scheme, one task each, as a new run."""
     from worker.app import app as celery_app
@@ -44,13 +49,26 @@ def backfill(
         loyale = ctx.loyale_client(rt.http, chosen)
         run_id = rt.store.create_run(chosen.id, "backfill")
         ctx.console.print(f"run [bold]{run_id}[/]: reading customers of {chosen.id} from Loyale…")
+        bar = Progress(TextColumn("enqueued"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=ctx.console, transient=True)
+        task = bar.add_task("enqueue", total=None)
+
+        def progress(enqueued: int, total: int | None) -> None:
+            bar.update(task, completed=enqueued, total=total)
+
         try:
-            produced = run_backfill(app=celery_app, store=rt.store, loyale=loyale, tenant=chosen.id, run_id=run_id)
+            bar.start()
+            produced = run_backfill(app=celery_app, store=rt.store, loyale=loyale, tenant=chosen.id, run_id=run_id,
+                                    queue=QUEUE_INCREMENTAL if per_customer else QUEUE_BACKFILL,
+                                    max_in_flight=rt.settings.max_queued_per_tenant,
+                                    on_progress=lambda n, total: progress(n, total))
         except TenantFatalError as exc:
             raise ctx.fail(str(exc)) from None
         except RetryableError as exc:
             raise ctx.fail(f"Loyale kept failing while paging ({exc}); run `loyale-sync backfill` again later"
                            ) from None
+        finally:
+            bar.stop()
         ctx.console.print(f"enqueued {produced.enqueued} customers"
                           + (f" ({produced.duplicates} duplicates from paging skipped)" if produced.duplicates else ""))
         if not wait:

@@ -57,7 +57,8 @@ def write_tenants_file(tenants: dict[str, dict[str, Any]], directory: str | None
 def sync_env(redis_url: str, tenants_file: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNC_")}
     env.update({"SYNC_REDIS_URL": redis_url, "SYNC_TENANTS_FILE": str(tenants_file), "SYNC_LOG_JSON": "true",
-                "SYNC_RETRY_BASE_S": "0.2", "SYNC_RETRY_MAX_S": "2", "PYTHONUNBUFFERED": "1"})
+                "SYNC_RETRY_BASE_S": "0.2", "SYNC_RETRY_MAX_S": "2", "PYTHONUNBUFFERED": "1",
+                "SYNC_BATCH_SIZE": "500", "SYNC_BATCH_FLUSH_INTERVAL_S": "0.5"})
     env.update(extra)
     return env
 
@@ -119,8 +120,10 @@ class WorkerProcess:
 
     env: dict[str, str]
     concurrency: int = 2
-    queues: str = "sync.incremental,sync.backfill"
+    queues: str = "sync.incremental"
     name: str = "w1"
+    #: Backfill workers hold many messages (celery-batches groups them); incremental ones hold one.
+    prefetch_multiplier: int = 1
     log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1]))
     proc: subprocess.Popen | None = None
 
@@ -129,10 +132,18 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", self.queues,
              "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
+             "--prefetch-multiplier", str(self.prefetch_multiplier),
              "-E", "--loglevel", "WARNING"],
             env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         return self
+
+    @classmethod
+    def backfill(cls, env: dict[str, str], concurrency: int = 2, name: str = "bf", **kw: Any) -> WorkerProcess:
+        """A backfill worker: consumes `sync.backfill` and holds enough messages to fill its batches."""
+        batch = int(env.get("SYNC_BATCH_SIZE", "5000"))
+        return cls(env, concurrency=concurrency, queues="sync.backfill", name=name,
+                   prefetch_multiplier=max(1, 2 * batch // concurrency), **kw)
 
     def wait_ready(self, timeout_s: float = 60.0) -> WorkerProcess:
         probe = Celery(broker=self.env["SYNC_REDIS_URL"], set_as_current=False)

@@ -7,6 +7,7 @@ once, so the run's expected count is exact and the run ends when every customer 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,14 +52,32 @@ def enqueue_customers(app: Celery, store: Store, loyale: LoyaleClient, tenant: s
     return enqueued, len(payloads) - enqueued
 
 
+def wait_for_room(store: Store, run_id: str, max_in_flight: int, poll_s: float = 0.2,
+                  sleep: Callable[[float], None] = time.sleep) -> None:
+    """Backpressure: hold the producer while `max_in_flight` of the run's customers wait for an outcome.
+
+    The queue (and so Redis memory) then stays bounded for any scheme size, and two runs producing at
+    once each keep at most their bound on the queue, so a FIFO queue interleaves them fairly.
+    """
+    while True:
+        info = store.run(run_id)
+        in_flight = store.enqueued_count(run_id) - (info.completed if info else 0)
+        if in_flight < max_in_flight:
+            return
+        sleep(poll_s)
+
+
 def run_backfill(*, app: Celery, store: Store, loyale: LoyaleClient, tenant: str, run_id: str | None = None,
-                 queue: str = QUEUE_BACKFILL, on_progress: Progress | None = None) -> Produced:
+                 queue: str = QUEUE_BACKFILL, on_progress: Progress | None = None,
+                 max_in_flight: int | None = None) -> Produced:
     """Page through the whole scheme and enqueue every customer; returns when all are enqueued."""
     run_id = run_id or store.create_run(tenant, "backfill")
     if store.run(run_id) is None:
         store.create_run(tenant, "backfill", run_id=run_id)
     enqueued = duplicates = 0
     for page in loyale.pages(filters=BACKFILL_FILTERS, sorts=BACKFILL_SORTS):
+        if max_in_flight:
+            wait_for_room(store, run_id, max_in_flight)
         added, dupes = enqueue_customers(app, store, loyale, tenant, run_id, page.customers, queue)
         enqueued += added
         duplicates += dupes

@@ -42,7 +42,7 @@ def create_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
-    tasks.register(app)
+    tasks.register(app, settings)
     return app
 
 

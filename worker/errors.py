@@ -40,22 +40,26 @@ class Deferred(RetryableError):
 class TenantFatalError(SyncError):
     """Raised on 401/403 or a broken tenant config: no task of this tenant can succeed until it is fixed."""
 
-    def __init__(self, tenant: str, message: str) -> None:
+    def __init__(self, tenant: str, message: str, status: int | None = None) -> None:
         super().__init__(f"tenant {tenant!r}: {message}")
         self.tenant = tenant
         self.reason = message
+        self.status = status
 
 
 class RecordRejected(SyncError):
     """Raised when Klaviyo refuses one customer's data (4xx); `detail` and `pointer` are Klaviyo's."""
 
-    def __init__(self, status: int, code: str, detail: str, pointer: str | None = None) -> None:
+    def __init__(self, status: int, code: str, detail: str, pointer: str | None = None,
+                 errors: list[RecordRejected] | None = None) -> None:
         where = f" at {pointer}" if pointer else ""
         super().__init__(f"Klaviyo {status} {code}: {detail}{where}")
         self.status = status
         self.code = code
         self.detail = detail
         self.pointer = pointer
+        #: Every error of the answer (a bulk import's 400 names each bad row); [self] if one.
+        self.errors = errors or [self]
 
 
 class DuplicateProfile(RecordRejected):

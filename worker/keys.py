@@ -51,9 +51,19 @@ def paused(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:paused"
 
 
-def backoff_until(tenant: str) -> str:
-    """String epoch seconds: after a 429 no task of the tenant calls Klaviyo before this time."""
-    return f"{PREFIX}:tenant:{tenant}:backoff_until"
+def tenant_backoff(tenant: str) -> str:
+    """Exists (with a TTL) while the tenant backs off after a 429: no Klaviyo request is granted."""
+    return f"{PREFIX}:tenant:{tenant}:backoff"
+
+
+def rate_log(account: str, endpoint: str, window: str) -> str:
+    """Sorted set of request times (ms) granted for the account's endpoint in the burst/steady window."""
+    return f"{PREFIX}:rl:{account}:{endpoint}:{window}"
+
+
+def account_of_key(fingerprint: str) -> str:
+    """String: the Klaviyo account a private key belongs to (from GET /api/accounts), by key fingerprint."""
+    return f"{PREFIX}:account:{fingerprint}"
 
 
 def customer_lock(tenant: str, customer_id: str) -> str:
@@ -74,3 +84,9 @@ def queued(tenant: str) -> str:
 def run_enqueued(run_id: str) -> str:
     """Set of customer ids enqueued in the run: dedupes a customer that paging returns twice."""
     return f"{PREFIX}:run:{run_id}:enqueued"
+
+
+def run_pending(run_id: str) -> str:
+    """Hash customer id -> planned outcome, written before our write is sent: if the worker dies after
+    the write took effect, the redelivered task reports what the first attempt did, not `unchanged`."""
+    return f"{PREFIX}:run:{run_id}:pending"

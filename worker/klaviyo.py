@@ -35,7 +35,7 @@ CREATE_PROFILE = "POST /api/profiles"
 UPDATE_PROFILE = "PATCH /api/profiles/{id}"
 IMPORT_PROFILE = "POST /api/profile-import"
 BULK_IMPORT = "POST /api/profile-bulk-import-jobs"
-GET_BULK_IMPORT = "GET /api/profile-bulk-import-jobs/{id}"
+GET_BULK_IMPORT = "GET /api/profile-bulk-import-jobs/{job_id}"
 GET_IMPORT_ERRORS = "GET /api/profile-bulk-import-jobs/{id}/import-errors"
 SUPPRESS = "POST /api/profile-suppression-bulk-create-jobs"
 UNSUPPRESS = "POST /api/profile-suppression-bulk-delete-jobs"
@@ -125,14 +125,14 @@ def raise_for_klaviyo(response: httpx.Response, tenant: str) -> None:
         raise TenantFatalError(
             tenant,
             f"Klaviyo rejected the private API key ({code or 401}: {detail}). Create a new private key in "
-            "Klaviyo (Settings > API Keys) and update the tenant's klaviyo_private_key",
+            "Klaviyo (Settings > API Keys) and update the tenant's klaviyo_private_key", status,
         )
     if status == 403:
         raise TenantFatalError(
             tenant,
             f"the Klaviyo private API key lacks a scope this sync needs ({code or 403}: {detail}). It needs "
             "profiles:read, profiles:write, subscriptions:write and lists:write; `loyale-sync verify` shows "
-            "which are missing. Scopes cannot be added to a key: create a new one",
+            "which are missing. Scopes cannot be added to a key: create a new one", status,
         )
     if status == 410:
         raise TenantFatalError(tenant, f"Klaviyo retired the API revision in use (410): {detail}; "
@@ -140,7 +140,11 @@ def raise_for_klaviyo(response: httpx.Response, tenant: str) -> None:
     if status == 409 and code == "duplicate_profile":
         meta = error.get("meta") if isinstance(error.get("meta"), dict) else {}
         raise DuplicateProfile(detail, meta.get("duplicate_profile_id"), pointer)
-    raise RecordRejected(status, code or str(status), detail[:500], pointer)
+    items = body.get("errors") if isinstance(body, dict) and isinstance(body.get("errors"), list) else []
+    every = [RecordRejected(status, str(e.get("code") or status), str(e.get("detail") or "")[:500],
+                            (e.get("source") or {}).get("pointer") if isinstance(e.get("source"), dict) else None)
+             for e in items if isinstance(e, dict)]
+    raise RecordRejected(status, code or str(status), detail[:500], pointer, every or None)
 
 
 class KlaviyoClient:

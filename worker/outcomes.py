@@ -25,3 +25,14 @@ PROBLEMS = frozenset({Outcome.INVALID, Outcome.REJECTED, Outcome.CONFLICT, Outco
 RETRYABLE = frozenset({Outcome.FAILED, Outcome.REJECTED})
 #: Outcomes after which the snapshot counts as synced (a later, older snapshot is stale).
 SETTLED = frozenset(Outcome) - {Outcome.FAILED, Outcome.STALE}
+
+
+def after_interruption(planned: str | None, now: Outcome) -> Outcome:
+    """The outcome to report when an earlier attempt of this run planned `planned` and may have
+    written it before its worker died: a write that took effect is not `unchanged` the second time."""
+    if planned is None:
+        return now
+    earlier = Outcome(planned)
+    if now in (Outcome.UNCHANGED, Outcome.SKIPPED_EXISTING) or (now == Outcome.UPDATED and earlier == Outcome.CREATED):
+        return earlier
+    return now

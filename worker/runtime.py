@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import httpx
 import redis
+import structlog
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
-from worker.errors import Deferred
-from worker.klaviyo import KlaviyoClient
+from worker import keys
+from worker.errors import Deferred, RetryableError, TenantFatalError
+from worker.klaviyo import GET_ACCOUNTS, KlaviyoClient
+from worker.ratelimit import EndpointLimit, RateLimiter, endpoint_limits, key_fingerprint, load_spec_limits
 from worker.settings import Settings, TenantConfig
 from worker.store import Store
 from worker.sync import SyncDeps
 
+log = structlog.get_logger("runtime")
+
 #: The run the current task belongs to, so the Klaviyo request hook can count requests per run.
 current_run: ContextVar[str | None] = ContextVar("current_run", default=None)
+ACCOUNT_CACHE_S = 86_400
+#: A key without accounts:read is limited under its own name; ask again after this long.
+ACCOUNT_FALLBACK_CACHE_S = 3_600
 
 
 def make_http_client(settings: Settings) -> httpx.Client:
@@ -27,6 +38,15 @@ def make_http_client(settings: Settings) -> httpx.Client:
     )
 
 
+def make_redis(url: str) -> redis.Redis:
+    """The state Redis: a blip of a second or two is ridden out by the client's own retries."""
+    return redis.Redis.from_url(
+        url, decode_responses=True, health_check_interval=30, socket_timeout=5, socket_connect_timeout=2,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=6),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -34,17 +54,24 @@ class Runtime:
     redis: redis.Redis
     store: Store
     http: httpx.Client
+    limiter: RateLimiter
+    limits_table: dict[str, tuple[str, str]]
     _klaviyo: dict[str, KlaviyoClient] = field(default_factory=dict)
+    _limits: dict[str, dict[str, EndpointLimit]] = field(default_factory=dict)
+    _accounts: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings, tenants: dict[str, TenantConfig] | None = None) -> Runtime:
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+        client = make_redis(settings.redis_url)
+        table = load_spec_limits(settings.klaviyo_spec_path)
         return cls(
             settings=settings,
             tenants=tenants if tenants is not None else settings.load_tenants(),
             redis=client,
             store=Store(client, settings.retention_days),
             http=make_http_client(settings),
+            limiter=RateLimiter(client),
+            limits_table=table,
         )
 
     def klaviyo(self, tenant_id: str) -> KlaviyoClient:
@@ -58,11 +85,55 @@ class Runtime:
             )
         return self._klaviyo[tenant_id]
 
+    def limits(self, tenant_id: str) -> dict[str, EndpointLimit]:
+        if tenant_id not in self._limits:
+            self._limits[tenant_id] = endpoint_limits(
+                self.limits_table, headroom=self.tenants[tenant_id].headroom,
+                rate_scale=self.settings.limiter_rate_scale, window_scale=self.settings.limiter_window_scale)
+        return self._limits[tenant_id]
+
+    def account(self, tenant_id: str) -> str:
+        """The Klaviyo account of the tenant's key: the unit Klaviyo's limits apply to.
+
+        Asked once a day per key (GET /api/accounts allows 1/s, 15/min) and cached in Redis; a key
+        without accounts:read is limited under its own fingerprint.
+        """
+        known = self._accounts.get(tenant_id)
+        if known is not None and known[1] > time.monotonic():
+            return known[0]
+        fingerprint = key_fingerprint(self.tenants[tenant_id].klaviyo_private_key.get_secret_value())
+        cached = self.redis.get(keys.account_of_key(fingerprint))
+        if cached is None:
+            try:
+                cached = str(self.klaviyo(tenant_id).account()["id"])
+                self.redis.set(keys.account_of_key(fingerprint), cached, ex=ACCOUNT_CACHE_S)
+            except TenantFatalError as exc:
+                if exc.status != 403:
+                    raise
+                cached = f"key-{fingerprint}"
+                self.redis.set(keys.account_of_key(fingerprint), cached, ex=ACCOUNT_FALLBACK_CACHE_S)
+                log.warning("klaviyo_account_unknown", tenant=tenant_id,
+                            hint="the key lacks accounts:read; tenants sharing an account will not share a limit")
+            except RetryableError:
+                # Klaviyo is struggling: limit under the key's own name for a minute rather than spend
+                # the accounts endpoint's tiny quota (15/min) on every attempt of every customer.
+                self._accounts[tenant_id] = (f"key-{fingerprint}", time.monotonic() + 60)
+                return f"key-{fingerprint}"
+        self._accounts[tenant_id] = (cached, time.monotonic() + ACCOUNT_CACHE_S)
+        return cached
+
     def _gate(self, tenant_id: str, endpoint: str) -> None:
-        """Before every Klaviyo request: a tenant that was throttled stays quiet until Retry-After."""
-        wait_s = self.store.backoff_remaining_s(tenant_id)
+        """Before every Klaviyo request: ask the fleet-wide limiter (which also holds 429 back-offs)."""
+        limits = self.limits(tenant_id)
+        limit = limits.get(endpoint) or limits["GET /api/profiles"]
+        if endpoint == GET_ACCOUNTS:
+            fingerprint = key_fingerprint(self.tenants[tenant_id].klaviyo_private_key.get_secret_value())
+            account = f"key-{fingerprint}"
+        else:
+            account = self.account(tenant_id)
+        wait_s = self.limiter.acquire(account, tenant_id, endpoint, limit)
         if wait_s > 0:
-            raise Deferred(f"tenant {tenant_id} backs off after a 429", retry_after_s=wait_s)
+            raise Deferred(f"rate limit of {endpoint} for tenant {tenant_id}", retry_after_s=wait_s)
 
     def _count_request(self, endpoint: str, status: int) -> None:
         self.store.count_request(current_run.get(), endpoint, status)
@@ -73,3 +144,6 @@ class Runtime:
     def close(self) -> None:
         self.http.close()
         self.redis.close()
+
+
+__all__ = ["Runtime", "current_run", "make_http_client", "make_redis", "RetryableError"]

@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
 
+#: Where the shared reference keeps Klaviyo's OpenAPI spec next to a checkout of this repository.
+DEFAULT_SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "klaviyo-openapi" / "stable.json"
 KLAVIYO_PRIVATE_KEY = re.compile(r"^pk_[A-Za-z0-9]+$")
 KLAVIYO_PUBLIC_KEY = re.compile(r"^[A-Za-z0-9]{6}$")
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -112,7 +114,10 @@ class Settings(BaseSettings):
 
     klaviyo_revision: str = "2026-07-15"
     #: Klaviyo's OpenAPI spec, read for the `x-klaviyo-ratelimit` numbers (built-in table if absent).
-    klaviyo_spec_path: Path | None = None
+    klaviyo_spec_path: Path | None = DEFAULT_SPEC_PATH
+    #: Multiply Klaviyo's limits / window lengths: only for running against a fake with scaled limits.
+    limiter_rate_scale: float = 1.0
+    limiter_window_scale: float = 1.0
     http_timeout_s: float = 20.0
     http_connect_timeout_s: float = 5.0
 
@@ -126,6 +131,10 @@ class Settings(BaseSettings):
     #: How long a run's ledger, outcomes and journal are kept in Redis.
     retention_days: int = 30
 
+    #: Backfill batching: a backfill worker syncs the customers it holds together once it holds this
+    #: many (or every `batch_flush_interval_s`): lookups of 100, bulk imports of up to 10,000.
+    batch_size: int = 5000
+    batch_flush_interval_s: float = 2.0
     #: Backfill backpressure: at most this many of a tenant's tasks wait on the queue at once.
     max_queued_per_tenant: int = 10_000
     incremental_interval_s: float = 60.0

@@ -95,6 +95,7 @@ class RunInfo:
     completed: int
     counts: dict[str, int] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
+    deferrals: int = 0
 
     @property
     def duration_s(self) -> float:
@@ -166,6 +167,7 @@ class Store:
             completed=int(raw.get("completed", 0)),
             counts={k.split(":", 1)[1]: int(v) for k, v in raw.items() if k.startswith("outcome:")},
             meta={k.split(":", 1)[1]: v for k, v in raw.items() if k.startswith("meta:")},
+            deferrals=int(raw.get("deferrals", 0)),
         )
 
     def runs(self, tenant: str | None = None, limit: int = 20) -> list[RunInfo]:
@@ -177,6 +179,10 @@ class Store:
 
     def outcomes(self, run_id: str) -> dict[str, str]:
         return dict(self.redis.hgetall(keys.run_outcomes(run_id)))
+
+    def count_deferral(self, run_id: str) -> None:
+        """A customer waited for the rate limiter (a countdown, not an attempt)."""
+        self.redis.hincrby(keys.run(run_id), "deferrals", 1)
 
     def count_request(self, run_id: str | None, endpoint: str, status: int) -> None:
         if run_id:
@@ -216,6 +222,31 @@ class Store:
         last_synced = datetime.fromtimestamp(int(last) / 1_000_000, UTC) if last else None
         return Memory(last_synced=last_synced, suppressed_by_us=bool(email) and bool(ours))
 
+    def mark_pending(self, run_id: str, planned: dict[str, str]) -> None:
+        """Remember the outcome each customer's write is about to produce (see `keys.run_pending`)."""
+        if planned:
+            pipe = self.redis.pipeline()
+            pipe.hset(keys.run_pending(run_id), mapping=planned)
+            pipe.expire(keys.run_pending(run_id), self.ttl_s)
+            pipe.execute()
+
+    def pending(self, run_id: str, customer_ids: list[str]) -> dict[str, str]:
+        if not customer_ids:
+            return {}
+        values = self.redis.hmget(keys.run_pending(run_id), customer_ids)
+        return {cid: v for cid, v in zip(customer_ids, values, strict=True) if v}
+
+    def memories(self, tenant: str, customers: list[tuple[str, str | None]]) -> list[Memory]:
+        """`memory` for many (customer id, email) pairs in one round trip."""
+        pipe = self.redis.pipeline()
+        for customer_id, email in customers:
+            pipe.hget(keys.synced(tenant), customer_id)
+            pipe.hexists(keys.suppressed_by_us(tenant), email or "")
+        raw = pipe.execute()
+        return [Memory(last_synced=datetime.fromtimestamp(int(last) / 1_000_000, UTC) if last else None,
+                       suppressed_by_us=bool(email) and bool(ours))
+                for (_, email), last, ours in zip(customers, raw[::2], raw[1::2], strict=True)]
+
     def mark_suppressed(self, tenant: str, email: str) -> None:
         self.redis.hset(keys.suppressed_by_us(tenant), email, repr(time.time()))
 
@@ -251,17 +282,6 @@ class Store:
 
     def resume_tenant(self, tenant: str) -> bool:
         return bool(self.redis.delete(keys.paused(tenant)))
-
-    def back_off_tenant(self, tenant: str, seconds: float) -> None:
-        """No task of the tenant calls Klaviyo for `seconds` (only ever extends the back-off)."""
-        until = time.time() + seconds
-        current = self.redis.get(keys.backoff_until(tenant))
-        if current is None or float(current) < until:
-            self.redis.set(keys.backoff_until(tenant), repr(until), px=max(1, int(seconds * 1000) + 1000))
-
-    def backoff_remaining_s(self, tenant: str) -> float:
-        current = self.redis.get(keys.backoff_until(tenant))
-        return max(0.0, float(current) - time.time()) if current else 0.0
 
     # --- per-customer lock -----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from worker.klaviyo import KlaviyoClient
 from worker.mapping import InvalidCustomer, MappedProfile, map_customer
 from worker.merge import Match, Memory, Plan, Policy, plan_sync, stale_plan
 from worker.models import KlaviyoProfile, LoyaleCustomer, parse_customer
-from worker.outcomes import Outcome
+from worker.outcomes import Outcome, after_interruption
 from worker.settings import TenantConfig
 from worker.store import Store
 
@@ -130,7 +130,12 @@ def sync_customer(deps: SyncDeps, run_id: str, payload: dict[str, Any], *, dry_r
     """Sync one customer and record its outcome (unless `dry_run`, which only plans)."""
     customer, plan, warnings = plan_customer(deps, payload)
     customer_id = customer.id if customer else customer_id_of(payload)
+    if not dry_run and customer is not None:
+        planned = deps.store.pending(run_id, [customer_id]).get(customer_id)
+        if planned is not None:
+            plan = replace(plan, outcome=after_interruption(planned, plan.outcome))
     if not dry_run and plan.writes_anything and customer is not None:
+        deps.store.mark_pending(run_id, {customer_id: plan.outcome.value})
         try:
             plan = execute(deps, run_id, customer, plan, warnings)
         except DuplicateProfile as exc:

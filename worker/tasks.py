@@ -13,21 +13,33 @@ What happens on each kind of error (DESIGN.md decisions 10-12):
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
+from collections import defaultdict
 from typing import Any
 
+import redis
 import structlog
 from celery import Celery, Task
+from celery.exceptions import Reject
+from celery_batches import Batches
 
 from worker import backoff
+from worker.batch import Again, BatchSettings, BatchSync, Done, Item, Result, email_lock
 from worker.errors import Deferred, RetryableError, TenantFatalError, Throttled
 from worker.outcomes import Outcome
+from worker.ratelimit import LimiterUnavailable
 from worker.runtime import Runtime, current_run
+from worker.settings import Settings
 from worker.sync import customer_id_of, sync_customer
 
 log = structlog.get_logger("tasks")
 
 TASK_NAME = "sync.customer"
+#: The same one-message-per-customer task for backfills, consumed by backfill workers that sync the
+#: customers they hold in batches (`worker.batch`).
+BACKFILL_TASK_NAME = "sync.backfill_customer"
 QUEUE_BACKFILL = "sync.backfill"
 QUEUE_INCREMENTAL = "sync.incremental"
 #: A 429 is not the customer's fault: it does not spend an attempt, but a storm that never ends
@@ -59,15 +71,28 @@ def task_repr(tenant: str, run: str, customer_id: str) -> str:
 
 
 def enqueue(app: Celery, tenant: str, run: str, customer: dict[str, Any], queue: str, **options: Any) -> None:
-    """Put one customer on the queue."""
+    """Put one customer on the queue: batched on the backfill queue, on its own on the incremental one."""
     app.send_task(
-        TASK_NAME, kwargs={"tenant": tenant, "run": run, "customer": customer}, queue=queue,
-        kwargsrepr=task_repr(tenant, run, customer_id_of(customer)), **options,
+        BACKFILL_TASK_NAME if queue == QUEUE_BACKFILL else TASK_NAME,
+        kwargs={"tenant": tenant, "run": run, "customer": customer, **options.pop("extra_kwargs", {})},
+        queue=queue, kwargsrepr=task_repr(tenant, run, customer_id_of(customer)), **options,
     )
 
 
 def sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, Any], attempt: int = 1,
                        throttles: int = 0) -> str:
+    try:
+        return _sync_customer_task(self, tenant, run, customer, attempt, throttles)
+    except (redis.ConnectionError, redis.TimeoutError, LimiterUnavailable) as exc:
+        # Our own state store is unreachable: nothing may be sent without the limiter and no
+        # outcome can be recorded. Put the message back; if even that fails, the broker
+        # redelivers it after the visibility timeout. Never acknowledge it unprocessed.
+        log.warning("state_store_unavailable", tenant=tenant, run=run, error=str(exc))
+        raise Reject(str(exc), requeue=True) from exc
+
+
+def _sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, Any], attempt: int,
+                        throttles: int) -> str:
     rt = get_runtime()
     store = rt.store
     customer_id = customer_id_of(customer)
@@ -91,20 +116,26 @@ def sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, An
         return fail(f"tenant {tenant!r} is not configured in this worker (check SYNC_TENANTS_FILE)")
     if (paused := store.tenant_paused(tenant)) is not None:
         return fail(f"tenant paused: {paused}")
-    if (wait_s := store.backoff_remaining_s(tenant)) > 0:
+    if (wait_s := rt.limiter.backoff_remaining_s(tenant)) > 0:
         again(wait_s)
 
     token = self.request.id or uuid.uuid4().hex
     if not store.lock_customer(tenant, customer_id, token):
         again(LOCK_WAIT_S)  # another sync of this customer is running: let it finish first
+    email = customer.get("email") if isinstance(customer.get("email"), str) else None
+    if email and not store.lock_customer(tenant, email_lock(email), token):
+        store.unlock_customer(tenant, customer_id, token)
+        again(LOCK_WAIT_S)  # another customer with this email is being synced (case duplicates)
     run_token = current_run.set(run)
     try:
         return sync_customer(rt.deps(tenant), run, customer).outcome.value
     except Deferred as exc:
+        bound.debug("sync_deferred", reason=str(exc), countdown_s=exc.retry_after_s)
+        store.count_deferral(run)
         again(exc.retry_after_s or LOCK_WAIT_S)
     except Throttled as exc:
         wait_s = backoff.after_throttle_s(exc.retry_after_s, rt.settings.retry_base_s, rt.settings.max_countdown_s)
-        store.back_off_tenant(tenant, wait_s)
+        rt.limiter.back_off(tenant, wait_s)
         bound.info("klaviyo_throttled", retry_after_s=exc.retry_after_s, countdown_s=round(wait_s, 2))
         if throttles + 1 >= MAX_THROTTLES:
             return fail(f"Klaviyo kept throttling: {MAX_THROTTLES} 429 answers in a row")
@@ -123,11 +154,97 @@ def sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, An
     finally:
         current_run.reset(run_token)
         store.unlock_customer(tenant, customer_id, token)
+        if email:
+            store.unlock_customer(tenant, email_lock(email), token)
     raise AssertionError("unreachable")  # every branch above returns or raises
 
 
-def register(app: Celery) -> None:
+def backfill_batch(app: Celery, requests: list[Any]) -> None:
+    """Run by a backfill worker on the customers it holds (celery-batches hands them over together).
+
+    Every customer ends recorded or back on the queue. If something unexpected breaks the batch, all
+    its customers are put back; if even that fails, this pool process exits so that the broker
+    redelivers the unacknowledged messages instead of their being acknowledged unprocessed.
+    """
+    started = time.monotonic()
+    try:
+        rt = get_runtime()
+        settings = BatchSettings(max_attempts=rt.settings.max_attempts, retry_base_s=rt.settings.retry_base_s,
+                                 retry_max_s=rt.settings.retry_max_s, max_countdown_s=rt.settings.max_countdown_s)
+        groups: dict[tuple[str, str], list[Item]] = defaultdict(list)
+        for request in requests:
+            kw = request.kwargs
+            groups[(kw["tenant"], kw["run"])].append(Item(
+                task_id=request.id, tenant=kw["tenant"], run=kw["run"], customer=kw["customer"],
+                attempt=int(kw.get("attempt", 1)), throttles=int(kw.get("throttles", 0))))
+        results: list[Result] = []
+        for (tenant, run), items in groups.items():
+            if tenant not in rt.tenants:
+                reason = f"tenant {tenant!r} is not configured in this worker (check SYNC_TENANTS_FILE)"
+                for item in items:
+                    rt.store.record_outcome(run_id=run, tenant=tenant, customer_id=item.customer_id,
+                                            outcome=Outcome.FAILED, reason=reason)
+                    results.append(Done(item, Outcome.FAILED, reason))
+                continue
+            token = current_run.set(run)
+            try:
+                results += BatchSync(rt.deps(tenant), settings, back_off=rt.limiter.back_off).run(items)
+            finally:
+                current_run.reset(token)
+        for result in results:
+            if isinstance(result, Again):
+                _requeue(app, result.item, result.countdown_s)
+        _announce(app, requests, results, time.monotonic() - started)
+        log.info("batch_synced", customers=len(requests), requeued=sum(isinstance(r, Again) for r in results),
+                 seconds=round(time.monotonic() - started, 2))
+    except Exception as exc:  # noqa: BLE001 - nothing may be acknowledged unprocessed
+        log.exception("batch_failed", error=repr(exc), customers=len(requests))
+        try:
+            rt = get_runtime()
+            for request in requests:
+                kw = request.kwargs
+                item = Item(request.id, kw["tenant"], kw["run"], kw["customer"], int(kw.get("attempt", 1)),
+                            int(kw.get("throttles", 0)))
+                if item.attempt >= rt.settings.max_attempts:
+                    rt.store.record_outcome(run_id=item.run, tenant=item.tenant, customer_id=item.customer_id,
+                                            outcome=Outcome.FAILED, reason=f"internal error: {exc!r}")
+                else:
+                    item.attempt += 1
+                    _requeue(app, item, backoff.exponential_s(item.attempt, rt.settings.retry_base_s,
+                                                              rt.settings.retry_max_s))
+        except Exception:  # noqa: BLE001
+            log.critical("batch_requeue_failed", customers=len(requests))
+            os._exit(70)
+
+
+def _requeue(app: Celery, item: Item, countdown_s: float) -> None:
+    enqueue(app, item.tenant, item.run, item.customer, QUEUE_BACKFILL, countdown=countdown_s,
+            task_id=item.task_id, extra_kwargs={"attempt": item.attempt, "throttles": item.throttles})
+
+
+def _announce(app: Celery, requests: list[Any], results: list[Result], runtime_s: float) -> None:
+    """Tell Flower what became of each customer's task (the batch runs them together)."""
+    hostname = next((r.hostname for r in requests if r.hostname), None)
+    with app.events.default_dispatcher(hostname=hostname) as dispatcher:
+        for result in results:
+            if isinstance(result, Done):
+                dispatcher.send("task-succeeded", uuid=result.item.task_id, result=repr(result.outcome.value),
+                                runtime=runtime_s)
+            else:
+                dispatcher.send("task-retried", uuid=result.item.task_id, exception=result.reason[:200],
+                                traceback="")
+
+
+def register(app: Celery, settings: Settings) -> None:
     app.task(
         name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
         max_retries=None, typing=False,
     )(sync_customer_task)
+
+    def sync_backfill_customers(requests: list[Any]) -> None:
+        backfill_batch(app, requests)
+
+    app.task(
+        name=BACKFILL_TASK_NAME, base=Batches, acks_late=True, ignore_result=True,
+        flush_every=settings.batch_size, flush_interval=settings.batch_flush_interval_s,
+    )(sync_backfill_customers)

@@ -36,10 +36,13 @@ def run_id_from(output: str) -> str:
     raise AssertionError(f"no run id in output:\n{output}")
 
 
-def test_backfill_of_three_brands_ends_in_exactly_the_state_their_merge_modes_say(loyale, klaviyo, redis_url, store):
+@pytest.mark.parametrize("path", ["batched", "per-customer"])
+def test_backfill_of_three_brands_ends_in_exactly_the_state_their_merge_modes_say(loyale, klaviyo, redis_url, store,
+                                                                                 path):
     """Given three brands (merge on, merge off skip, merge off fill_empty) with 1,000 customers each, a
     third already in Klaviyo with conflicting data, when each runs `loyale-sync backfill --wait`, then
-    every customer has exactly one outcome and Klaviyo holds exactly what the merge policy says."""
+    every customer has exactly one outcome and Klaviyo holds exactly what the merge policy says, on the
+    batched path (bulk requests) and on the per-customer path alike."""
     klaviyo.set_knobs(rate_limit_scale=50)
     scenarios = [
         build_scenario(loyale, klaviyo, "merge-on", customers=CUSTOMERS, merge_customers=True, seed=11),
@@ -48,11 +51,12 @@ def test_backfill_of_three_brands_ends_in_exactly_the_state_their_merge_modes_sa
                        existing_profiles="fill_empty", seed=13),
     ]
     tenants = write_tenants_file({s.tenant_id: s.tenant_config() for s in scenarios})
-    env = sync_env(redis_url, tenants)
-    worker = WorkerProcess(env, concurrency=2).start().wait_ready()
+    env = sync_env(redis_url, tenants, SYNC_LIMITER_RATE_SCALE="50")  # our limiter knows the fake's scale
+    flags = ["--per-customer"] if path == "per-customer" else []
+    worker = (WorkerProcess(env) if flags else WorkerProcess.backfill(env)).start().wait_ready()
     try:
         for scenario in scenarios:
-            result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait")
+            result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait", *flags)
             assert result.returncode == 0, result.stderr + result.stdout
             run_id = run_id_from(result.stdout)
             info = store.run(run_id)
@@ -72,8 +76,8 @@ def test_sigkilled_worker_mid_backfill_loses_and_duplicates_nothing(loyale, klav
     klaviyo.set_knobs(rate_limit_scale=50, latency_s=0.01)
     scenario = build_scenario(loyale, klaviyo, "killed", customers=CUSTOMERS, merge_customers=True, seed=21)
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
-                   SYNC_VISIBILITY_TIMEOUT_S="10")
-    first = WorkerProcess(env, concurrency=2, name="first").start().wait_ready()
+                   SYNC_VISIBILITY_TIMEOUT_S="10", SYNC_LIMITER_RATE_SCALE="50")
+    first = WorkerProcess.backfill(env, name="first").start().wait_ready()
     result = cli(env, "backfill", "--tenant", scenario.tenant_id)
     assert result.returncode == 0, result.stderr
     run_id = run_id_from(result.stdout)
@@ -81,7 +85,7 @@ def test_sigkilled_worker_mid_backfill_loses_and_duplicates_nothing(loyale, klav
     first.kill()
     done_at_kill = store.run(run_id).completed
     assert done_at_kill < CUSTOMERS
-    second = WorkerProcess(env, concurrency=2, name="second").start().wait_ready()
+    second = WorkerProcess.backfill(env, name="second").start().wait_ready()
     try:
         info = wait_for(lambda: (i := store.run(run_id)).done and i, 180, what="the run to finish")
     finally:
@@ -99,7 +103,7 @@ def test_a_429_storm_delays_the_run_but_loses_nothing_and_retry_after_is_honoure
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}))
     worker = WorkerProcess(env, concurrency=2).start().wait_ready()
     try:
-        result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait")
+        result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait", "--per-customer")
     finally:
         worker.stop()
     assert result.returncode == 0, result.stderr

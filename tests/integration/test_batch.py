@@ -1,0 +1,116 @@
+"""The batched path (`worker.batch.BatchSync`) in this process against real Redis and the fake Klaviyo:
+bulk requests, and every Klaviyo refusal mapped back to the right customer."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.builders import loyale_payload
+from tests.integration.scenario import private_key
+from worker.batch import BatchSettings, BatchSync, Done, Item
+from worker.runtime import Runtime
+from worker.settings import Settings, TenantConfig
+
+
+@pytest.fixture
+def world(klaviyo, redis_url):
+    key = private_key()
+    account = klaviyo.add_account(keys=[{"key": key}])
+    klaviyo.set_knobs(rate_limits_enabled=False, request_log_size=200)
+
+    def batch(**tenant_settings) -> tuple[Runtime, BatchSync]:
+        tenant = TenantConfig(id="t", loyale_scheme_id="s", loyale_admin_email="a@b.c", loyale_admin_password="p",
+                              klaviyo_base_url=klaviyo.base_url, klaviyo_private_key=key, **tenant_settings)
+        rt = Runtime.build(Settings(redis_url=redis_url, limiter_rate_scale=100), tenants={"t": tenant})
+        return rt, BatchSync(rt.deps("t"), BatchSettings(poll_first_s=0.01), back_off=rt.limiter.back_off)
+
+    return batch, account
+
+
+def items(n: int, **overrides) -> list[Item]:
+    return [Item(task_id=f"task-{i}", tenant="t", run="run-1", customer=loyale_payload(
+        id=f"c-{i}", email=f"person{i}@example.com", mobileNumber=f"7912{i:04d}", **overrides)) for i in range(n)]
+
+
+def outcomes(results) -> dict[str, str]:
+    return {r.item.customer_id: r.outcome.value for r in results if isinstance(r, Done)}
+
+
+def test_one_bad_row_among_ten_thousand_is_taken_out_and_the_rest_resent(world, klaviyo):
+    """Given 10,000 customers of which Klaviyo refuses one at submit (all-or-nothing 400 naming its row),
+    the row is taken out, the other 9,999 are imported in the resent job, and only that customer is
+    `rejected`, with Klaviyo's detail; the whole batch costs a handful of requests."""
+    batch, account = world
+    rt, sync = batch(merge_customers=True)
+    work = items(10_000)
+    work[4321].customer["email"] = "josé@example.com"   # we accept it; Klaviyo does not
+    results = sync.run(work)
+    got = outcomes(results)
+    assert len(got) == 10_000
+    assert got.pop("c-4321") == "rejected"
+    assert set(got.values()) == {"created"}
+    problem = rt.store.problems("run-1")["c-4321"]
+    assert "Invalid email address" in problem["reason"] and "/data/attributes/profiles/data/4321" in problem["reason"]
+    assert len(klaviyo.profiles(account_id=account)) == 9_999
+    counts = klaviyo.requests()["by_endpoint"]
+    assert counts["GET /api/profiles"] == 100                     # lookups of 100
+    assert counts["POST /api/profile-bulk-import-jobs"] == 3      # refused, resent, phones
+    assert sum(counts.values()) <= 100 + 3 + 8                    # plus a few job polls
+
+
+def test_a_row_klaviyo_fails_while_importing_is_that_customers_conflict_only(world, klaviyo):
+    batch, account = world
+    rt, sync = batch(merge_customers=True)
+    klaviyo.seed_profiles([{"email": "person1@example.com"}, {"email": "elsewhere@example.com", "external_id": "c-1"}],
+                          account_id=account)
+    got = outcomes(sync.run(items(5)))
+    # merge on: person1's profile found by email gets our external id, which another profile holds
+    assert got == {"c-0": "created", "c-1": "conflict", "c-2": "created", "c-3": "created", "c-4": "created"}
+    assert "identifier" in rt.store.problems("run-1")["c-1"]["reason"]
+
+
+def test_a_phone_held_by_another_profile_is_left_out_and_the_customer_still_syncs(world, klaviyo):
+    batch, account = world
+    rt, sync = batch(merge_customers=True)
+    klaviyo.seed_profiles([{"email": "someone@example.com", "phone_number": "+35679120002"}], account_id=account)
+    got = outcomes(sync.run(items(4)))
+    assert set(got.values()) == {"created"}
+    by_email = {p["attributes"]["email"]: p["attributes"] for p in klaviyo.profiles(account_id=account)}
+    assert by_email["person2@example.com"]["phone_number"] is None
+    assert by_email["someone@example.com"]["phone_number"] == "+35679120002"   # never taken over
+    assert by_email["person3@example.com"]["phone_number"] == "+35679120003"
+    assert "phone not sent" in rt.store.history("t", "c-2")[0]["reason"]
+
+
+def test_customers_sharing_an_email_in_one_batch_do_not_take_over_each_others_profile(world, klaviyo):
+    batch, account = world
+    _, sync = batch(merge_customers=True)
+    work = items(3)
+    work[2].customer["email"] = "PERSON0@example.com"
+    got = outcomes(sync.run(work))
+    assert got == {"c-0": "created", "c-1": "created", "c-2": "conflict"}
+    owner = [p for p in klaviyo.profiles(account_id=account) if p["attributes"]["email"] == "person0@example.com"]
+    assert [p["attributes"]["external_id"] for p in owner] == ["c-0"]
+
+
+@pytest.mark.parametrize("mode", [dict(merge_customers=False), dict(existing_profiles="fill_empty")])
+def test_merge_off_looks_up_external_ids_so_an_existing_profile_is_never_touched(world, klaviyo, mode):
+    batch, account = world
+    _, sync = batch(**mode)
+    klaviyo.seed_profiles([{"email": "old-address@example.com", "external_id": "c-0", "first_name": "Keep"}],
+                          account_id=account)
+    got = outcomes(sync.run(items(2)))
+    assert got["c-0"] == ("skipped_existing" if mode == dict(merge_customers=False) else "updated")
+    profile = next(p for p in klaviyo.profiles(account_id=account) if p["attributes"]["external_id"] == "c-0")
+    assert profile["attributes"]["email"] == "old-address@example.com"
+    assert profile["attributes"]["first_name"] == "Keep"
+    assert klaviyo.requests()["by_endpoint"]["GET /api/profiles"] == 2   # emails, then external ids
+
+
+def test_opt_outs_are_suppressed_in_requests_of_a_hundred(world, klaviyo):
+    batch, account = world
+    _, sync = batch(merge_customers=True)
+    klaviyo.seed_profiles([{"email": f"person{i}@example.com"} for i in range(150)], account_id=account)
+    got = outcomes(sync.run(items(150, marketingSub=False)))
+    assert set(got.values()) == {"suppressed"}
+    assert klaviyo.requests()["by_endpoint"]["POST /api/profile-suppression-bulk-create-jobs"] == 2

@@ -1,0 +1,137 @@
+"""The fleet-wide rate limiter, against a real (private) Redis and from several processes at once."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+import time
+
+import pytest
+import redis
+
+from fakes.processes import RedisServer
+from worker.ratelimit import (
+    BUILT_IN,
+    EndpointLimit,
+    LimiterUnavailable,
+    RateLimiter,
+    Window,
+    endpoint_limits,
+    load_spec_limits,
+)
+from worker.runtime import make_redis
+from worker.settings import DEFAULT_SPEC_PATH
+
+SMALL = EndpointLimit(burst=Window(5, 200), steady=Window(12, 1000))
+
+
+@pytest.fixture
+def limiter(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield RateLimiter(client)
+    client.close()
+
+
+@pytest.mark.skipif(not DEFAULT_SPEC_PATH.exists(), reason="Klaviyo's spec (../shared) is not beside this checkout")
+def test_the_numbers_come_from_klaviyos_spec():
+    table = load_spec_limits(DEFAULT_SPEC_PATH)
+    assert table["GET /api/profiles"] == ("75/s", "750/m")
+    assert table["POST /api/profile-bulk-import-jobs"] == ("10/s", "150/m")
+    assert table["GET /api/accounts"] == ("1/s", "15/m")
+
+
+def test_a_changed_spec_changes_the_limits(tmp_path):
+    spec = {"paths": {"/api/profiles": {"get": {"x-klaviyo-ratelimit": {"burst": "3/s", "steady": "40/m"}}}}}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    limits = endpoint_limits(load_spec_limits(path))
+    assert limits["GET /api/profiles"] == EndpointLimit(Window(3, 1000), Window(40, 60_000))
+    assert load_spec_limits(tmp_path / "absent.json") == BUILT_IN
+
+
+def test_headroom_leaves_a_share_of_each_window_to_other_integrations():
+    limits = endpoint_limits(BUILT_IN, headroom=0.2)
+    assert limits["GET /api/profiles"] == EndpointLimit(Window(60, 1000), Window(600, 60_000))
+    assert limits["GET /api/accounts"].burst.limit == 1   # never below one request
+
+
+def test_grants_up_to_the_burst_then_says_how_long_to_wait(limiter):
+    grants = [limiter.acquire("acct", "t", "GET /api/profiles", SMALL) for _ in range(5)]
+    assert grants == [0.0] * 5
+    wait_s = limiter.acquire("acct", "t", "GET /api/profiles", SMALL)
+    assert 0 < wait_s <= 0.2
+    time.sleep(wait_s)
+    assert limiter.acquire("acct", "t", "GET /api/profiles", SMALL) == 0.0
+
+
+def test_accounts_and_endpoints_are_limited_separately(limiter):
+    for _ in range(5):
+        limiter.acquire("acct", "t", "GET /api/profiles", SMALL)
+    assert limiter.acquire("acct", "t", "GET /api/profiles", SMALL) > 0
+    assert limiter.acquire("other", "t2", "GET /api/profiles", SMALL) == 0.0
+    assert limiter.acquire("acct", "t", "POST /api/profiles", SMALL) == 0.0
+
+
+def test_a_429_back_off_holds_every_request_of_the_tenant(limiter):
+    limiter.back_off("t", 0.3)
+    wait_s = limiter.acquire("acct", "t", "POST /api/profiles", SMALL)
+    assert 0.2 < wait_s <= 0.3
+    assert limiter.acquire("acct", "other-tenant", "POST /api/profiles", SMALL) == 0.0
+
+
+def _hammer(url: str, start_at: float, until: float, out: multiprocessing.Queue) -> None:
+    limiter = RateLimiter(redis.Redis.from_url(url, decode_responses=True))
+    granted = []
+    time.sleep(max(0.0, start_at - time.time()))
+    while time.time() < until:
+        wait_s = limiter.acquire("acct", "t", "GET /api/profiles", SMALL)
+        if wait_s == 0:
+            granted.append(time.time())
+        else:
+            time.sleep(min(wait_s, 0.05))
+    out.put(granted)
+
+
+def test_four_processes_together_never_exceed_either_window_anywhere(redis_url):
+    """Sliding logs: no interval of a window's length, wherever it starts, holds more than the limit."""
+    spawn = multiprocessing.get_context("spawn")   # no fork of a test process that holds threads and locks
+    out = spawn.Queue()
+    start_at = time.time() + 6.0   # spawned interpreters take a few seconds to start; all begin together
+    procs = [spawn.Process(target=_hammer, args=(redis_url, start_at, start_at + 3.0, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    granted = sorted(t for _ in procs for t in out.get(timeout=60))
+    for p in procs:
+        p.join()
+    slack_s = 0.005  # grants are timed in the clients, a little after Redis decided
+    for window_s, limit in ((0.2, SMALL.burst.limit), (1.0, SMALL.steady.limit)):
+        worst = max(sum(1 for u in granted if t <= u < t + window_s - slack_s) for t in granted)
+        assert worst <= limit, f"{worst} grants within {window_s}s"
+    # and the limit is used: the 3 s of hammering hold three full steady windows
+    assert len(granted) >= 0.9 * 3 * SMALL.steady.limit
+
+
+def test_redis_down_means_nothing_is_granted():
+    server = RedisServer().start()
+    limiter = RateLimiter(make_redis(server.url))
+    assert limiter.acquire("acct", "t", "GET /api/profiles", SMALL) == 0.0
+    server.cleanup()
+    started = time.monotonic()
+    with pytest.raises(LimiterUnavailable, match="nothing sent to Klaviyo"):
+        limiter.acquire("acct", "t", "GET /api/profiles", SMALL)
+    assert time.monotonic() - started < 15  # the client's short retries, then a clear refusal
+
+
+def test_a_redis_blip_shorter_than_the_client_retries_is_ridden_out():
+    server = RedisServer().start()
+    limiter = RateLimiter(make_redis(server.url))
+    assert limiter.acquire("acct", "t", "GET /api/profiles", SMALL) == 0.0
+    server.stop()
+    restarter = threading.Timer(0.5, server.start)
+    restarter.start()
+    try:
+        assert limiter.acquire("acct", "t", "GET /api/profiles", SMALL) == 0.0
+    finally:
+        restarter.join()
+        server.cleanup()

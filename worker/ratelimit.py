@@ -1,0 +1,178 @@
+"""One Klaviyo rate limit for the whole fleet: every worker process on every machine asks Redis.
+
+Klaviyo limits each account per endpoint with two fixed windows, a burst (1 s) and a steady (60 s)
+one. We do not know where Klaviyo's windows start, so we keep a sliding log of the requests we sent
+in each window: then no interval of that length (wherever a fixed window falls) ever holds more than
+the limit, and the fleet gets zero 429s while using the quota to the full.
+
+`acquire` checks the tenant's 429 back-off and both windows, and records the request, in one Lua
+script, atomically across processes. When it must wait it says for how long; the caller defers the
+task by that countdown instead of sleeping. Redis time is used, so machines with skewed clocks agree.
+
+The `limits` library was considered: it has a Redis moving window with reset times, but checks one
+limit per call, so taking both windows of an endpoint would not be atomic and a fleet could overshoot.
+
+If Redis cannot be reached (after the client's own short retries), `LimiterUnavailable` is raised:
+nothing is sent to Klaviyo without the limiter's permission, and the task goes back on the queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import structlog
+
+from worker import keys
+
+log = structlog.get_logger("ratelimit")
+
+SPEC_RATE = re.compile(r"^\s*(\d+)\s*/\s*([smhd])\s*$")
+UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+#: Used when Klaviyo's spec is not at hand: the tiers of the endpoints this service calls.
+BUILT_IN = {
+    "GET /api/profiles": ("75/s", "750/m"),
+    "POST /api/profiles": ("75/s", "750/m"),
+    "GET /api/profiles/{id}": ("75/s", "750/m"),
+    "PATCH /api/profiles/{id}": ("75/s", "750/m"),
+    "POST /api/profile-import": ("75/s", "750/m"),
+    "POST /api/profile-bulk-import-jobs": ("10/s", "150/m"),
+    "GET /api/profile-bulk-import-jobs/{job_id}": ("10/s", "150/m"),
+    "GET /api/profile-bulk-import-jobs/{id}/import-errors": ("10/s", "150/m"),
+    "POST /api/profile-suppression-bulk-create-jobs": ("75/s", "750/m"),
+    "POST /api/profile-suppression-bulk-delete-jobs": ("75/s", "750/m"),
+    "GET /api/accounts": ("1/s", "15/m"),
+}
+
+ACQUIRE = """
+-- KEYS: 1 burst log, 2 steady log, 3 tenant back-off.
+-- ARGV: 1 burst limit, 2 burst window ms, 3 steady limit, 4 steady window ms, 5 unique request id.
+-- Returns 0 when the request may go now (and records it), else the milliseconds to wait.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local backoff = redis.call('PTTL', KEYS[3])
+if backoff > 0 then return backoff end
+local wait = 0
+for i = 1, 2 do
+  local limit, window = tonumber(ARGV[i * 2 - 1]), tonumber(ARGV[i * 2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+  local count = redis.call('ZCARD', KEYS[i])
+  if count >= limit then
+    -- the (count - limit + 1) oldest requests must leave the window before one more fits
+    local edge = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')
+    local w = tonumber(edge[2]) + window - now
+    if w > wait then wait = w end
+  end
+end
+if wait > 0 then return math.max(1, wait) end
+for i = 1, 2 do
+  redis.call('ZADD', KEYS[i], now, ARGV[5])
+  redis.call('PEXPIRE', KEYS[i], ARGV[i * 2])
+end
+return 0
+"""
+
+BACK_OFF = """
+-- KEYS: 1 tenant back-off. ARGV: 1 milliseconds. Only ever extends the back-off.
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 1
+"""
+
+
+class LimiterUnavailable(Exception):
+    """Raised when Redis cannot be reached: the limiter cannot grant a request, so none is sent."""
+
+
+@dataclass(frozen=True)
+class Window:
+    limit: int
+    length_ms: int
+
+
+@dataclass(frozen=True)
+class EndpointLimit:
+    burst: Window
+    steady: Window
+
+    @property
+    def steady_per_min(self) -> float:
+        return self.steady.limit * 60_000 / self.steady.length_ms
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """"75/s" -> (75, 1.0); "750/m" -> (750, 60.0)."""
+    found = SPEC_RATE.match(text or "")
+    if not found:
+        raise ValueError(f"not a rate: {text!r}")
+    return int(found.group(1)), float(UNIT_S[found.group(2)])
+
+
+def load_spec_limits(spec_path: Path | None) -> dict[str, tuple[str, str]]:
+    """`x-klaviyo-ratelimit` of every operation in Klaviyo's OpenAPI spec, or the built-in table."""
+    if spec_path is None or not Path(spec_path).exists():
+        return dict(BUILT_IN)
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    table = dict(BUILT_IN)
+    for path, operations in spec.get("paths", {}).items():
+        for method, operation in operations.items():
+            limit = operation.get("x-klaviyo-ratelimit") if isinstance(operation, dict) else None
+            if isinstance(limit, dict) and limit.get("burst") and limit.get("steady"):
+                table[f"{method.upper()} {path}"] = (limit["burst"], limit["steady"])
+    return table
+
+
+def endpoint_limits(table: dict[str, tuple[str, str]], *, headroom: float = 0.0, rate_scale: float = 1.0,
+                    window_scale: float = 1.0) -> dict[str, EndpointLimit]:
+    """Limits per endpoint after the tenant's headroom (and the scales used against scaled fakes)."""
+    result = {}
+    for endpoint, (burst, steady) in table.items():
+        windows = []
+        for text in (burst, steady):
+            count, period_s = parse_rate(text)
+            allowed = max(1, math.floor(count * rate_scale * (1.0 - headroom) + 1e-9))
+            windows.append(Window(allowed, max(1, int(period_s * window_scale * 1000))))
+        result[endpoint] = EndpointLimit(*windows)
+    return result
+
+
+def key_fingerprint(private_key: str) -> str:
+    """A stable, non-reversible name for a key (for cache keys and logs, never the key itself)."""
+    return hashlib.sha256(private_key.encode()).hexdigest()[:16]
+
+
+class RateLimiter:
+    """The fleet-wide limiter. `client` is the state Redis; limits are per tenant (headroom differs)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._acquire = client.register_script(ACQUIRE)
+        self._back_off = client.register_script(BACK_OFF)
+
+    def acquire(self, account: str, tenant: str, endpoint: str, limit: EndpointLimit) -> float:
+        """0.0 if the request may be sent now (it is counted), else the seconds to wait first."""
+        try:
+            wait_ms = self._acquire(
+                keys=[keys.rate_log(account, endpoint, "burst"), keys.rate_log(account, endpoint, "steady"),
+                      keys.tenant_backoff(tenant)],
+                args=[limit.burst.limit, limit.burst.length_ms, limit.steady.limit, limit.steady.length_ms,
+                      uuid.uuid4().hex],
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise LimiterUnavailable(f"rate limiter unreachable ({exc}); nothing sent to Klaviyo") from exc
+        return int(wait_ms) / 1000.0
+
+    def back_off(self, tenant: str, seconds: float) -> None:
+        """After a 429: no request of the tenant is granted for `seconds`."""
+        self._back_off(keys=[keys.tenant_backoff(tenant)], args=[max(1, int(seconds * 1000))])
+
+    def backoff_remaining_s(self, tenant: str) -> float:
+        return max(0, int(self.redis.pttl(keys.tenant_backoff(tenant)))) / 1000.0
