@@ -146,7 +146,7 @@ class WorkerProcess:
                    prefetch_multiplier=max(1, 2 * batch // concurrency), **kw)
 
     def wait_ready(self, timeout_s: float = 60.0) -> WorkerProcess:
-        probe = Celery(broker=self.env["SYNC_REDIS_URL"], set_as_current=False)
+        probe = Celery(broker=self.env.get("SYNC_BROKER_URL") or self.env["SYNC_REDIS_URL"], set_as_current=False)
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:

@@ -45,28 +45,51 @@ def test_a_changed_spec_changes_the_limits(tmp_path):
     spec = {"paths": {"/api/profiles": {"get": {"x-klaviyo-ratelimit": {"burst": "3/s", "steady": "40/m"}}}}}
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
-    limits = endpoint_limits(load_spec_limits(path))
+    limits = endpoint_limits(load_spec_limits(path), margin_ms=0)
     assert limits["GET /api/profiles"] == EndpointLimit(Window(3, 1000), Window(40, 60_000))
     assert load_spec_limits(tmp_path / "absent.json") == BUILT_IN
 
 
 def test_headroom_leaves_a_share_of_each_window_to_other_integrations():
     limits = endpoint_limits(BUILT_IN, headroom=0.2)
-    assert limits["GET /api/profiles"] == EndpointLimit(Window(60, 1000), Window(600, 60_000))
+    assert limits["GET /api/profiles"] == EndpointLimit(Window(60, 1060), Window(600, 60_650))
     assert limits["GET /api/accounts"].burst.limit == 1   # never below one request
 
 
-def test_grants_up_to_the_burst_then_says_how_long_to_wait(limiter):
-    grants = [limiter.acquire("acct", "t", "GET /api/profiles", SMALL) for _ in range(5)]
-    assert grants == [0.0] * 5
+def test_grants_are_spaced_at_the_steady_rate_after_a_short_burst(limiter):
+    assert [limiter.acquire("acct", "t", "GET /api/profiles", SMALL) for _ in range(3)] == [0.0] * 3
     wait_s = limiter.acquire("acct", "t", "GET /api/profiles", SMALL)
-    assert 0 < wait_s <= 0.2
+    assert 0.05 < wait_s <= SMALL.pace_ms / 1000      # 12 per second: one every 83 ms
     time.sleep(wait_s)
     assert limiter.acquire("acct", "t", "GET /api/profiles", SMALL) == 0.0
 
 
+def test_waiting_callers_are_given_successive_slots(limiter):
+    for _ in range(3):
+        limiter.acquire("acct", "t", "GET /api/profiles", SMALL)
+    waits = [limiter.acquire("acct", "t", "GET /api/profiles", SMALL) for _ in range(4)]
+    gaps = [round(b - a, 3) for a, b in zip(waits, waits[1:], strict=False)]
+    assert all(abs(g - SMALL.pace_ms / 1000) < 0.01 for g in gaps), waits
+
+
+def test_a_full_steady_window_says_when_its_oldest_request_leaves(limiter):
+    limit = EndpointLimit(burst=Window(100, 1000), steady=Window(3, 900))   # paced every 300 ms
+
+    def take() -> float:
+        while (wait_s := limiter.acquire("acct", "t", "GET /api/profiles", limit)) > 0:
+            time.sleep(wait_s)
+        return time.monotonic()
+
+    first = take()
+    take()
+    take()
+    # three back to back (the pacing tolerance); the window is full until the first is 900 ms old
+    wait_s = limiter.acquire("acct", "t", "GET /api/profiles", limit)
+    assert wait_s > 0 and abs((time.monotonic() + wait_s) - (first + 0.9)) < 0.05
+
+
 def test_accounts_and_endpoints_are_limited_separately(limiter):
-    for _ in range(5):
+    for _ in range(3):
         limiter.acquire("acct", "t", "GET /api/profiles", SMALL)
     assert limiter.acquire("acct", "t", "GET /api/profiles", SMALL) > 0
     assert limiter.acquire("other", "t2", "GET /api/profiles", SMALL) == 0.0

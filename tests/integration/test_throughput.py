@@ -21,13 +21,13 @@ def store_for(url: str) -> Store:
 
 
 def test_four_worker_processes_share_one_limit_with_zero_429s_at_over_90_percent(loyale, klaviyo, redis_url):
-    """Given Klaviyo's limits scaled down (75 lookups per 6 s window) and 4 worker processes syncing
+    """Given Klaviyo's limits scaled down (75 lookups per 12 s window) and 4 worker processes syncing
     customer by customer, the fleet gets no 429 and uses at least 90 % of the allowed rate."""
-    scale = dict(rate_limit_scale=0.1, window_scale=0.1)   # GET /api/profiles: 7 per 0.1 s, 75 per 6 s
+    scale = dict(rate_limit_scale=0.1, window_scale=0.2)   # GET /api/profiles: 7 per 0.2 s, 75 per 12 s
     klaviyo.set_knobs(**scale, request_log_size=10_000)
-    scenario = build_scenario(loyale, klaviyo, "quota", customers=400, merge_customers=True, seed=51)
+    scenario = build_scenario(loyale, klaviyo, "quota", customers=200, merge_customers=True, seed=51)
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
-                   SYNC_LIMITER_RATE_SCALE="0.1", SYNC_LIMITER_WINDOW_SCALE="0.1")
+                   SYNC_LIMITER_RATE_SCALE="0.1", SYNC_LIMITER_WINDOW_SCALE="0.2")
     workers = [WorkerProcess(env, concurrency=1, name=f"q{i}").start() for i in range(4)]
     try:
         for w in workers:
@@ -38,14 +38,16 @@ def test_four_worker_processes_share_one_limit_with_zero_429s_at_over_90_percent
             w.stop()
     assert result.returncode == 0, result.stderr
     log = [e for e in klaviyo.request_log() if e["account_id"] == scenario.account_id and e["endpoint"] == PROFILES]
-    assert [e for e in log if e["status"] == 429] == []
+    throttled = [(e["received_ts"], e["retry_after"]) for e in log if e["status"] == 429]
+    assert throttled == []
     times = sorted(e["received_ts"] for e in log)
-    window_s, per_window = 6.0, 75
+    window_s, per_window = 12.0, 75
     # Skip the first window (it starts full) and measure whole windows after it.
     steady = [t for t in times if t >= times[0] + window_s]
     whole = int((steady[-1] - steady[0]) // window_s)
     assert whole >= 2, "run too short to measure"
     achieved = sum(1 for t in steady if t < steady[0] + whole * window_s) / whole
+    print(f"achieved {achieved:.1f} lookups per {window_s}s window of {per_window}")
     assert achieved >= 0.9 * per_window, f"{achieved:.1f} lookups per window, allowed {per_window}"
     info = store_for(redis_url).run(run_id_from(result.stdout))
     assert info.deferrals > 0 and "failed" not in info.counts
@@ -102,8 +104,9 @@ def test_the_backfill_producer_keeps_at_most_its_bound_on_the_queue(loyale, klav
 
 
 def test_two_tenants_backfilling_at_once_share_the_workers_fairly(loyale, klaviyo, redis_url):
-    """Brand A starts a 3,000-customer backfill, brand B a 600-customer one right after: B is not
-    stuck behind A (it finishes first, while A is still going), and neither account sees a 429."""
+    """Brand A starts a 3,000-customer backfill, brand B a 600-customer one while A runs: from the moment
+    B's customers are on the queue until B is done, B gets a fair share of the work (it is not stuck
+    behind A's queue), and neither account sees a 429."""
     klaviyo.set_knobs(rate_limit_scale=50, latency_s=0.01)
     a = build_scenario(loyale, klaviyo, "brand-a", customers=3000, merge_customers=True, seed=54)
     b = build_scenario(loyale, klaviyo, "brand-b", customers=600, merge_customers=True, seed=55)
@@ -111,23 +114,31 @@ def test_two_tenants_backfilling_at_once_share_the_workers_fairly(loyale, klaviy
                    SYNC_MAX_QUEUED_PER_TENANT="300", SYNC_BATCH_SIZE="100", SYNC_LIMITER_RATE_SCALE="50")
     store = store_for(redis_url)
     worker = WorkerProcess.backfill(env).start().wait_ready()
-    results = {}
-    threads = [threading.Thread(target=lambda s=s: results.__setitem__(s.tenant_id, cli(
-        env, "backfill", "--tenant", s.tenant_id))) for s in (a, b)]
+    samples: list[tuple[int, int, int]] = []   # (A completed, B enqueued, B completed)
+
+    def latest(tenant: str):
+        runs = store.runs(tenant, limit=1)
+        return runs[0] if runs else None
+
+    threads = [threading.Thread(target=cli, args=(env, "backfill", "--tenant", s.tenant_id)) for s in (a, b)]
     try:
         threads[0].start()
-        wait_for(lambda: store.runs("brand-a", limit=1) and store.runs("brand-a", limit=1)[0].completed > 0, 60,
-                 what="brand A to start")
+        wait_for(lambda: (r := latest("brand-a")) and r.completed > 0, 60, what="brand A to start")
         threads[1].start()
+        while not ((rb := latest("brand-b")) and rb.done):
+            ra = latest("brand-a")
+            samples.append((ra.completed, store.enqueued_count(rb.id) if rb else 0, rb.completed if rb else 0))
+            time.sleep(0.1)
+        samples.append((latest("brand-a").completed, 600, 600))
         for t in threads:
             t.join()
-        run_a, run_b = (run_id_from(results[t].stdout) for t in ("brand-a", "brand-b"))
-        wait_for(lambda: store.run(run_b).done, 300, what="brand B to finish")
-        a_when_b_done = store.run(run_a).completed
-        wait_for(lambda: store.run(run_a).done, 300, what="brand A to finish")
+        wait_for(lambda: latest("brand-a").done, 300, what="brand A to finish")
     finally:
         worker.stop()
-    assert a_when_b_done < 3000 * 0.8, f"B waited behind A: A had {a_when_b_done} done when B finished"
+    a_at_b_start = next(sa for sa, b_enqueued, _ in samples if b_enqueued > 0)
+    a_share = samples[-1][0] - a_at_b_start
+    b_share = 600
+    assert b_share / (a_share + b_share) >= 0.35, f"while both ran A did {a_share}, B {b_share}"
     assert klaviyo.requests()["by_status"].get("429", 0) == 0
 
 

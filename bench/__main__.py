@@ -1,0 +1,293 @@
+"""`python -m bench`: throughput, quota use and memory of a backfill, measured end to end.
+
+Each scenario starts a private Redis, the fake Loyale and the fake Klaviyo (real HTTP on loopback)
+and real Celery worker processes, runs `loyale-sync backfill`, and prints a table plus one JSON line
+per scenario. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+import redis
+
+from fakes.klaviyo_control import FakeKlaviyoControl
+from fakes.loyale_control import FakeLoyaleControl
+from fakes.processes import REPO, RedisServer, WorkerProcess, sync_env, write_tenants_file
+from fakes.serving import ServerProcess
+from worker.ratelimit import endpoint_limits, load_spec_limits
+from worker.settings import DEFAULT_SPEC_PATH
+from worker.store import Store
+
+LOOKUPS = "GET /api/profiles"
+
+
+@dataclass
+class Result:
+    scenario: str
+    customers: int
+    workers: int
+    seconds: float
+    klaviyo_requests: int
+    requests_per_customer: float
+    throttled_429: int
+    allowed_requests_per_min: float
+    achieved_requests_per_min: float
+    customers_per_second: float
+    peak_rss_mb: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return json.dumps(data)
+
+
+class RssSampler:
+    """Samples the resident memory of processes (and their children) until stopped; keeps the peak."""
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.pids: dict[str, int] = {}
+        self.peak_mb: dict[str, float] = {}
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def watch(self, name: str, pid: int) -> None:
+        self.pids[name] = pid
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in list(self.pids.items()):
+                with suppress(psutil.Error):
+                    proc = psutil.Process(pid)
+                    for p in [proc, *proc.children(recursive=True)]:
+                        with suppress(psutil.Error):
+                            mb = p.memory_info().rss / 1_048_576
+                            self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), mb)
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Stack:
+    redis_server: RedisServer
+    loyale: FakeLoyaleControl
+    klaviyo: FakeKlaviyoControl
+    servers: list[ServerProcess]
+
+
+@contextmanager
+def stack() -> Iterator[Stack]:
+    redis_server = RedisServer().start()
+    loyale_server = ServerProcess("fakes.loyale", quiet=True).start()
+    klaviyo_server = ServerProcess("fakes.klaviyo", quiet=True).start(timeout_s=60)
+    try:
+        yield Stack(redis_server, FakeLoyaleControl(loyale_server.url, timeout_s=300),
+                    FakeKlaviyoControl(klaviyo_server.url, timeout_s=300), [loyale_server, klaviyo_server])
+    finally:
+        for server in (loyale_server, klaviyo_server):
+            server.stop()
+        redis_server.cleanup()
+
+
+def brand(s: Stack, tenant: str, customers: int, *, existing_share: int = 3, seed: int = 1,
+          headroom: float = 0.0) -> dict[str, Any]:
+    """A scheme of `customers`, every `existing_share`-th already in Klaviyo with conflicting data."""
+    scheme = s.loyale.create_scheme(customers=customers, seed=seed)
+    key = "pk_" + os.urandom(17).hex()
+    account = s.klaviyo.add_account(keys=[{"key": key}])
+    seeds, seen = [], set()
+    for index, customer in enumerate(s.loyale.customers(scheme["scheme_id"])):
+        email = (customer.get("email") or "").strip().lower()
+        if index % existing_share or "@" not in email or email in seen:
+            continue
+        seen.add(email)
+        seeds.append({"email": email, "first_name": f"Klaviyo-{index}",
+                      "properties": {"LoyalePointBalance": -1, "FavouriteColour": "blue"}})
+    for start in range(0, len(seeds), 5000):
+        with suppress(Exception):  # a synthetic email the fake refuses: that profile is just not seeded
+            s.klaviyo.seed_profiles(seeds[start:start + 5000], account_id=account)
+    return {"tenant": tenant, "account": account, "config": {
+        "loyale_base_url": s.loyale.base_url, "loyale_scheme_id": scheme["scheme_id"],
+        "loyale_admin_email": scheme["admin_email"], "loyale_admin_password": scheme["admin_password"],
+        "klaviyo_base_url": s.klaviyo.base_url, "klaviyo_private_key": key, "merge_customers": True,
+        "headroom": headroom}}
+
+
+def backfill(env: dict[str, str], tenant: str, rss: RssSampler, per_customer: bool = False) -> str:
+    args = [sys.executable, "-m", "cli", "backfill", "--tenant", tenant]
+    if per_customer:
+        args.append("--per-customer")
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rss.watch("producer", proc.pid)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"backfill failed: {err or out}")
+    return next(w.rstrip(":") for w in out.split() if w.startswith("backfill-"))
+
+
+def wait_done(store: Store, run_id: str, on_sample: Callable[[int], None] | None = None,
+              timeout_s: float = 3600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = store.run(run_id)
+        if on_sample is not None and info is not None:
+            on_sample(store.enqueued_count(run_id) - info.completed)
+        if info is not None and info.done:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"run {run_id} did not finish in {timeout_s}s")
+
+
+def account_requests(klaviyo: FakeKlaviyoControl, account: str) -> list[dict[str, Any]]:
+    return [e for e in klaviyo.request_log() if e["account_id"] == account]
+
+
+def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: int, per_customer: bool,
+                 env_extra: dict[str, str], limiter: dict[str, float]) -> list[Result]:
+    env = sync_env(s.redis_server.url, write_tenants_file({b["tenant"]: b["config"] for b in brands}),
+                   SYNC_LOG_LEVEL="WARNING", **env_extra)
+    store = Store(redis.Redis.from_url(s.redis_server.url, decode_responses=True))
+    procs = [(WorkerProcess(env, concurrency=1, name=f"{name}-{i}") if per_customer
+              else WorkerProcess.backfill(env, concurrency=1, name=f"{name}-{i}")) for i in range(workers)]
+    results = []
+    with RssSampler() as rss:
+        for i, w in enumerate(procs):
+            w.start()
+            rss.watch(f"worker-{i}", w.proc.pid)
+        for w in procs:
+            w.wait_ready()
+        try:
+            for b in brands:
+                depth: list[int] = []
+                s.klaviyo.set_knobs(request_log_size=200_000)
+                started = time.monotonic()
+                run_id = backfill(env, b["tenant"], rss, per_customer)
+                wait_done(store, run_id, depth.append)
+                seconds = time.monotonic() - started
+                info = store.run(run_id)
+                log = account_requests(s.klaviyo, b["account"])
+                lookups = sorted(e["received_ts"] for e in log if e["endpoint"] == LOOKUPS)
+                span_min = max(lookups[-1] - lookups[0], 1e-9) / 60 if len(lookups) > 1 else 0
+                table = load_spec_limits(DEFAULT_SPEC_PATH if DEFAULT_SPEC_PATH.exists() else None)
+                allowed = endpoint_limits(table, headroom=b["config"]["headroom"], margin_ms=0,
+                                          rate_scale=limiter["rate"], window_scale=limiter["window"])[LOOKUPS]
+                results.append(Result(
+                    scenario=name, customers=info.completed, workers=workers, seconds=round(seconds, 1),
+                    klaviyo_requests=len(log), requests_per_customer=round(len(log) / max(1, info.completed), 4),
+                    throttled_429=sum(1 for e in log if e["status"] == 429),
+                    allowed_requests_per_min=round(allowed.steady_per_min, 1),
+                    achieved_requests_per_min=round(len(lookups) / span_min, 1) if span_min else 0.0,
+                    customers_per_second=round(info.completed / seconds, 1),
+                    peak_rss_mb=round(max(rss.peak_mb.values()), 1),
+                    extra={"path": "per-customer" if per_customer else "batched",
+                           "outcomes": info.counts, "max_queue_depth": max(depth or [0]),
+                           "producer_peak_rss_mb": round(rss.peak_mb.get("producer", 0.0), 1),
+                           "limiter_deferrals": info.deferrals},
+                ))
+                rss.peak_mb.pop("producer", None)
+        finally:
+            for w in procs:
+                w.stop()
+    return results
+
+
+def quota_bound(customers: int, workers: int) -> list[Result]:
+    """Klaviyo's limits scaled down so the limiter binds: achieved vs allowed, zero 429s."""
+    scale = {"rate": 0.1, "window": 0.2}   # lookups: 75 per 12 s window = 375/min
+    with stack() as s:
+        s.klaviyo.set_knobs(rate_limit_scale=scale["rate"], window_scale=scale["window"])
+        b = brand(s, "quota", customers)
+        return run_scenario(s, "quota-bound", [b], workers=workers, per_customer=True, limiter=scale,
+                            env_extra={"SYNC_LIMITER_RATE_SCALE": str(scale["rate"]),
+                                       "SYNC_LIMITER_WINDOW_SCALE": str(scale["window"])})
+
+
+def real_limits(customers: int, workers: int, per_customer_customers: int) -> list[Result]:
+    """Klaviyo's real limits: the batched path on `customers`, the per-customer path on a subset."""
+    scale = {"rate": 1.0, "window": 1.0}
+    with stack() as s:
+        batched = brand(s, "batched", customers, seed=7)
+        single = brand(s, "single", per_customer_customers, seed=7)   # the same first customers
+        results = run_scenario(s, "real-limits", [batched], workers=workers, per_customer=False, limiter=scale,
+                               env_extra={"SYNC_BATCH_SIZE": "10000", "SYNC_MAX_QUEUED_PER_TENANT": "40000"})
+        results += run_scenario(s, "real-limits", [single], workers=workers, per_customer=True, limiter=scale,
+                                env_extra={})
+    ratio = results[0].customers_per_second / max(results[1].customers_per_second, 1e-9)
+    for r in results:
+        r.extra["batched_vs_per_customer_speed"] = round(ratio, 1)
+    return results
+
+
+def producer_memory(workers: int, sizes: tuple[int, ...] = (10_000, 100_000)) -> list[Result]:
+    """The producer's memory does not grow with the scheme (it streams and is held back by the bound)."""
+    results = []
+    for size in sizes:
+        with stack() as s:
+            b = brand(s, f"memory{size}", size, existing_share=10**9)
+            results += run_scenario(s, "producer-memory", [b], workers=workers, per_customer=False,
+                                    limiter={"rate": 1.0, "window": 1.0},
+                                    env_extra={"SYNC_MAX_QUEUED_PER_TENANT": "10000", "SYNC_BATCH_SIZE": "5000"})
+    small, large = results[0].extra["producer_peak_rss_mb"], results[-1].extra["producer_peak_rss_mb"]
+    for r in results:
+        r.extra["producer_rss_growth"] = round(large / max(small, 1e-9) - 1, 3)
+    return results
+
+
+def print_table(results: list[Result]) -> None:
+    header = ("scenario", "path", "customers", "workers", "seconds", "req/cust", "429s", "allowed/min",
+              "achieved/min", "cust/s", "peak MB", "producer MB", "max queue")
+    rows = [(r.scenario, r.extra.get("path", ""), r.customers, r.workers, r.seconds, r.requests_per_customer,
+             r.throttled_429, r.allowed_requests_per_min, r.achieved_requests_per_min, r.customers_per_second,
+             r.peak_rss_mb, r.extra.get("producer_peak_rss_mb", ""), r.extra.get("max_queue_depth", ""))
+            for r in results]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        print("  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=["quota-bound", "real-limits", "producer-memory", "all"],
+                        default="all")
+    parser.add_argument("--customers", type=int, default=None,
+                        help="customers (quota-bound: 600, real-limits: 20000)")
+    parser.add_argument("--per-customer-customers", type=int, default=2000,
+                        help="real-limits: customers synced on the per-customer path for comparison")
+    parser.add_argument("--workers", type=int, default=4, help="Celery worker processes (default 4)")
+    args = parser.parse_args(argv)
+    results: list[Result] = []
+    if args.scenario in ("quota-bound", "all"):
+        results += quota_bound(args.customers or 600, args.workers)
+    if args.scenario in ("real-limits", "all"):
+        results += real_limits(args.customers or 20_000, args.workers, args.per_customer_customers)
+    if args.scenario in ("producer-memory", "all"):
+        results += producer_memory(args.workers)
+    print_table(results)
+    for r in results:
+        print(r.line())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
