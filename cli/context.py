@@ -54,10 +54,14 @@ def loyale_client(http: httpx.Client, tenant: TenantConfig) -> LoyaleClient:
                         admin_email=tenant.loyale_admin_email, admin_password=tenant.loyale_admin_password)
 
 
+#: Commands run in the operator's terminal wait for the fleet's rate limit rather than fail.
+INLINE_WAIT_S = 60.0
+
+
 @contextmanager
 def runtime() -> Iterator[Runtime]:
     config = settings()
-    rt = Runtime.build(config, tenants(config))
+    rt = Runtime.build(config, tenants(config), wait_inline_s=INLINE_WAIT_S)
     try:
         yield rt
     finally:

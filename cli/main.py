@@ -150,3 +150,78 @@ def demo(
     if existing_profiles not in ("skip", "fill_empty"):
         raise ctx.fail("--existing-profiles is skip or fill_empty")
     run_demo(customers, merge_customers, existing_profiles, keep_running)
+
+
+@app.command()
+def incremental(tenant: TenantOpt = None) -> None:
+    """Run one incremental pass now: enqueue the customers changed since the last pass (every tenant
+    unless --tenant). Celery beat runs this every SYNC_INCREMENTAL_INTERVAL_S."""
+    from producers.incremental import FilterIgnored, run_incremental
+    from worker.app import app as celery_app
+
+    failed = False
+    with ctx.runtime() as rt:
+        for chosen in ctx.selected(rt.tenants, tenant):
+            try:
+                result = run_incremental(app=celery_app, store=rt.store, loyale=ctx.loyale_client(rt.http, chosen),
+                                         tenant=chosen.id, overlap_s=rt.settings.incremental_overlap_s)
+            except (FilterIgnored, TenantFatalError, RetryableError) as exc:
+                ctx.err_console.print(f"[bold red]{chosen.id}:[/] {exc}")
+                failed = True
+                continue
+            ctx.console.print(f"{chosen.id}: run {result.run_id}: {result.read} changed since "
+                              f"{result.since.isoformat()}, {result.enqueued} enqueued; watermark "
+                              f"{result.watermark.isoformat()}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def webhooks(
+    host: Annotated[str | None, typer.Option(help="Interface (default SYNC_WEBHOOKS_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default SYNC_WEBHOOKS_PORT).")] = None,
+) -> None:
+    """Serve the webhook intake: Loyale posts to /webhooks/loyale/<tenant's webhook_token>."""
+    import uvicorn
+
+    from producers.tasks import HINT_TASK_NAME, webhook_run_id
+    from producers.webhooks import create_app
+    from worker.app import app as celery_app
+    from worker.tasks import task_repr
+
+    config = ctx.settings()
+    all_tenants = ctx.tenants(config)
+    if not any(t.webhook_token for t in all_tenants.values()):
+        raise ctx.fail("no tenant has a webhook_token: set one per tenant (a long random secret) first")
+
+    def enqueue(tenant_id: str, customer_id: str) -> None:
+        run = webhook_run_id(tenant_id)
+        celery_app.send_task(HINT_TASK_NAME, kwargs={"tenant": tenant_id, "customer_id": customer_id, "run": run},
+                             queue=QUEUE_INCREMENTAL, kwargsrepr=task_repr(tenant_id, run, customer_id))
+
+    uvicorn.run(create_app(all_tenants, enqueue), host=host or config.webhooks_host,
+                port=port or config.webhooks_port, log_level="warning")
+
+
+@app.command("subscribe-webhooks")
+def subscribe_webhooks(
+    url: Annotated[str, typer.Argument(help="Public base URL of `loyale-sync webhooks`, e.g. https://sync.example")],
+    tenant: TenantOpt = None,
+    email: Annotated[str | None, typer.Option(help="Where Loyale sends failure notices.")] = None,
+) -> None:
+    """Subscribe the tenant's Loyale scheme to the customer topics, pointing at the webhook intake."""
+    from producers.loyale import WEBHOOK_TOPICS
+
+    with ctx.runtime() as rt:
+        for chosen in ctx.selected(rt.tenants, tenant):
+            if chosen.webhook_token is None:
+                ctx.err_console.print(f"{chosen.id}: no webhook_token configured, skipped")
+                continue
+            target = f"{url.rstrip('/')}/webhooks/loyale/{chosen.webhook_token.get_secret_value()}"
+            client = ctx.loyale_client(rt.http, chosen)
+            try:
+                for topic in WEBHOOK_TOPICS:
+                    client.subscribe(topic, f"{target}?topic={topic}", email or chosen.loyale_admin_email)
+            except (TenantFatalError, RetryableError) as exc:
+                raise ctx.fail(f"{chosen.id}: {exc}") from None
+            ctx.console.print(f"{chosen.id}: subscribed to topics {', '.join(map(str, WEBHOOK_TOPICS))}")

@@ -115,56 +115,33 @@ class RedisServer:
 
 
 @dataclass
-class WorkerProcess:
-    """`celery -A worker.app worker` as a child process, in its own process group."""
+class ChildProcess:
+    """A command of ours as a child process in its own process group, its output in a log file."""
 
     env: dict[str, str]
-    concurrency: int = 2
-    queues: str = "sync.incremental"
-    name: str = "w1"
-    #: Backfill workers hold many messages (celery-batches groups them); incremental ones hold one.
-    prefetch_multiplier: int = 1
-    log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1]))
+    argv: list[str] = field(default_factory=list)
+    name: str = "child"
+    log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="child-", suffix=".log")[1]))
     proc: subprocess.Popen | None = None
 
-    def start(self) -> WorkerProcess:
+    def command(self) -> list[str]:
+        return self.argv
+
+    def start(self):
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", self.queues,
-             "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
-             "--prefetch-multiplier", str(self.prefetch_multiplier),
-             "-E", "--loglevel", "WARNING"],
-            env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        return self
-
-    @classmethod
-    def backfill(cls, env: dict[str, str], concurrency: int = 2, name: str = "bf", **kw: Any) -> WorkerProcess:
-        """A backfill worker: consumes `sync.backfill` and holds enough messages to fill its batches."""
-        batch = int(env.get("SYNC_BATCH_SIZE", "5000"))
-        return cls(env, concurrency=concurrency, queues="sync.backfill", name=name,
-                   prefetch_multiplier=max(1, 2 * batch // concurrency), **kw)
-
-    def wait_ready(self, timeout_s: float = 60.0) -> WorkerProcess:
-        probe = Celery(broker=self.env.get("SYNC_BROKER_URL") or self.env["SYNC_REDIS_URL"], set_as_current=False)
-
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            replies = probe.control.ping(timeout=0.5)
-            return any(name.startswith(f"{self.name}@") for reply in replies for name in reply)
-
-        try:
-            wait_for(ready, timeout_s, interval_s=0.2, what=f"worker {self.name} to be ready")
-        finally:
-            probe.close()
+        self.proc = subprocess.Popen(self.command(), env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+
     def kill(self) -> None:
-        """SIGKILL the whole worker: main process and pool children, no chance to requeue anything."""
+        """SIGKILL the whole process group: no chance to requeue or release anything."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
@@ -177,3 +154,86 @@ class WorkerProcess:
             self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def celery_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.app", *args]
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli", *args]
+
+
+@dataclass
+class BeatProcess(ChildProcess):
+    """`celery -A worker.app beat` (redbeat: a second one waits for the first one's lock)."""
+
+    name: str = "beat"
+
+    def command(self) -> list[str]:
+        return celery_command("beat", "--loglevel", "INFO")
+
+
+@dataclass
+class WebhookProcess(ChildProcess):
+    """`loyale-sync webhooks` on a free loopback port."""
+
+    name: str = "webhooks"
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return cli_command("webhooks", "--host", "127.0.0.1", "--port", str(self.port))
+
+    def wait_ready(self, timeout_s: float = 30.0) -> WebhookProcess:
+        import httpx
+
+        def ready() -> bool:
+            self.check_alive()
+            try:
+                return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout_s, interval_s=0.1, what="the webhook app")
+        return self
+
+
+@dataclass
+class WorkerProcess(ChildProcess):
+    """`celery -A worker.app worker` as a child process, in its own process group."""
+
+    concurrency: int = 2
+    queues: str = "sync.incremental"
+    name: str = "w1"
+    #: Backfill workers hold many messages (celery-batches groups them); incremental ones hold one.
+    prefetch_multiplier: int = 1
+
+    def command(self) -> list[str]:
+        return celery_command(
+            "worker", "-Q", self.queues, "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--without-gossip",
+            "--without-mingle", "--prefetch-multiplier", str(self.prefetch_multiplier), "-E", "--loglevel", "WARNING")
+
+    @classmethod
+    def backfill(cls, env: dict[str, str], concurrency: int = 2, name: str = "bf", **kw: Any) -> WorkerProcess:
+        """A backfill worker: consumes `sync.backfill` and holds enough messages to fill its batches."""
+        batch = int(env.get("SYNC_BATCH_SIZE", "5000"))
+        return cls(env, concurrency=concurrency, queues="sync.backfill", name=name,
+                   prefetch_multiplier=max(1, 2 * batch // concurrency), **kw)
+
+    def wait_ready(self, timeout_s: float = 60.0) -> WorkerProcess:
+        probe = Celery(broker=self.env.get("SYNC_BROKER_URL") or self.env["SYNC_REDIS_URL"], set_as_current=False)
+
+        def ready() -> bool:
+            self.check_alive()
+            replies = probe.control.ping(timeout=0.5)
+            return any(name.startswith(f"{self.name}@") for reply in replies for name in reply)
+
+        try:
+            wait_for(ready, timeout_s, interval_s=0.2, what=f"worker {self.name} to be ready")
+        finally:
+            probe.close()
+        return self

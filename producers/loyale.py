@@ -32,6 +32,11 @@ SNAPSHOT_FIELDS = (
 )
 
 
+#: Loyale webhook topics that change what we sync: join (0), account update (1), transaction (2),
+#: leave (3), additional fields (4, 5), activate (8), suspend (9), points transfer (10), delete (11).
+WEBHOOK_TOPICS = (0, 1, 2, 3, 4, 5, 8, 9, 10, 11)
+
+
 class CustomerNotFound(Exception):
     """Raised when Loyale has no customer with the id asked for (404)."""
 
@@ -172,6 +177,16 @@ class LoyaleClient:
         if not isinstance(body, dict):
             raise RetryableError("Loyale's customer answer was not a JSON object")
         return body
+
+    def subscribe(self, topic: int, url: str, email: str) -> None:
+        """POST /api/Webhook/Subscribe (several subscriptions per topic are allowed)."""
+        def once() -> None:
+            if self._token is None:
+                self.login()
+            response = self._send("POST", "/api/Webhook/Subscribe", json={"topic": topic, "url": url, "email": email},
+                                  headers={**self._scheme_headers(), "Authorization": f"Bearer {self._token}"})
+            self._check(response, "POST /api/Webhook/Subscribe")
+        self._retrying(once)
 
     # --- levels ----------------------------------------------------------------------------------
 

@@ -277,7 +277,10 @@ class BatchSync:
             try:
                 w.mapped = map_customer(w.customer, self.deps.tenant.default_phone_region)
             except InvalidCustomer as exc:
-                self.finish(w, Outcome.INVALID, str(exc))
+                if w.customer.opted_in:
+                    self.finish(w, Outcome.INVALID, str(exc))
+                else:
+                    w.solo = True   # no email: found (and suppressed) by external id on its own
                 continue
             w.warnings = w.warnings + w.mapped.warnings
             identities = {f"id:{w.customer.id}", f"email:{w.mapped.email}"}

@@ -90,3 +90,23 @@ def run_pending(run_id: str) -> str:
     """Hash customer id -> planned outcome, written before our write is sent: if the worker dies after
     the write took effect, the redelivered task reports what the first attempt did, not `unchanged`."""
     return f"{PREFIX}:run:{run_id}:pending"
+
+
+def watermark(tenant: str) -> str:
+    """String ISO time: incremental passes read customers updated since this (minus the overlap)."""
+    return f"{PREFIX}:tenant:{tenant}:watermark"
+
+
+def change_seen(tenant: str, customer_id: str, updated_us: int) -> str:
+    """Exists for a while once (customer, updatedDate) was enqueued: overlapping passes skip it."""
+    return f"{PREFIX}:chg:{tenant}:{customer_id}:{updated_us}"
+
+
+def pass_lock(tenant: str, kind: str) -> str:
+    """One incremental pass (or scheduled backfill) of a tenant at a time."""
+    return f"{PREFIX}:tenant:{tenant}:pass:{kind}"
+
+
+def pass_log(tenant: str) -> str:
+    """List of the pass tasks that started (time, task id): shows each scheduled pass ran once."""
+    return f"{PREFIX}:tenant:{tenant}:passes"

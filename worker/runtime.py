@@ -56,12 +56,16 @@ class Runtime:
     http: httpx.Client
     limiter: RateLimiter
     limits_table: dict[str, tuple[str, str]]
+    #: An interactive caller (`sync-one`, `preview`) waits up to this long for the limiter in place;
+    #: a Celery task (0) is deferred with a countdown instead, so a worker never sleeps on a limit.
+    wait_inline_s: float = 0.0
     _klaviyo: dict[str, KlaviyoClient] = field(default_factory=dict)
     _limits: dict[str, dict[str, EndpointLimit]] = field(default_factory=dict)
     _accounts: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, settings: Settings, tenants: dict[str, TenantConfig] | None = None) -> Runtime:
+    def build(cls, settings: Settings, tenants: dict[str, TenantConfig] | None = None, *,
+              wait_inline_s: float = 0.0) -> Runtime:
         client = make_redis(settings.redis_url)
         table = load_spec_limits(settings.klaviyo_spec_path)
         return cls(
@@ -72,6 +76,7 @@ class Runtime:
             http=make_http_client(settings),
             limiter=RateLimiter(client),
             limits_table=table,
+            wait_inline_s=wait_inline_s,
         )
 
     def klaviyo(self, tenant_id: str) -> KlaviyoClient:
@@ -132,6 +137,11 @@ class Runtime:
         else:
             account = self.account(tenant_id)
         wait_s = self.limiter.acquire(account, tenant_id, endpoint, limit)
+        waited_s = 0.0
+        while wait_s > 0 and waited_s + wait_s <= self.wait_inline_s:
+            time.sleep(wait_s)
+            waited_s += wait_s
+            wait_s = self.limiter.acquire(account, tenant_id, endpoint, limit)
         if wait_s > 0:
             raise Deferred(f"rate limit of {endpoint} for tenant {tenant_id}", retry_after_s=wait_s)
 

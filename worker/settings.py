@@ -50,6 +50,8 @@ class TenantConfig(BaseModel):
     backfill_cron: str | None = None
     #: Email of our Loyale admin user: webhook events caused by it are ignored (loop avoidance).
     loyale_own_admin_email: str | None = None
+    #: Secret token in the webhook URL (Loyale does not sign webhooks): /webhooks/loyale/<token>.
+    webhook_token: SecretStr | None = None
 
     @field_validator("id")
     @classmethod
@@ -111,6 +113,7 @@ class Settings(BaseSettings):
     tenant_headroom: float = 0.0
     tenant_default_phone_region: str | None = None
     tenant_backfill_cron: str | None = None
+    tenant_webhook_token: SecretStr | None = None
 
     klaviyo_revision: str = "2026-07-15"
     #: Klaviyo's OpenAPI spec, read for the `x-klaviyo-ratelimit` numbers (built-in table if absent).
@@ -139,6 +142,8 @@ class Settings(BaseSettings):
     max_queued_per_tenant: int = 10_000
     incremental_interval_s: float = 60.0
     incremental_overlap_s: float = 120.0
+    webhooks_host: str = "0.0.0.0"
+    webhooks_port: int = 8080
 
     log_json: bool | None = None
     log_level: str = "INFO"
@@ -172,6 +177,7 @@ class Settings(BaseSettings):
             "headroom": self.tenant_headroom,
             "default_phone_region": self.tenant_default_phone_region,
             "backfill_cron": self.tenant_backfill_cron,
+            "webhook_token": _secret(self.tenant_webhook_token),
         }
         if self.tenant_loyale_base_url:
             raw["loyale_base_url"] = self.tenant_loyale_base_url

@@ -74,7 +74,10 @@ def plan_customer(deps: SyncDeps, payload: dict[str, Any], *, memory: Memory | N
     try:
         mapped = map_customer(customer, deps.tenant.default_phone_region)
     except InvalidCustomer as exc:
-        return customer, Plan(Outcome.INVALID, str(exc)), warnings
+        if customer.opted_in:
+            return customer, Plan(Outcome.INVALID, str(exc)), warnings
+        # Not opted in (deleted, say) and nothing to send: still find its profile by our id to suppress it.
+        mapped = MappedProfile(fields={"external_id": customer.id})
     warnings = warnings + mapped.warnings
     if memory is None:
         memory = deps.store.memory(deps.tenant.id, customer.id, mapped.email)

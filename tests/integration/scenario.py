@@ -172,7 +172,9 @@ def check_final_state(scenario: Scenario, loyale: FakeLoyaleControl, klaviyo: Fa
         opted_in = c.get("marketingSub") is True and not c.get("deleted") and not c.get("onHold")
         seeded = scenario.seeded.get(cid)
         if mapped is None:
-            if outcome != Outcome.INVALID or by_xid.get(cid):
+            # Not opted in: it is still looked up by our id (to suppress a profile it may have).
+            want = Outcome.INVALID if opted_in else Outcome.SKIPPED_NO_CONSENT
+            if outcome != want or by_xid.get(cid):
                 errors.append(f"{cid}: invalid customer ended {outcome} / profile {bool(by_xid.get(cid))}")
             continue
         if mapped.email and len(emails[mapped.email]) > 1 and seeded is None:

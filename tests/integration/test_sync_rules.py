@@ -21,7 +21,7 @@ def world(klaviyo, redis_url):
     def runtime(**tenant_settings) -> Runtime:
         tenant = TenantConfig(id="t", loyale_scheme_id="s", loyale_admin_email="a@b.c", loyale_admin_password="p",
                               klaviyo_base_url=klaviyo.base_url, klaviyo_private_key=key, **tenant_settings)
-        return Runtime.build(Settings(redis_url=redis_url), tenants={"t": tenant})
+        return Runtime.build(Settings(redis_url=redis_url), tenants={"t": tenant}, wait_inline_s=10)
 
     return runtime, account
 

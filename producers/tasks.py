@@ -1,0 +1,122 @@
+"""Celery tasks of the producing side, run by workers: scheduled passes and webhook hints.
+
+  sync.incremental_pass   beat, every SYNC_INCREMENTAL_INTERVAL_S per tenant (queue sync.producers)
+  sync.scheduled_backfill beat, the tenant's `backfill_cron` (queue sync.producers)
+  sync.customer_hint      the webhook intake: re-read one customer from Loyale and sync it now
+                          (queue sync.incremental)
+
+The Celery app includes this module by name (`worker.app`), so `worker/` never imports `producers/`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from celery import Task
+
+from producers.backfill import run_backfill
+from producers.incremental import FilterIgnored, run_incremental
+from producers.loyale import CustomerNotFound, LoyaleClient
+from worker.app import app
+from worker.errors import RetryableError, TenantFatalError
+from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL, get_runtime, task_repr
+
+log = structlog.get_logger("producer_tasks")
+
+QUEUE_PRODUCERS = "sync.producers"
+HINT_TASK_NAME = "sync.customer_hint"
+
+_loyale: dict[str, LoyaleClient] = {}
+
+
+def loyale_for(tenant_id: str) -> LoyaleClient:
+    """One Loyale client per tenant per process (keeps its admin token and level names)."""
+    if tenant_id not in _loyale:
+        rt = get_runtime()
+        tenant = rt.tenants[tenant_id]
+        _loyale[tenant_id] = LoyaleClient(
+            rt.http, tenant=tenant.id, base_url=tenant.loyale_base_url, scheme_id=tenant.loyale_scheme_id,
+            admin_email=tenant.loyale_admin_email, admin_password=tenant.loyale_admin_password)
+    return _loyale[tenant_id]
+
+
+def webhook_run_id(tenant: str, at: datetime | None = None) -> str:
+    """Webhook syncs of a tenant are grouped into one run per minute (a redelivery lands in the same)."""
+    return f"webhook-{tenant}-{(at or datetime.now(UTC)):%Y%m%dT%H%M}"
+
+
+@app.task(name="sync.incremental_pass", bind=True, ignore_result=True, queue=QUEUE_PRODUCERS)
+def incremental_pass(self: Task, tenant: str) -> dict[str, Any] | None:
+    rt = get_runtime()
+    rt.store.log_pass(tenant, self.request.id or "")
+    token = self.request.id or uuid.uuid4().hex
+    # a pass still running (a slow Loyale) makes the next one skip rather than read the same again
+    if not rt.store.try_pass_lock(tenant, "incremental", token, ttl_s=rt.settings.incremental_interval_s * 10):
+        log.info("incremental_pass_skipped", tenant=tenant, reason="the previous pass is still running")
+        return None
+    try:
+        result = run_incremental(app=app, store=rt.store, loyale=loyale_for(tenant), tenant=tenant,
+                                 overlap_s=rt.settings.incremental_overlap_s)
+        return {"run": result.run_id, "enqueued": result.enqueued}
+    except (FilterIgnored, TenantFatalError) as exc:
+        log.error("incremental_pass_failed", tenant=tenant, error=str(exc))
+        return None
+    except RetryableError as exc:
+        log.warning("incremental_pass_incomplete", tenant=tenant, error=str(exc),
+                    hint="the next pass reads these changes again")
+        return None
+    finally:
+        rt.store.release_pass_lock(tenant, "incremental", token)
+
+
+@app.task(name="sync.scheduled_backfill", bind=True, ignore_result=True, queue=QUEUE_PRODUCERS)
+def scheduled_backfill(self: Task, tenant: str) -> str | None:
+    rt = get_runtime()
+    token = self.request.id or uuid.uuid4().hex
+    if not rt.store.try_pass_lock(tenant, "backfill", token, ttl_s=6 * 3600):
+        log.info("scheduled_backfill_skipped", tenant=tenant, reason="a scheduled backfill is still running")
+        return None
+    try:
+        produced = run_backfill(app=app, store=rt.store, loyale=loyale_for(tenant), tenant=tenant,
+                                queue=QUEUE_BACKFILL, max_in_flight=rt.settings.max_queued_per_tenant)
+        return produced.run_id
+    except (TenantFatalError, RetryableError) as exc:
+        log.error("scheduled_backfill_failed", tenant=tenant, error=str(exc))
+        return None
+    finally:
+        rt.store.release_pass_lock(tenant, "backfill", token)
+
+
+@app.task(name=HINT_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+          max_retries=None)
+def customer_hint(self: Task, tenant: str, customer_id: str, run: str, attempt: int = 1) -> str | None:
+    """A webhook named this customer: read its current state from Loyale, then sync it as usual."""
+    rt = get_runtime()
+    if tenant not in rt.tenants:
+        log.warning("hint_for_unknown_tenant", tenant=tenant)
+        return None
+    try:
+        raw = loyale_for(tenant).customer(customer_id)
+        payload = loyale_for(tenant).snapshot(raw)
+    except CustomerNotFound:
+        # gone from Loyale: treat as deleted (its Klaviyo profile is suppressed, never deleted)
+        payload = {"id": customer_id, "deleted": True}
+    except RetryableError as exc:
+        if attempt >= rt.settings.max_attempts:
+            log.warning("hint_dropped", tenant=tenant, customer_id=customer_id, error=str(exc),
+                        hint="the next incremental pass picks the change up")
+            return None
+        raise self.retry(kwargs={"tenant": tenant, "customer_id": customer_id, "run": run, "attempt": attempt + 1},
+                         countdown=min(rt.settings.max_countdown_s, 2.0 ** attempt), max_retries=None) from exc
+    except TenantFatalError as exc:
+        log.error("hint_failed", tenant=tenant, customer_id=customer_id, error=str(exc))
+        return None
+    rt.store.mark_enqueued(run, [customer_id])
+    # Same task, same retries and outcome recording as any per-customer sync: hand it over.
+    app.send_task("sync.customer", kwargs={"tenant": tenant, "run": run, "customer": payload},
+                  queue=QUEUE_INCREMENTAL, kwargsrepr=task_repr(tenant, run, customer_id))
+    return "enqueued"
+

@@ -1,0 +1,102 @@
+"""Webhook intake: Loyale posts an event, we enqueue a re-read of the customer it names. ASGI.
+
+    POST /webhooks/loyale/{token}     the token identifies the tenant (Loyale does not sign webhooks,
+                                      so a long secret in the URL is the authentication)
+    GET  /health
+
+A post is only a hint: the customer is read again from Loyale before syncing (a forged or replayed
+post cannot put data into Klaviyo), the answer is 202 as soon as the hint is on the queue, and
+redeliveries are harmless (the sync is idempotent; the stale guard keeps order). Changes made by our
+own Loyale admin user are ignored, so our writes never loop back.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from worker.settings import TenantConfig
+
+log = structlog.get_logger("webhooks")
+
+MAX_BODY_BYTES = 1_000_000
+Enqueue = Callable[[str, str], None]
+
+
+def customer_ids(payload: Any) -> list[str]:
+    """The customers a Loyale webhook payload is about, whatever its topic.
+
+    Customer topics send the customer (`id`); transactions and additional fields carry `customerId`;
+    a points transfer sends both customers as `sourceCustomerId` / `targetCustomerId`.
+    """
+    if not isinstance(payload, dict):
+        return []
+    found: list[str] = []
+    for key in ("sourceCustomerId", "targetCustomerId"):
+        side = payload.get(key)
+        if isinstance(side, dict) and side.get("id"):
+            found.append(str(side["id"]))
+        elif isinstance(side, str) and side:
+            found.append(side)
+    if not found:
+        if payload.get("customerId"):
+            found.append(str(payload["customerId"]))
+        elif payload.get("id") and ("email" in payload or "marketingSub" in payload or "firstName" in payload):
+            found.append(str(payload["id"]))
+    return list(dict.fromkeys(found))
+
+
+def caused_by(payload: Any) -> str:
+    if not isinstance(payload, dict):
+        return ""
+    return str(payload.get("updatedBy") or payload.get("createdBy") or "").strip().lower()
+
+
+def create_app(tenants: dict[str, TenantConfig], enqueue: Enqueue) -> Starlette:
+    """`enqueue(tenant_id, customer_id)` puts a hint on the incremental queue (passed in for tests)."""
+    tokens = {t.webhook_token.get_secret_value(): t for t in tenants.values() if t.webhook_token}
+
+    def tenant_for(token: str) -> TenantConfig | None:
+        for known, tenant in tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                return tenant
+        return None
+
+    async def receive(request: Request) -> JSONResponse:
+        tenant = tenant_for(request.path_params["token"])
+        if tenant is None:
+            return JSONResponse({"error": "unknown webhook URL"}, status_code=404)
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return JSONResponse({"error": "payload too large"}, status_code=413)
+        try:
+            payload = json.loads(body or b"null")
+        except ValueError:
+            # Loyale retries non-2xx posts for hours; a body we can never read would only come back
+            log.warning("webhook_unreadable", tenant=tenant.id, bytes=len(body))
+            return JSONResponse({"accepted": 0, "ignored": "body is not JSON"}, status_code=202)
+        if caused_by(payload) == tenant.own_admin_email:
+            return JSONResponse({"accepted": 0, "ignored": "change made by this service's admin user"},
+                                status_code=202)
+        ids = customer_ids(payload)
+        for customer_id in ids:
+            await run_in_threadpool(enqueue, tenant.id, customer_id)
+        log.info("webhook_received", tenant=tenant.id, customers=len(ids), topic=request.query_params.get("topic"))
+        return JSONResponse({"accepted": len(ids)}, status_code=202)
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"ok": True, "tenants": len(tokens)})
+
+    return Starlette(routes=[
+        Route("/webhooks/loyale/{token}", receive, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+    ])
