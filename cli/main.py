@@ -225,3 +225,12 @@ def subscribe_webhooks(
             except (TenantFatalError, RetryableError) as exc:
                 raise ctx.fail(f"{chosen.id}: {exc}") from None
             ctx.console.print(f"{chosen.id}: subscribed to topics {', '.join(map(str, WEBHOOK_TOPICS))}")
+
+
+from cli import safety  # noqa: E402
+
+safety.register(app)
+
+from cli import ops  # noqa: E402
+
+ops.register(app)

@@ -72,7 +72,7 @@ class Runtime:
             settings=settings,
             tenants=tenants if tenants is not None else settings.load_tenants(),
             redis=client,
-            store=Store(client, settings.retention_days),
+            store=Store(client, settings.retention_days, settings.journal_retention_days),
             http=make_http_client(settings),
             limiter=RateLimiter(client),
             limits_table=table,

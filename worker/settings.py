@@ -131,8 +131,10 @@ class Settings(BaseSettings):
     #: Redis broker visibility timeout: an unacked message is redelivered after this long. Every
     #: countdown we schedule stays far below it (see `max_countdown_s`).
     visibility_timeout_s: int = 3600
-    #: How long a run's ledger, outcomes and journal are kept in Redis.
+    #: How long a run's ledger and outcomes are kept in Redis.
     retention_days: int = 30
+    #: How long the journal of overwritten Klaviyo values is kept (`loyale-sync undo` needs it).
+    journal_retention_days: int = 90
 
     #: Backfill batching: a backfill worker syncs the customers it holds together once it holds this
     #: many (or every `batch_flush_interval_s`): lookups of 100, bulk imports of up to 10,000.
@@ -144,6 +146,8 @@ class Settings(BaseSettings):
     incremental_overlap_s: float = 120.0
     webhooks_host: str = "0.0.0.0"
     webhooks_port: int = 8080
+    #: Where `loyale-sync metrics` serves Prometheus metrics (read from Redis at scrape time).
+    metrics_port: int = 9808
 
     log_json: bool | None = None
     log_level: str = "INFO"
@@ -185,6 +189,25 @@ class Settings(BaseSettings):
             raw["klaviyo_base_url"] = self.tenant_klaviyo_base_url
         return {self.tenant_id: _tenant(self.tenant_id, raw, "SYNC_TENANT_* environment variables")}
 
+    def load_tenants_each(self) -> dict[str, TenantConfig | ConfigError]:
+        """Like `load_tenants`, but an invalid tenant comes back as the ConfigError that says what is wrong
+        instead of failing every tenant (`loyale-sync verify` reports each one). Raises ConfigError only
+        when no tenant can be read at all: nothing configured, or a tenants file that cannot be parsed."""
+        if self.tenants_file is None:
+            if not self.tenant_loyale_scheme_id:
+                return self.load_tenants()  # raises the "no tenants configured" error
+            try:
+                return dict(self.load_tenants())
+            except ConfigError as exc:
+                return {self.tenant_id: exc}
+        each: dict[str, TenantConfig | ConfigError] = {}
+        for tid, raw in read_tenant_tables(self.tenants_file).items():
+            try:
+                each[tid] = _tenant(tid, dict(raw), str(self.tenants_file))
+            except ConfigError as exc:
+                each[tid] = exc
+        return each
+
 
 def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
@@ -218,6 +241,11 @@ def _tenant(tenant_id: str, raw: dict[str, Any], source: str) -> TenantConfig:
 
 def load_tenants_file(path: Path) -> dict[str, TenantConfig]:
     """Parse a tenants TOML file: one `[tenants.<id>]` table per brand."""
+    return {tid: _tenant(tid, dict(raw), str(path)) for tid, raw in read_tenant_tables(path).items()}
+
+
+def read_tenant_tables(path: Path) -> dict[str, Any]:
+    """The `[tenants.<id>]` tables of a tenants TOML file, not yet validated."""
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -227,7 +255,7 @@ def load_tenants_file(path: Path) -> dict[str, TenantConfig]:
     tables = data.get("tenants")
     if not isinstance(tables, dict) or not tables:
         raise ConfigError(f"tenants file {path} has no [tenants.<id>] tables")
-    return {tid: _tenant(tid, dict(raw), str(path)) for tid, raw in tables.items()}
+    return tables
 
 
 @lru_cache(maxsize=1)

@@ -20,10 +20,11 @@ from worker.merge import FieldChange, Memory
 from worker.outcomes import PROBLEMS, SETTLED, Outcome
 
 RECORD_OUTCOME = """
--- KEYS: 1 run outcomes, 2 run hash, 3 run problems, 4 customer ledger, 5 tenant synced
+-- KEYS: 1 run outcomes, 2 run hash, 3 run problems, 4 customer ledger, 5 tenant synced, 6 metrics outcomes
 -- ARGV: 1 customer, 2 outcome, 3 entry json, 4 is problem, 5 updated epoch-us or '', 6 ledger max,
---       7 ttl seconds, 8 now (epoch seconds, string)
+--       7 ttl seconds, 8 now (epoch seconds, string), 9 metrics field '<tenant>|<outcome>'
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[6], ARGV[9], 1)
 redis.call('HINCRBY', KEYS[2], 'outcome:' .. ARGV[2], 1)
 local completed = redis.call('HINCRBY', KEYS[2], 'completed', 1)
 if ARGV[4] == '1' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[3]) end
@@ -73,6 +74,16 @@ return 0
 
 LEDGER_MAX_ENTRIES = 50
 
+# --- metrics keys: cumulative counters for Prometheus (worker/metrics.py) ---------------------------
+# They never expire and are never reset (a Prometheus counter only goes up); their size is bounded
+# by tenants x outcomes and tenants x endpoints x statuses.
+#: Hash `<tenant>|<outcome>` -> customers that reached the outcome, over every run.
+METRICS_OUTCOMES_KEY = f"{keys.PREFIX}:metrics:outcomes"
+#: Hash `<tenant>|<endpoint>|<status>` -> Klaviyo requests made inside a run (status 0: no answer).
+METRICS_REQUESTS_KEY = f"{keys.PREFIX}:metrics:requests"
+#: Runs whose tenant a process remembers for request counting before it forgets them all.
+RUN_TENANTS_CACHED_MAX = 10_000
+
 
 def epoch_us(moment: datetime) -> int:
     return int(moment.timestamp() * 1_000_000)
@@ -110,13 +121,15 @@ class RunInfo:
 class Store:
     """All sync state in Redis, for one deployment. `redis` is passed in (decode_responses=True)."""
 
-    def __init__(self, client: redis.Redis, retention_days: int = 30) -> None:
+    def __init__(self, client: redis.Redis, retention_days: int = 30, journal_retention_days: int = 90) -> None:
         self.redis = client
         self.ttl_s = retention_days * 86_400
+        self.journal_ttl_s = journal_retention_days * 86_400
         self._record = client.register_script(RECORD_OUTCOME)
         self._finish = client.register_script(FINISH_PRODUCING)
         self._acquire = client.register_script(ACQUIRE_LOCK)
         self._release = client.register_script(RELEASE_LOCK)
+        self._run_tenants: dict[str, str] = {}  # run id -> tenant, for request metrics
 
     # --- runs ------------------------------------------------------------------------------------
 
@@ -149,8 +162,9 @@ class Store:
         """The producer enqueued `expected` customers; the run is done when all have an outcome."""
         self._finish(keys=[keys.run(run_id)], args=[expected, repr(time.time())])
         for key in (keys.run_outcomes(run_id), keys.run_problems(run_id), keys.run_requests(run_id),
-                    keys.journal(run_id), keys.run_enqueued(run_id)):
+                    keys.run_enqueued(run_id)):
             self.redis.expire(key, self.ttl_s)
+        self.redis.expire(keys.journal(run_id), self.journal_ttl_s)
 
     def set_run_field(self, run_id: str, **values: str) -> None:
         self.redis.hset(keys.run(run_id), mapping=values)
@@ -187,6 +201,7 @@ class Store:
     def count_request(self, run_id: str | None, endpoint: str, status: int) -> None:
         if run_id:
             self.redis.hincrby(keys.run_requests(run_id), f"{endpoint} {status}", 1)
+            self.count_request_total(run_id, endpoint, status)
 
     def requests(self, run_id: str) -> dict[str, int]:
         return {k: int(v) for k, v in self.redis.hgetall(keys.run_requests(run_id)).items()}
@@ -205,10 +220,10 @@ class Store:
         settled = outcome in SETTLED and updated_date is not None
         return bool(self._record(
             keys=[keys.run_outcomes(run_id), keys.run(run_id), keys.run_problems(run_id),
-                  keys.ledger(tenant, customer_id), keys.synced(tenant)],
+                  keys.ledger(tenant, customer_id), keys.synced(tenant), METRICS_OUTCOMES_KEY],
             args=[customer_id, outcome.value, json.dumps(entry, ensure_ascii=False),
                   "1" if outcome in PROBLEMS else "0", str(epoch_us(updated_date)) if settled else "",
-                  LEDGER_MAX_ENTRIES, self.ttl_s, repr(time.time())],
+                  LEDGER_MAX_ENTRIES, self.ttl_s, repr(time.time()), f"{tenant}|{outcome.value}"],
         ))
 
     def history(self, tenant: str, customer_id: str) -> list[dict[str, Any]]:
@@ -264,7 +279,7 @@ class Store:
                    for c in changes]
         pipe = self.redis.pipeline()
         pipe.rpush(keys.journal(run_id), *entries)
-        pipe.expire(keys.journal(run_id), self.ttl_s)
+        pipe.expire(keys.journal(run_id), self.journal_ttl_s)
         pipe.execute()
 
     def journal(self, run_id: str) -> list[dict[str, Any]]:
@@ -329,3 +344,43 @@ class Store:
 
     def unlock_customer(self, tenant: str, customer_id: str, token: str) -> None:
         self._release(keys=[keys.customer_lock(tenant, customer_id)], args=[token])
+
+    # --- operator reports (cli/ops.py) -----------------------------------------------------------
+
+    def latest_entries(self, tenant: str, customer_ids: list[str], chunk: int = 1000) -> dict[str, dict[str, Any]]:
+        """The newest ledger entry of each customer, a pipeline per `chunk`; customers without one are left out."""
+        latest: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(customer_ids), chunk):
+            ids = customer_ids[start:start + chunk]
+            pipe = self.redis.pipeline(transaction=False)
+            for customer_id in ids:
+                pipe.lindex(keys.ledger(tenant, customer_id), 0)
+            latest.update({cid: json.loads(raw) for cid, raw in zip(ids, pipe.execute(), strict=True) if raw})
+        return latest
+
+
+    # --- metrics: cumulative per-tenant counters (worker/metrics.py reads them at scrape time) ----
+
+    def count_request_total(self, run_id: str, endpoint: str, status: int) -> None:
+        """Count a Klaviyo request of the run under the run's tenant, over every run (never expires)."""
+        tenant = self._run_tenants.get(run_id)
+        if tenant is None:
+            tenant = self.redis.hget(keys.run(run_id), "tenant") or ""
+            if len(self._run_tenants) >= RUN_TENANTS_CACHED_MAX:
+                self._run_tenants.clear()
+            self._run_tenants[run_id] = tenant
+        if tenant:
+            self.redis.hincrby(METRICS_REQUESTS_KEY, f"{tenant}|{endpoint}|{status}", 1)
+
+    def outcome_totals(self) -> dict[tuple[str, str], int]:
+        """(tenant, outcome) -> customers that reached it, over every run."""
+        return {(tenant, outcome): int(count) for field_name, count in self.redis.hgetall(METRICS_OUTCOMES_KEY).items()
+                for tenant, _, outcome in [field_name.partition("|")]}
+
+    def request_totals(self) -> dict[tuple[str, str, str], int]:
+        """(tenant, endpoint, status) -> Klaviyo requests made inside runs, over every run."""
+        totals: dict[tuple[str, str, str], int] = {}
+        for field_name, count in self.redis.hgetall(METRICS_REQUESTS_KEY).items():
+            tenant, endpoint, status = (field_name.split("|", 2) + ["", ""])[:3]
+            totals[(tenant, endpoint, status)] = int(count)
+        return totals

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from fakes.klaviyo.config import default_spec_path
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.loyale_control import FakeLoyaleControl
 from fakes.serving import ServerProcess
+from worker.store import Store
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +40,11 @@ def klaviyo(fake_klaviyo_server: ServerProcess) -> Iterator[FakeKlaviyoControl]:
     control = FakeKlaviyoControl(fake_klaviyo_server.url)
     control.reset()
     yield control
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[Store]:
+    """The sync state in the test's Redis, as the commands see it."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield Store(client)
+    client.close()

@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
-import redis
 
 from tests.harness import REPO, WorkerProcess, sync_env, wait_for, write_tenants_file
 from tests.integration.scenario import build_scenario, check_final_state
-from worker.store import Store
 
 CUSTOMERS = int(os.environ.get("E2E_CUSTOMERS", "1000"))
 
@@ -20,13 +17,6 @@ CUSTOMERS = int(os.environ.get("E2E_CUSTOMERS", "1000"))
 def cli(env: dict[str, str], *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cli", *args], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=timeout_s)
-
-
-@pytest.fixture
-def store(redis_url: str) -> Iterator[Store]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield Store(client)
-    client.close()
 
 
 def run_id_from(output: str) -> str:
