@@ -7,6 +7,7 @@ Loyale has no value for is simply absent, so no `null` can ever be sent from her
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -54,7 +55,8 @@ def clean_text(value: str | None, name: str, warnings: list[str], limit: int = M
     """Strip control characters and surrounding space; cut over-long text; '' becomes None."""
     if value is None:
         return None
-    text = "".join(ch for ch in value if unicodedata.category(ch) != "Cc").strip()
+    # Cs: a lone surrogate (an emoji cut in half upstream) cannot be encoded as UTF-8 to send.
+    text = "".join(ch for ch in value if unicodedata.category(ch) not in ("Cc", "Cs")).strip()
     if len(text) > limit:
         warnings.append(f"{name}: {len(text)} characters, cut to {limit}")
         text = text[:limit].rstrip()
@@ -66,7 +68,7 @@ def normalise_email(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
     email = value.strip().lower()
-    if len(email) > 254 or not EMAIL.match(email) or any(unicodedata.category(ch) == "Cc" for ch in email):
+    if len(email) > 254 or not EMAIL.match(email) or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in email):
         raise InvalidCustomer("malformed email address")
     return email
 
@@ -128,7 +130,8 @@ def map_customer(customer: LoyaleCustomer, default_phone_region: str | None = No
     if phone_warning:
         warnings.append(phone_warning)
     if email is None and phone is None:
-        raise InvalidCustomer("no email and no usable phone number")
+        # Say why the phone was unusable: "set the tenant's default_phone_region" is often the fix.
+        raise InvalidCustomer("no email and no usable phone number" + (f" ({phone_warning})" if phone_warning else ""))
 
     def put(path: str, value: Any) -> None:
         if value is not None and value != "" and value != []:
@@ -168,6 +171,9 @@ def map_customer(customer: LoyaleCustomer, default_phone_region: str | None = No
         value = extra.value
         if isinstance(value, str):
             value = clean_text(value, f"additional field {key}", warnings, limit=2048)
+        elif isinstance(value, float) and not math.isfinite(value):
+            warnings.append(f"additional field {key!r} skipped: {value} is not a finite number")
+            value = None
         elif not isinstance(value, int | float | bool):
             value = None  # objects and lists from Loyale are not profile property values
         put(f"properties.{key}", value)

@@ -176,7 +176,7 @@ def plan_sync(
     kept: list[FieldChange] = []
     for path, new in mapped.fields.items():
         old = profile.value(path)
-        if same(old, new):
+        if same(old, new) or (path == "email" and profile.email == new):  # emails match case-insensitively
             continue
         change = FieldChange(path, old, new, "fill" if is_empty(old) else "overwrite")
         if policy.merge_customers or (policy.existing_profiles == "fill_empty" and change.kind == "fill"):

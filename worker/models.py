@@ -7,6 +7,7 @@ customer invalid: it is dropped and a warning says which field, so the rest of t
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +50,31 @@ class AdditionalField(BaseModel):
     value: Any = None
     internal: bool = False
 
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key(cls, value: Any, info: ValidationInfo) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        _warn(info, f"additional field key: ignored a value of type {type(value).__name__}, expected text")
+        return None
+
+    @field_validator("internal", mode="before")
+    @classmethod
+    def _internal(cls, value: Any, info: ValidationInfo) -> bool:
+        if value is None:
+            return False
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        # Unreadable: treat the field as the brand's own bookkeeping rather than risk publishing it.
+        _warn(info, f"additional field internal: {type(value).__name__} value is not true/false, so not synced")
+        return True
+
 
 class LoyaleCustomer(BaseModel):
     """A Loyale customer as the producer snapshotted it (CustomerResultView, trimmed, plus level names)."""
@@ -83,7 +109,7 @@ class LoyaleCustomer(BaseModel):
     @field_validator("id", mode="before")
     @classmethod
     def _id(cls, value: Any) -> Any:
-        if isinstance(value, int | str) and str(value).strip():
+        if isinstance(value, int | str) and not isinstance(value, bool) and str(value).strip():
             return str(value).strip()
         raise ValueError("the customer has no id")
 
@@ -126,13 +152,14 @@ class LoyaleCustomer(BaseModel):
     def _number(cls, value: Any, info: ValidationInfo) -> float | None:
         if value is None or isinstance(value, bool):
             return None
-        if isinstance(value, int | float):
-            return float(value)
         try:
-            return float(str(value))
-        except ValueError:
-            _warn(info, f"{info.field_name}: ignored a value that is not a number")
+            number = float(value) if isinstance(value, int | float) else float(str(value))
+        except (ValueError, OverflowError):  # OverflowError: an integer of hundreds of digits
+            number = math.nan
+        if not math.isfinite(number):  # "NaN", "Infinity", "1e999": JSON cannot carry them to Klaviyo
+            _warn(info, f"{info.field_name}: ignored a value that is not a finite number")
             return None
+        return number
 
     @field_validator("level_names", "tags", mode="before")
     @classmethod
@@ -205,5 +232,7 @@ class KlaviyoProfile(BaseModel):
 
     @property
     def suppression_reasons(self) -> list[str]:
-        marketing = ((self.attributes.get("subscriptions") or {}).get("email") or {}).get("marketing") or {}
-        return [str(s.get("reason")) for s in marketing.get("suppression") or [] if isinstance(s, dict)]
+        node: Any = self.attributes.get("subscriptions")
+        for name in ("email", "marketing", "suppression"):  # any other shape reads as "no suppression"
+            node = node.get(name) if isinstance(node, dict) else None
+        return [str(s.get("reason")) for s in node if isinstance(s, dict)] if isinstance(node, list) else []
