@@ -10,6 +10,7 @@ raises `Deferred` when the request must wait.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -87,15 +88,23 @@ def retry_after_s(response: httpx.Response) -> float | None:
     header = response.headers.get("Retry-After")
     if header is not None:
         try:
-            return max(0.0, float(header))
+            seconds = float(header)
         except ValueError:
-            pass
+            seconds = math.nan
+        if math.isfinite(seconds):  # "inf" / "nan" would make a countdown no broker can hold
+            return max(0.0, seconds)
     try:
         detail = str(_first_error(response.json()).get("detail") or "")
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     found = EXPECTED_IN.search(detail)
     return float(found.group(1)) if found else None
+
+
+def filter_value(value: str | list[str]) -> str:
+    """A quoted filter value (or list of them). Non-ASCII text is sent as itself, not as `\\uXXXX`
+    escapes: a filter parser that does not decode JSON escapes would look for the letters `u00f1`."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def raise_for_klaviyo(response: httpx.Response, tenant: str) -> None:
@@ -211,6 +220,36 @@ class KlaviyoClient:
             raise RetryableError("Klaviyo answered without a JSON:API `data` member")
         return body["data"]
 
+    # A 2xx answer of an unexpected shape is treated like an unreadable one: retried, never a crash.
+
+    @staticmethod
+    def _list(data: Any) -> list[Any]:
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            raise RetryableError(f"Klaviyo answered with a `data` that is not a list ({type(data).__name__})")
+        return data
+
+    @staticmethod
+    def _resource(data: Any, kind: str) -> dict[str, Any]:
+        """A JSON:API resource object with an id (and, if any, attributes that are an object)."""
+        ident = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(ident, str | int) or isinstance(ident, bool) or ident == "":
+            raise RetryableError(f"Klaviyo answered with a {kind} without an id")
+        if not isinstance(data.get("attributes"), dict | None):
+            raise RetryableError(f"Klaviyo answered with a {kind} {data['id']} whose attributes are not an object")
+        return data
+
+    @classmethod
+    def _profile(cls, data: Any) -> KlaviyoProfile:
+        return KlaviyoProfile.from_resource(cls._resource(data, "profile"))
+
+    @staticmethod
+    def _next(body: Any) -> str:
+        links = body.get("links") if isinstance(body, dict) else None
+        url = links.get("next") if isinstance(links, dict) else None
+        return url if isinstance(url, str) else ""
+
     # --- profiles --------------------------------------------------------------------------------
 
     def find_profiles(self, filter_expr: str, *, page_size: int = 100,
@@ -222,14 +261,14 @@ class KlaviyoClient:
         url = "/api/profiles"
         while url:
             body = self._request(GET_PROFILES, "GET", url, params=params)
-            for resource in self._data(body) or []:
-                yield KlaviyoProfile.from_resource(resource)
-            url = ((body.get("links") or {}).get("next")) or ""
+            for resource in self._list(self._data(body)):
+                yield self._profile(resource)
+            url = self._next(body)
             params = None  # `next` is a full URL carrying the cursor and every parameter
 
     def find_one(self, field: str, value: str) -> KlaviyoProfile | None:
         """The profile whose identifier `field` (email, external_id, phone_number) equals `value`."""
-        found = list(self.find_profiles(f"equals({field},{json.dumps(value)})", page_size=1))
+        found = list(self.find_profiles(f"equals({field},{filter_value(value)})", page_size=1))
         return found[0] if found else None
 
     def find_many(self, field: str, values: list[str]) -> list[KlaviyoProfile]:
@@ -237,17 +276,16 @@ class KlaviyoClient:
         profiles: list[KlaviyoProfile] = []
         for start in range(0, len(values), MAX_FILTER_VALUES):
             chunk = values[start:start + MAX_FILTER_VALUES]
-            profiles.extend(self.find_profiles(f"any({field},{json.dumps(chunk)})", page_size=100))
+            profiles.extend(self.find_profiles(f"any({field},{filter_value(chunk)})", page_size=100))
         return profiles
 
     def create_profile(self, attributes: dict[str, Any]) -> KlaviyoProfile:
         body = {"data": {"type": "profile", "attributes": attributes}}
-        return KlaviyoProfile.from_resource(self._data(self._request(CREATE_PROFILE, "POST", "/api/profiles",
-                                                                     body=body)))
+        return self._profile(self._data(self._request(CREATE_PROFILE, "POST", "/api/profiles", body=body)))
 
     def update_profile(self, profile_id: str, attributes: dict[str, Any]) -> KlaviyoProfile:
         body = {"data": {"type": "profile", "id": profile_id, "attributes": attributes}}
-        return KlaviyoProfile.from_resource(
+        return self._profile(
             self._data(self._request(UPDATE_PROFILE, "PATCH", f"/api/profiles/{profile_id}", body=body)))
 
     def import_profile(self, attributes: dict[str, Any], profile_id: str | None = None) -> KlaviyoProfile:
@@ -255,8 +293,8 @@ class KlaviyoClient:
         data: dict[str, Any] = {"type": "profile", "attributes": attributes}
         if profile_id:
             data["id"] = profile_id
-        return KlaviyoProfile.from_resource(self._data(self._request(IMPORT_PROFILE, "POST", "/api/profile-import",
-                                                                     body={"data": data})))
+        return self._profile(self._data(self._request(IMPORT_PROFILE, "POST", "/api/profile-import",
+                                                      body={"data": data})))
 
     # --- suppression -----------------------------------------------------------------------------
 
@@ -291,24 +329,37 @@ class KlaviyoClient:
         params: dict[str, Any] | None = {"page[size]": 100}
         while url:
             body = self._request(GET_IMPORT_ERRORS, "GET", url, params=params)
-            for item in self._data(body) or []:
-                attrs = item.get("attributes") or {}
+            for item in self._list(self._data(body)):
+                if not isinstance(item, dict):
+                    continue
+                attrs = item.get("attributes") if isinstance(item.get("attributes"), dict) else {}
+                source = attrs.get("source") if isinstance(attrs.get("source"), dict) else {}
+                payload = attrs.get("original_payload")
                 errors.append(ImportError_(
                     code=str(attrs.get("code") or ""), detail=str(attrs.get("detail") or attrs.get("title") or ""),
-                    pointer=(attrs.get("source") or {}).get("pointer"),
-                    original_payload=attrs.get("original_payload") or {},
+                    pointer=source.get("pointer") if isinstance(source.get("pointer"), str) else None,
+                    original_payload=payload if isinstance(payload, dict) else {},
                 ))
-            url = ((body.get("links") or {}).get("next")) or ""
+            url = self._next(body)
             params = None
         return errors
 
-    @staticmethod
-    def _job(data: dict[str, Any]) -> BulkImportJob:
+    @classmethod
+    def _job(cls, data: Any) -> BulkImportJob:
+        data = cls._resource(data, "bulk import job")
         attrs = data.get("attributes") or {}
+
+        def count(name: str) -> int:
+            value = attrs.get(name)
+            try:
+                return int(float(value)) if value is not None and not isinstance(value, bool) else 0
+            except (TypeError, ValueError, OverflowError):
+                return 0
+
         return BulkImportJob(
             id=str(data["id"]), status=str(attrs.get("status") or "queued"),
-            total_count=int(attrs.get("total_count") or 0), completed_count=int(attrs.get("completed_count") or 0),
-            failed_count=int(attrs.get("failed_count") or 0),
+            total_count=count("total_count"), completed_count=count("completed_count"),
+            failed_count=count("failed_count"),
         )
 
     # --- account ---------------------------------------------------------------------------------
@@ -316,6 +367,42 @@ class KlaviyoClient:
     def account(self) -> dict[str, Any]:
         """The account the key belongs to (`GET /api/accounts`: 1/s, 15/min; call it rarely)."""
         data = self._data(self._request(GET_ACCOUNTS, "GET", "/api/accounts"))
-        if not data:
+        if not isinstance(data, list) or not data:
             raise RetryableError("Klaviyo returned no account for this key")
-        return dict(data[0])
+        return dict(self._resource(data[0], "account"))
+
+    # --- scope probes (`loyale-sync verify`) ---------------------------------------------------------
+
+    def permitted(self, endpoint: str) -> bool:
+        """Whether the key may call `endpoint` (a key of `SCOPE_PROBES`), asked with a request that
+        changes nothing: Klaviyo checks a key's scopes before it reads the request, so a 403 means the
+        scope is missing and anything past that check (2xx, or the 400/404 the probe is built to get)
+        means it is held. 401, 429, 5xx and transport errors raise as for any other request."""
+        method, path, params, body = SCOPE_PROBES[endpoint]
+        try:
+            self._request(endpoint, method, path, params=params, body=body)
+        except TenantFatalError as exc:
+            if exc.status == 403:
+                return False
+            raise
+        except RecordRejected:
+            return True
+        return True
+
+
+#: A profile id that cannot exist: ULIDs carry their creation time, and this one is from 1970.
+NO_SUCH_PROFILE = "00000000000000000000000000"
+NO_SUCH_JOB = "00000000000000000000000000"
+#: endpoint -> (method, path, query, body) of a request that tells whether the key holds the endpoint's
+#: scopes and never changes data: reads, a PATCH of a profile that cannot exist with nothing in it, and
+#: jobs with no profiles (refused by validation; even if accepted, they would name no one).
+SCOPE_PROBES: dict[str, tuple[str, str, dict[str, Any] | None, Any]] = {
+    GET_PROFILES: ("GET", "/api/profiles", {"page[size]": 1, "fields[profile]": "email"}, None),
+    UPDATE_PROFILE: ("PATCH", f"/api/profiles/{NO_SUCH_PROFILE}",
+                     None, {"data": {"type": "profile", "id": NO_SUCH_PROFILE, "attributes": {}}}),
+    BULK_IMPORT: ("POST", "/api/profile-bulk-import-jobs", None,
+                  {"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": []}}}}),
+    GET_BULK_IMPORT: ("GET", f"/api/profile-bulk-import-jobs/{NO_SUCH_JOB}", None, None),
+    UNSUPPRESS: ("POST", "/api/profile-suppression-bulk-delete-jobs", None,
+                 {"data": {"type": "profile-suppression-bulk-delete-job", "attributes": {"profiles": {"data": []}}}}),
+}
