@@ -42,40 +42,63 @@ def backfill(
                                "instead of in batches; for small schemes and comparisons.")] = False,
 ) -> None:
     """Enqueue every customer of the tenant's Loyale scheme, one task each, as a new run."""
-    from worker.app import app as celery_app
-
     with ctx.runtime() as rt:
         chosen = ctx.pick_tenant(rt.tenants, tenant)
-        loyale = ctx.loyale_client(rt.http, chosen)
-        run_id = rt.store.create_run(chosen.id, "backfill")
-        ctx.console.print(f"run [bold]{run_id}[/]: reading customers of {chosen.id} from Loyale…")
-        bar = Progress(TextColumn("enqueued"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       console=ctx.console, transient=True)
-        task = bar.add_task("enqueue", total=None)
+        _produce(rt, chosen, rt.store.create_run(chosen.id, "backfill"), wait=wait, per_customer=per_customer)
 
-        def progress(enqueued: int, total: int | None) -> None:
-            bar.update(task, completed=enqueued, total=total)
 
-        try:
-            bar.start()
-            produced = run_backfill(app=celery_app, store=rt.store, loyale=loyale, tenant=chosen.id, run_id=run_id,
-                                    queue=QUEUE_INCREMENTAL if per_customer else QUEUE_BACKFILL,
-                                    max_in_flight=rt.settings.max_queued_per_tenant,
-                                    on_progress=lambda n, total: progress(n, total))
-        except TenantFatalError as exc:
-            raise ctx.fail(str(exc)) from None
-        except RetryableError as exc:
-            raise ctx.fail(f"Loyale kept failing while paging ({exc}); run `loyale-sync backfill` again later"
-                           ) from None
-        finally:
-            bar.stop()
-        ctx.console.print(f"enqueued {produced.enqueued} customers"
-                          + (f" ({produced.duplicates} duplicates from paging skipped)" if produced.duplicates else ""))
-        if not wait:
-            ctx.console.print(f"follow it with: loyale-sync status {run_id}")
-            return
-        info = wait_for_run(rt.store, run_id, console=ctx.console)
-        ctx.console.print(outcome_table(info))
+@app.command()
+def resume(
+    run: Annotated[str, typer.Argument(help="The backfill run to complete.")],
+    tenant: Annotated[str | None, typer.Option("--tenant", "-t", help="The run's tenant, needed when Redis lost "
+                                               "the run's record (default: read from the run).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until every customer has an outcome.")] = False,
+    per_customer: Annotated[bool, typer.Option("--per-customer", help="As for backfill.")] = False,
+) -> None:
+    """Re-enqueue every customer of a backfill run that has no outcome yet (after Redis lost its queue,
+    say). Customers already synced are not enqueued again; a customer enqueued twice is harmless."""
+    with ctx.runtime() as rt:
+        info = rt.store.run(run)
+        if info is not None and not info.tenant:
+            info = None     # only counters written after Redis lost the run's record
+        if info is None and tenant is None:
+            raise ctx.fail(f"Redis has no record of run {run!r} (a typo, or Redis lost it): name its tenant with "
+                           "--tenant to resume it anyway")
+        chosen = ctx.pick_tenant(rt.tenants, tenant or (info.tenant if info else None))
+        if info is not None and info.tenant != chosen.id:
+            raise ctx.fail(f"run {run} belongs to tenant {info.tenant}, not {chosen.id}")
+        _produce(rt, chosen, run, wait=wait, per_customer=per_customer, resume=True)
+
+
+def _produce(rt, chosen, run_id: str, *, wait: bool, per_customer: bool, resume: bool = False) -> None:
+    from worker.app import app as celery_app
+
+    loyale = ctx.loyale_client(rt.http, chosen)
+    ctx.console.print(f"run [bold]{run_id}[/]: reading customers of {chosen.id} from Loyale…")
+    bar = Progress(TextColumn("enqueued"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=ctx.console, transient=True)
+    task = bar.add_task("enqueue", total=None)
+    try:
+        bar.start()
+        produced = run_backfill(app=celery_app, store=rt.store, loyale=loyale, tenant=chosen.id, run_id=run_id,
+                                queue=QUEUE_INCREMENTAL if per_customer else QUEUE_BACKFILL,
+                                max_in_flight=rt.settings.max_queued_per_tenant, resume=resume,
+                                on_progress=lambda n, total: bar.update(task, completed=n, total=total))
+    except TenantFatalError as exc:
+        raise ctx.fail(str(exc)) from None
+    except RetryableError as exc:
+        raise ctx.fail(f"Loyale kept failing while paging ({exc}); run `loyale-sync resume {run_id}` later: "
+                       "it enqueues only the customers without an outcome") from None
+    finally:
+        bar.stop()
+    ctx.console.print(f"enqueued {produced.enqueued} customers"
+                      + (f" ({produced.duplicates} {'already synced' if resume else 'duplicates from paging'} "
+                         "skipped)" if produced.duplicates else ""))
+    if not wait:
+        ctx.console.print(f"follow it with: loyale-sync status {run_id}")
+        return
+    info = wait_for_run(rt.store, run_id, console=ctx.console)
+    ctx.console.print(outcome_table(info))
 
 
 @app.command("sync-one")
@@ -234,3 +257,11 @@ safety.register(app)
 from cli import ops  # noqa: E402
 
 ops.register(app)
+
+from cli import verify  # noqa: E402
+
+verify.register(app)
+
+from cli import metrics  # noqa: E402
+
+metrics.register(app)

@@ -68,7 +68,7 @@ class TenantConfig(BaseModel):
             raise ValueError(
                 "this is Klaviyo's 6-character public API key (site ID), which cannot read or write profiles. "
                 "Create a private key in Klaviyo under Settings > API Keys > Create Private API Key "
-                "(scopes: profiles:read, profiles:write, subscriptions:write, lists:write; accounts:read "
+                "(scopes: profiles:read, profiles:write, subscriptions:write, lists:read, lists:write; accounts:read "
                 "for `loyale-sync verify`) and use that pk_... value"
             )
         if not KLAVIYO_PRIVATE_KEY.match(raw):

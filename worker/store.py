@@ -137,9 +137,11 @@ class Store:
         run_id = run_id or new_run_id(kind)
         now = time.time()
         fields = {"tenant": tenant, "kind": kind, "state": "producing", "started_at": repr(now),
-                  "completed": 0, **{f"meta:{k}": v for k, v in meta.items()}}
+                  **{f"meta:{k}": v for k, v in meta.items()}}
         pipe = self.redis.pipeline()
         pipe.hset(keys.run(run_id), mapping=fields)
+        # a record re-created after Redis lost it keeps the outcomes counted since (see `resume`)
+        pipe.hsetnx(keys.run(run_id), "completed", 0)
         pipe.zadd(keys.runs_index(tenant), {run_id: now})
         pipe.zadd(keys.runs_index(), {run_id: now})
         for key in (keys.run(run_id),):
@@ -193,6 +195,10 @@ class Store:
 
     def outcomes(self, run_id: str) -> dict[str, str]:
         return dict(self.redis.hgetall(keys.run_outcomes(run_id)))
+
+    def outcomes_of(self, run_id: str, customer_ids: list[str]) -> list[str | None]:
+        """The run's outcome of each customer (None: none yet)."""
+        return list(self.redis.hmget(keys.run_outcomes(run_id), customer_ids)) if customer_ids else []
 
     def count_deferral(self, run_id: str) -> None:
         """A customer waited for the rate limiter (a countdown, not an attempt)."""
@@ -358,7 +364,6 @@ class Store:
             latest.update({cid: json.loads(raw) for cid, raw in zip(ids, pipe.execute(), strict=True) if raw})
         return latest
 
-
     # --- metrics: cumulative per-tenant counters (worker/metrics.py reads them at scrape time) ----
 
     def count_request_total(self, run_id: str, endpoint: str, status: int) -> None:
@@ -374,13 +379,17 @@ class Store:
 
     def outcome_totals(self) -> dict[tuple[str, str], int]:
         """(tenant, outcome) -> customers that reached it, over every run."""
-        return {(tenant, outcome): int(count) for field_name, count in self.redis.hgetall(METRICS_OUTCOMES_KEY).items()
-                for tenant, _, outcome in [field_name.partition("|")]}
+        totals: dict[tuple[str, str], int] = {}
+        for field_name, count in self.redis.hgetall(METRICS_OUTCOMES_KEY).items():
+            tenant, _, outcome = field_name.partition("|")
+            totals[(tenant, outcome)] = int(count)
+        return totals
 
     def request_totals(self) -> dict[tuple[str, str, str], int]:
         """(tenant, endpoint, status) -> Klaviyo requests made inside runs, over every run."""
         totals: dict[tuple[str, str, str], int] = {}
         for field_name, count in self.redis.hgetall(METRICS_REQUESTS_KEY).items():
-            tenant, endpoint, status = (field_name.split("|", 2) + ["", ""])[:3]
+            tenant, _, rest = field_name.partition("|")
+            endpoint, _, status = rest.rpartition("|")
             totals[(tenant, endpoint, status)] = int(count)
         return totals
