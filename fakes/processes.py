@@ -237,3 +237,38 @@ class WorkerProcess(ChildProcess):
         finally:
             probe.close()
         return self
+
+
+@dataclass
+class FlowerProcess(ChildProcess):
+    """`celery -A worker.app flower` on a free loopback port. Basic auth comes from the environment
+    (`FLOWER_BASIC_AUTH=user:password`, read by Flower itself), as in docker-compose.yml."""
+
+    name: str = "flower"
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        """The first user of FLOWER_BASIC_AUTH, for requests to the API."""
+        user, _, password = self.env["FLOWER_BASIC_AUTH"].split(",")[0].partition(":")
+        return user, password
+
+    def command(self) -> list[str]:
+        return celery_command("flower", f"--port={self.port}", "--address=127.0.0.1")
+
+    def wait_ready(self, timeout_s: float = 30.0) -> FlowerProcess:
+        import httpx
+
+        def ready() -> bool:
+            self.check_alive()
+            try:   # /healthcheck is the one page Flower serves without auth
+                return httpx.get(f"{self.url}/healthcheck", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout_s, interval_s=0.1, what="Flower")
+        return self

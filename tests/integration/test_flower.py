@@ -1,0 +1,71 @@
+"""Flower as operators run it (docker-compose.yml, Procfile): a real `celery -A worker.app flower` with basic
+auth from the environment, watching a real worker (-E) that syncs customers from the fakes over HTTP."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import httpx
+
+from fakes.processes import FlowerProcess, WorkerProcess, sync_env, wait_for, write_tenants_file
+from tests.integration.scenario import build_scenario
+from tests.integration.test_backfill import cli, run_id_from
+
+
+def test_flower_requires_auth_and_shows_the_worker_and_its_tasks_without_personal_data(loyale, klaviyo, redis_url):
+    scenario = build_scenario(loyale, klaviyo, "flower", customers=3, merge_customers=True, seed=5)
+    customers = loyale.customers(scenario.scheme_id)
+    env = {k: v for k, v in sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}))
+           .items() if not k.startswith("FLOWER_")}   # no FLOWER_UNAUTHENTICATED_API from the caller
+    env["FLOWER_BASIC_AUTH"] = f"ops:{secrets.token_urlsafe(12)}"
+    worker = WorkerProcess(env, name="flowerw").start()
+    flower = FlowerProcess(env).start()
+    try:
+        worker.wait_ready()
+        flower.wait_ready()
+        api = httpx.Client(base_url=flower.url, auth=flower.auth, timeout=10)
+
+        # Without credentials, or with wrong ones, neither the API nor the UI answers.
+        assert httpx.get(f"{flower.url}/api/workers", timeout=5).status_code == 401
+        assert httpx.get(f"{flower.url}/api/tasks", auth=("ops", "wrong"), timeout=5).status_code == 401
+        assert httpx.get(f"{flower.url}/workers", timeout=5).status_code == 401
+
+        # Our worker is online (its heartbeat events reached Flower: events are flowing from here on).
+        def online() -> dict[str, bool]:
+            flower.check_alive()
+            status = api.get("/api/workers", params={"status": "true"}).json()
+            return {k: v for k, v in status.items() if k.startswith("flowerw@") and v}
+
+        [name] = wait_for(online, 30, interval_s=0.3, what="the worker online in Flower")
+        inspected = api.get("/api/workers", params={"refresh": "1"}).json()
+        assert "sync.incremental" in {q["name"] for q in inspected[name]["active_queues"]}
+
+        result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--per-customer", "--wait", timeout_s=60)
+        assert result.returncode == 0, result.stderr + result.stdout
+        run = run_id_from(result.stdout)
+
+        def succeeded() -> dict[str, dict] | None:
+            tasks = api.get("/api/tasks", params={"taskname": "sync.customer", "state": "SUCCESS"}).json()
+            return tasks if len(tasks) == len(customers) else None
+
+        tasks = wait_for(succeeded, 20, interval_s=0.3, what="every sync.customer task SUCCESS in Flower")
+        ids = {c["id"] for c in customers}
+        for task in tasks.values():
+            assert task["worker"] == name
+            assert task["args"] in ("()", "[]")
+            shown = task["kwargs"]
+            assert f"'tenant': '{scenario.tenant_id}'" in shown and f"'run': '{run}'" in shown, shown
+            assert any(f"'customer_id': '{cid}'" in shown for cid in ids), shown
+        # Nothing Flower holds or shows names a key, a password or a customer's email.
+        everything = json.dumps(api.get("/api/tasks").json()) + api.get("/tasks").text
+        emails = [c["email"] for c in customers if c.get("email")]
+        assert emails, "the scheme should have customers with emails to look for"
+        secrets_and_emails = [scenario.key, scenario.admin_password, scenario.admin_email, *emails]
+        assert [s for s in secrets_and_emails if s.lower() in everything.lower()] == []
+        api.close()
+    except (AssertionError, TimeoutError) as exc:
+        raise AssertionError(f"{exc}\nflower: {flower.log()[-2000:]}\nworker: {worker.log()[-2000:]}") from exc
+    finally:
+        flower.stop()
+        worker.stop()
