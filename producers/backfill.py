@@ -39,11 +39,16 @@ class Produced:
 
 
 def enqueue_customers(app: Celery, store: Store, loyale: LoyaleClient, tenant: str, run_id: str,
-                      customers: list[object], queue: str) -> tuple[int, int]:
-    """Snapshot and enqueue a page of customers once each; returns (enqueued, duplicates)."""
+                      customers: list[object], queue: str, resume: bool = False) -> tuple[int, int]:
+    """Snapshot and enqueue a page of customers once each; returns (enqueued, duplicates).
+
+    `resume`: enqueue every customer without an outcome in the run, even if it was enqueued before
+    (its message may have been lost with a Redis that kept nothing); a second delivery is harmless."""
     payloads = [loyale.snapshot(raw) for raw in customers]
     ids = [customer_id_of(p) for p in payloads]
     fresh = store.mark_enqueued(run_id, ids)
+    if resume:
+        fresh = [outcome is None for outcome in store.outcomes_of(run_id, ids)]
     enqueued = 0
     for payload, is_new in zip(payloads, fresh, strict=True):
         if is_new:
@@ -69,16 +74,20 @@ def wait_for_room(store: Store, run_id: str, max_in_flight: int, poll_s: float =
 
 def run_backfill(*, app: Celery, store: Store, loyale: LoyaleClient, tenant: str, run_id: str | None = None,
                  queue: str = QUEUE_BACKFILL, on_progress: Progress | None = None,
-                 max_in_flight: int | None = None) -> Produced:
-    """Page through the whole scheme and enqueue every customer; returns when all are enqueued."""
+                 max_in_flight: int | None = None, resume: bool = False) -> Produced:
+    """Page through the whole scheme and enqueue every customer; returns when all are enqueued.
+    `resume` re-enqueues the customers of an existing run that have no outcome yet."""
     run_id = run_id or store.create_run(tenant, "backfill")
-    if store.run(run_id) is None:
+    known = store.run(run_id)
+    if known is None or not known.tenant:     # new, or its record was lost (a worker's counter may remain)
         store.create_run(tenant, "backfill", run_id=run_id)
+    elif resume:
+        store.set_run_field(run_id, state="running")
     enqueued = duplicates = 0
     for page in loyale.pages(filters=BACKFILL_FILTERS, sorts=BACKFILL_SORTS):
         if max_in_flight:
             wait_for_room(store, run_id, max_in_flight)
-        added, dupes = enqueue_customers(app, store, loyale, tenant, run_id, page.customers, queue)
+        added, dupes = enqueue_customers(app, store, loyale, tenant, run_id, page.customers, queue, resume)
         enqueued += added
         duplicates += dupes
         store.set_run_field(run_id, **{"meta:page": str(page.number)})

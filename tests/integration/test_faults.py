@@ -1,0 +1,136 @@
+"""The fault suite: a backfill with a known expected final Klaviyo state, under each fault, ends in exactly
+that state, with one outcome per customer and no duplicate profile. Real processes throughout."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import redis
+
+from fakes.processes import RedisServer
+from tests.harness import WorkerProcess, sync_env, wait_for, write_tenants_file
+from tests.integration.scenario import build_scenario, check_final_state
+from tests.integration.test_backfill import cli, run_id_from
+from worker.store import Store
+
+CUSTOMERS = int(os.environ.get("FAULT_CUSTOMERS", "1500"))
+
+
+def completed(url: str, run_id: str) -> int:
+    """The run's completed count, read with a fresh connection (Redis may have been restarted)."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        info = Store(client).run(run_id)
+        return info.completed if info else 0
+    except redis.ConnectionError:
+        return 0
+    finally:
+        client.close()
+
+
+def finished(url: str, run_id: str):
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        info = Store(client).run(run_id)
+        return info if info is not None and info.done else None
+    except redis.ConnectionError:
+        return None
+    finally:
+        client.close()
+
+
+def test_a_worker_sigkilled_mid_batch_again_and_again_loses_nothing(loyale, klaviyo, redis_url, store):
+    klaviyo.set_knobs(rate_limit_scale=50, latency_s=0.01)
+    scenario = build_scenario(loyale, klaviyo, "kills", customers=CUSTOMERS, merge_customers=True, seed=91)
+    env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
+                   SYNC_VISIBILITY_TIMEOUT_S="8", SYNC_LIMITER_RATE_SCALE="50", SYNC_BATCH_SIZE="200")
+    worker = WorkerProcess.backfill(env, name="k0").start().wait_ready()
+    result = cli(env, "backfill", "--tenant", scenario.tenant_id)
+    assert result.returncode == 0, result.stderr
+    run_id = run_id_from(result.stdout)
+    try:
+        for round_, share in enumerate((0.15, 0.4, 0.7), start=1):
+            wait_for(lambda s=share: store.run(run_id).completed >= CUSTOMERS * s, 180, what=f"{share:.0%} done")
+            worker.kill()
+            assert not store.run(run_id).done
+            worker = WorkerProcess.backfill(env, name=f"k{round_}").start().wait_ready()
+        info = wait_for(lambda: (i := store.run(run_id)).done and i, 240, what="the run to finish")
+    finally:
+        worker.stop()
+    assert info.completed == info.expected == CUSTOMERS
+    check_final_state(scenario, loyale, klaviyo, store.outcomes(run_id))
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["append-only", "no-persistence"])
+def test_redis_restarted_mid_run(loyale, klaviyo, persistent):
+    """With persistence the run simply resumes; without it, `loyale-sync resume RUN` re-enqueues every
+    customer without an outcome and the run still ends in exactly the expected state."""
+    klaviyo.set_knobs(rate_limit_scale=50, latency_s=0.01)
+    scenario = build_scenario(loyale, klaviyo, "restart", customers=CUSTOMERS, merge_customers=True, seed=92)
+    server = RedisServer(appendonly=persistent).start()
+    env = sync_env(server.url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
+                   SYNC_VISIBILITY_TIMEOUT_S="8", SYNC_LIMITER_RATE_SCALE="50", SYNC_BATCH_SIZE="200")
+    worker = WorkerProcess.backfill(env, name="rr").start().wait_ready()
+    try:
+        result = cli(env, "backfill", "--tenant", scenario.tenant_id)
+        assert result.returncode == 0, result.stderr
+        run_id = run_id_from(result.stdout)
+        wait_for(lambda: completed(server.url, run_id) >= CUSTOMERS * 0.3, 180, what="a third of the run")
+        server.restart()
+        if not persistent:
+            assert completed(server.url, run_id) == 0      # everything is gone: queue, run, outcomes
+            resumed = cli(env, "resume", run_id, "--tenant", scenario.tenant_id, "--wait")
+            assert resumed.returncode == 0, resumed.stderr
+        info = wait_for(lambda: finished(server.url, run_id), 240, what="the run to finish")
+        assert info.completed == info.expected == CUSTOMERS
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        check_final_state(scenario, loyale, klaviyo, Store(client).outcomes(run_id), resynced=not persistent)
+        client.close()
+    finally:
+        worker.stop()
+        server.cleanup()
+
+
+def test_klaviyo_failing_dropping_stalling_and_throttling_without_retry_after(loyale, klaviyo, redis_url, store):
+    """20 % 500/503, dropped connections (some after the write was applied), 3-second stalls, and a limit
+    far below what our limiter believes, answered with 429s that carry no Retry-After."""
+    klaviyo.set_knobs(error_rate=0.2, drop_rate=0.05, stall_rate=0.01, stall_s=3.0, omit_retry_after=True,
+                      rate_limit_scale=0.5, window_scale=0.1, seed=93)
+    scenario = build_scenario(loyale, klaviyo, "klfaults", customers=CUSTOMERS, merge_customers=True, seed=93)
+    env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
+                   SYNC_LIMITER_RATE_SCALE="20", SYNC_MAX_ATTEMPTS="30", SYNC_HTTP_TIMEOUT_S="2",
+                   SYNC_BATCH_SIZE="300")
+    worker = WorkerProcess.backfill(env).start().wait_ready()
+    try:
+        result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait")
+    finally:
+        worker.stop()
+    assert result.returncode == 0, result.stderr
+    info = store.run(run_id_from(result.stdout))
+    assert info.completed == info.expected == CUSTOMERS
+    counts = check_final_state(scenario, loyale, klaviyo, store.outcomes(info.id))
+    assert "failed" not in counts
+    statuses = klaviyo.requests()["by_status"]
+    assert int(statuses.get("500", 0)) + int(statuses.get("503", 0)) > 0, statuses
+    assert int(statuses.get("429", 0)) > 0, statuses
+
+
+def test_loyale_throttling_and_failing_while_paging_skips_and_doubles_nobody(loyale, klaviyo, redis_url, store):
+    klaviyo.set_knobs(rate_limit_scale=50)
+    scenario = build_scenario(loyale, klaviyo, "lyfaults", customers=CUSTOMERS, merge_customers=False, seed=94)
+    loyale.set_knobs(throttle_rate=0.15, error_rate=0.15, seed=94)
+    env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
+                   SYNC_LIMITER_RATE_SCALE="50")
+    worker = WorkerProcess.backfill(env).start().wait_ready()
+    try:
+        result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait")
+    finally:
+        worker.stop()
+        loyale.set_knobs(throttle_rate=0.0, error_rate=0.0)
+    assert result.returncode == 0, result.stderr
+    assert f"enqueued {CUSTOMERS} customers" in result.stdout and "duplicates" not in result.stdout
+    info = store.run(run_id_from(result.stdout))
+    assert info.completed == info.expected == CUSTOMERS
+    check_final_state(scenario, loyale, klaviyo, store.outcomes(info.id))
+    assert int(loyale.requests()["by_status"].get("429", 0)) > 0
