@@ -10,7 +10,7 @@ import redis
 
 from fakes.processes import RedisServer
 from tests.harness import WorkerProcess, sync_env, wait_for, write_tenants_file
-from tests.integration.scenario import build_scenario, check_final_state
+from tests.integration.scenario import build_scenario, check_final_state, private_key
 from tests.integration.test_backfill import cli, run_id_from
 from worker.store import Store
 
@@ -134,3 +134,43 @@ def test_loyale_throttling_and_failing_while_paging_skips_and_doubles_nobody(loy
     assert info.completed == info.expected == CUSTOMERS
     check_final_state(scenario, loyale, klaviyo, store.outcomes(info.id))
     assert int(loyale.requests()["by_status"].get("429", 0)) > 0
+
+
+def test_a_key_revoked_mid_run_stops_the_tenant_once_and_retry_failures_completes_it(loyale, klaviyo, redis_url,
+                                                                                       store):
+    klaviyo.set_knobs(rate_limit_scale=50, latency_s=0.01, request_log_size=50_000)
+    scenario = build_scenario(loyale, klaviyo, "revoked", customers=CUSTOMERS, merge_customers=True, seed=95)
+    tenants_file = write_tenants_file({scenario.tenant_id: scenario.tenant_config()})
+    env = sync_env(redis_url, tenants_file, SYNC_LIMITER_RATE_SCALE="50", SYNC_BATCH_SIZE="200")
+    worker = WorkerProcess.backfill(env, name="before").start().wait_ready()
+    try:
+        result = cli(env, "backfill", "--tenant", scenario.tenant_id)
+        run_id = run_id_from(result.stdout)
+        wait_for(lambda: store.run(run_id).completed >= CUSTOMERS * 0.25, 180, what="a quarter of the run")
+        klaviyo.revoke_key(scenario.key)
+        info = wait_for(lambda: (i := store.run(run_id)).done and i, 180, what="the run to end")
+    finally:
+        worker.stop()
+    assert 0 < info.counts.get("failed", 0) < CUSTOMERS
+    assert store.tenant_paused(scenario.tenant_id) is not None
+    assert worker.log().count('"event": "tenant_paused"') == 1, "one clear error, not one per customer"
+    refused = [e for e in klaviyo.request_log() if e["status"] == 401]
+    assert len(refused) <= 10, f"{len(refused)} requests sent with a revoked key"
+
+    # The brand creates a new key; the operator puts it in the tenants file, checks it, and re-drives.
+    fixed = {**scenario.tenant_config(), "klaviyo_private_key": private_key()}
+    klaviyo.add_key(fixed["klaviyo_private_key"], account_id=scenario.account_id)
+    env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: fixed}), SYNC_LIMITER_RATE_SCALE="50")
+    checked = cli(env, "verify", "--tenant", scenario.tenant_id)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert store.tenant_paused(scenario.tenant_id) is None
+    worker = WorkerProcess(env, name="after").start().wait_ready()
+    try:
+        retried = cli(env, "retry-failures", "--tenant", scenario.tenant_id, "--run", run_id, "--wait")
+    finally:
+        worker.stop()
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    retry_run = next(r for r in store.runs(scenario.tenant_id) if r.kind == "retry")
+    assert retry_run.done and "failed" not in retry_run.counts
+    outcomes = {**store.outcomes(run_id), **store.outcomes(retry_run.id)}
+    check_final_state(scenario, loyale, klaviyo, outcomes, resynced=True)
