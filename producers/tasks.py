@@ -114,6 +114,10 @@ def customer_hint(self: Task, tenant: str, customer_id: str, run: str, attempt: 
     except TenantFatalError as exc:
         log.error("hint_failed", tenant=tenant, customer_id=customer_id, error=str(exc))
         return None
+    if rt.store.run(run) is None:
+        # one run per tenant per minute gathers the webhook syncs, so `runs` and `report` show them
+        rt.store.create_run(tenant, "webhook", run_id=run)
+        rt.store.set_run_field(run, state="running")
     rt.store.mark_enqueued(run, [customer_id])
     # Same task, same retries and outcome recording as any per-customer sync: hand it over.
     app.send_task("sync.customer", kwargs={"tenant": tenant, "run": run, "customer": payload},

@@ -158,3 +158,18 @@ def test_a_redis_blip_shorter_than_the_client_retries_is_ridden_out():
     finally:
         restarter.join()
         server.cleanup()
+
+
+def test_places_taken_together_are_all_or_none_and_unused_ones_go_back(limiter):
+    steady_only = EndpointLimit(burst=Window(100, 200), steady=Window(4, 60_000))
+    wait_s, grant = limiter.acquire_many("acct", "t", "GET /api/profiles", steady_only, 3)
+    assert wait_s == 0 and grant
+    # a pair more would overfill the window: it is refused whole, nothing taken
+    wait_s, refused = limiter.acquire_many("acct", "t", "GET /api/profiles", steady_only, 2)
+    assert wait_s > 1 and refused == ""
+    # the sync used one of its three places: the other two go back, and the pair now fits
+    limiter.refund("acct", "GET /api/profiles", steady_only, grant, used=1, count=3)
+    wait_s, _ = limiter.acquire_many("acct", "t", "GET /api/profiles", steady_only, 2)
+    assert wait_s == 0
+    # 1 used + 2 = 3 of 4 in the window; the pace (one per 15 s) puts the next one later
+    assert limiter.acquire("acct", "t", "GET /api/profiles", steady_only) > 1

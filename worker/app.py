@@ -72,6 +72,9 @@ def create_app(settings: Settings) -> Celery:
             # Messages of a worker that died are restored once older than the visibility timeout;
             # sweep often enough that recovery takes about 1.1x the timeout, not a fixed 100 s.
             "unacked_restore_interval": max(1, settings.visibility_timeout_s // 100),
+            # The sweep holds a mutex in Redis; a worker killed while holding it would block every
+            # other worker's sweep for kombu's default 5 minutes. A sweep takes milliseconds.
+            "unacked_mutex_expire": 15,
         },
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,

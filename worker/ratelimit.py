@@ -21,6 +21,7 @@ nothing is sent to Klaviyo without the limiter's permission, and the task goes b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -58,22 +59,22 @@ ACQUIRE = """
 -- KEYS: 1 burst log, 2 steady log, 3 tenant back-off, 4 pacing (theoretical arrival time),
 --       5 promised slots (where the next denied caller is told to come back).
 -- ARGV: 1 burst limit, 2 burst window ms, 3 steady limit, 4 steady window ms, 5 unique request id,
---       6 pacing interval ms, 7 pacing tolerance ms.
--- Returns 0 when the request may go now (and records it), else the milliseconds to wait.
+--       6 pacing interval ms, 7 pacing tolerance ms, 8 requests wanted together (all or none).
+-- Returns 0 when the requests may go now (and records them as <id>:1..n), else the ms to wait.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local backoff = redis.call('PTTL', KEYS[3])
 if backoff > 0 then return backoff end
-local interval = tonumber(ARGV[6])
+local interval, n = tonumber(ARGV[6]), tonumber(ARGV[8])
 local tat = math.max(now, tonumber(redis.call('GET', KEYS[4]) or '0'))
-local wait = math.max(0, tat - tonumber(ARGV[7]) - now)
+local wait = math.max(0, tat + (n - 1) * interval - tonumber(ARGV[7]) - now)
 for i = 1, 2 do
   local limit, window = tonumber(ARGV[i * 2 - 1]), tonumber(ARGV[i * 2])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
   local count = redis.call('ZCARD', KEYS[i])
-  if count >= limit then
-    -- the (count - limit + 1) oldest requests must leave the window before one more fits
-    local edge = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')
+  if count + n > limit then
+    -- the (count + n - limit) oldest requests must leave the window before n more fit
+    local edge = redis.call('ZRANGE', KEYS[i], count + n - limit - 1, count + n - limit - 1, 'WITHSCORES')
     local w = tonumber(edge[2]) + window - now
     if w > wait then wait = w end
   end
@@ -82,15 +83,34 @@ if wait > 0 then
   -- Denied callers are told to come back at successive free slots, not all at the same instant:
   -- otherwise every waiting task returns together, one wins and the rest are deferred again.
   local slot = math.max(now + wait, tonumber(redis.call('GET', KEYS[5]) or '0'))
-  redis.call('SET', KEYS[5], slot + interval, 'PX', ARGV[4])
+  redis.call('SET', KEYS[5], slot + n * interval, 'PX', ARGV[4])
   return math.max(1, slot - now)
 end
 for i = 1, 2 do
-  redis.call('ZADD', KEYS[i], now, ARGV[5])
+  for k = 1, n do redis.call('ZADD', KEYS[i], now, ARGV[5] .. ':' .. k) end
   redis.call('PEXPIRE', KEYS[i], ARGV[i * 2])
 end
-redis.call('SET', KEYS[4], tat + interval, 'PX', ARGV[4])
+redis.call('SET', KEYS[4], tat + n * interval, 'PX', ARGV[4])
 return 0
+"""
+
+REFUND = """
+-- KEYS: 1 burst log, 2 steady log, 3 pacing. ARGV: 1 grant id, 2 first unused k, 3 last k,
+-- 4 pacing interval ms. Requests granted together but not sent give their places back.
+local removed = 0
+for k = tonumber(ARGV[2]), tonumber(ARGV[3]) do
+  removed = removed + redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. k)
+  redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. k)
+end
+if removed > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if tat > now then
+    redis.call('SET', KEYS[3], math.max(now, tat - removed * tonumber(ARGV[4])), 'KEEPTTL')
+  end
+end
+return removed
 """
 
 BACK_OFF = """
@@ -195,20 +215,39 @@ class RateLimiter:
         self.redis = client
         self._acquire = client.register_script(ACQUIRE)
         self._back_off = client.register_script(BACK_OFF)
+        self._refund = client.register_script(REFUND)
 
     def acquire(self, account: str, tenant: str, endpoint: str, limit: EndpointLimit) -> float:
         """0.0 if the request may be sent now (it is counted), else the seconds to wait first."""
+        return self.acquire_many(account, tenant, endpoint, limit, 1)[0]
+
+    def acquire_many(self, account: str, tenant: str, endpoint: str, limit: EndpointLimit,
+                     count: int) -> tuple[float, str]:
+        """Places for `count` requests at once, or none: (0.0, grant id) when granted (all counted now),
+        else (seconds to wait, ""). A sync takes its lookups together so it never stops half-way."""
+        grant_id = uuid.uuid4().hex
         try:
             wait_ms = self._acquire(
                 keys=[keys.rate_log(account, endpoint, "burst"), keys.rate_log(account, endpoint, "steady"),
                       keys.tenant_backoff(tenant), keys.rate_log(account, endpoint, "next"),
                       keys.rate_log(account, endpoint, "promised")],
                 args=[limit.burst.limit, limit.burst.length_ms, limit.steady.limit, limit.steady.length_ms,
-                      uuid.uuid4().hex, limit.pace_ms, limit.pace_tolerance_ms],
+                      grant_id, limit.pace_ms, limit.pace_tolerance_ms, max(1, count)],
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise LimiterUnavailable(f"rate limiter unreachable ({exc}); nothing sent to Klaviyo") from exc
-        return int(wait_ms) / 1000.0
+        wait_s = int(wait_ms) / 1000.0
+        return wait_s, "" if wait_s > 0 else grant_id
+
+    def refund(self, account: str, endpoint: str, limit: EndpointLimit, grant_id: str, used: int,
+               count: int) -> None:
+        """Give back the places of a grant of `count` that only `used` requests needed."""
+        if used >= count or not grant_id:
+            return
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):   # they then simply expire
+            self._refund(keys=[keys.rate_log(account, endpoint, "burst"), keys.rate_log(account, endpoint, "steady"),
+                               keys.rate_log(account, endpoint, "next")],
+                         args=[grant_id, used + 1, count, limit.pace_ms])
 
     def back_off(self, tenant: str, seconds: float) -> None:
         """After a 429: no request of the tenant is granted for `seconds`."""

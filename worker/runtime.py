@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -24,6 +26,23 @@ log = structlog.get_logger("runtime")
 
 #: The run the current task belongs to, so the Klaviyo request hook can count requests per run.
 current_run: ContextVar[str | None] = ContextVar("current_run", default=None)
+#: A per-customer sync makes up to two lookups (by email, then by external id). It takes both places
+#: in the limiter at once before the first, so it never gets one, is deferred for the second, and
+#: has to start over (spending the first again); the place it did not need is given back.
+LOOKUPS_PER_SYNC = 2
+
+
+@dataclass
+class Prepaid:
+    """Places a running sync took in advance for one endpoint; its requests use them first."""
+
+    account: str
+    grant_id: str
+    count: int
+    used: int = 0
+
+
+_prepaid: ContextVar[dict[str, Prepaid] | None] = ContextVar("prepaid", default=None)
 ACCOUNT_CACHE_S = 86_400
 #: A key without accounts:read is limited under its own name; ask again after this long.
 ACCOUNT_FALLBACK_CACHE_S = 3_600
@@ -127,8 +146,33 @@ class Runtime:
         self._accounts[tenant_id] = (cached, time.monotonic() + ACCOUNT_CACHE_S)
         return cached
 
+    @contextmanager
+    def prepaid(self, tenant_id: str, endpoint: str, count: int) -> Iterator[float]:
+        """Take `count` places for `endpoint` at once. Yields 0.0 when taken (the requests inside use
+        them; unused ones are given back on exit), else the seconds to wait, having taken none."""
+        account, limit = self.account(tenant_id), self._limit(tenant_id, endpoint)
+        wait_s, grant_id = self.limiter.acquire_many(account, tenant_id, endpoint, limit, count)
+        if wait_s > 0:
+            yield wait_s
+            return
+        entry = Prepaid(account, grant_id, count)
+        token = _prepaid.set({endpoint: entry})
+        try:
+            yield 0.0
+        finally:
+            _prepaid.reset(token)
+            self.limiter.refund(account, endpoint, limit, grant_id, entry.used, count)
+
+    def _limit(self, tenant_id: str, endpoint: str) -> EndpointLimit:
+        limits = self.limits(tenant_id)
+        return limits.get(endpoint) or limits["GET /api/profiles"]
+
     def _gate(self, tenant_id: str, endpoint: str) -> None:
         """Before every Klaviyo request: ask the fleet-wide limiter (which also holds 429 back-offs)."""
+        entry = (_prepaid.get() or {}).get(endpoint)
+        if entry is not None and entry.used < entry.count and self.limiter.backoff_remaining_s(tenant_id) <= 0:
+            entry.used += 1
+            return
         limits = self.limits(tenant_id)
         limit = limits.get(endpoint) or limits["GET /api/profiles"]
         if endpoint == GET_ACCOUNTS:

@@ -28,9 +28,10 @@ from celery_batches import Batches
 from worker import backoff
 from worker.batch import Again, BatchSettings, BatchSync, Done, Item, Result, email_lock
 from worker.errors import Deferred, RetryableError, TenantFatalError, Throttled
+from worker.klaviyo import GET_PROFILES
 from worker.outcomes import Outcome
 from worker.ratelimit import LimiterUnavailable
-from worker.runtime import Runtime, current_run
+from worker.runtime import LOOKUPS_PER_SYNC, Runtime, current_run
 from worker.settings import Settings
 from worker.sync import customer_id_of, sync_customer
 
@@ -128,7 +129,10 @@ def _sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, A
         again(LOCK_WAIT_S)  # another customer with this email is being synced (case duplicates)
     run_token = current_run.set(run)
     try:
-        return sync_customer(rt.deps(tenant), run, customer).outcome.value
+        with rt.prepaid(tenant, GET_PROFILES, LOOKUPS_PER_SYNC) as wait_s:
+            if wait_s > 0:
+                raise Deferred("waiting for the rate limit before the lookups", retry_after_s=wait_s)
+            return sync_customer(rt.deps(tenant), run, customer).outcome.value
     except Deferred as exc:
         bound.debug("sync_deferred", reason=str(exc), countdown_s=exc.retry_after_s)
         store.count_deferral(run)

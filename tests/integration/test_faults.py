@@ -93,10 +93,11 @@ def test_redis_restarted_mid_run(loyale, klaviyo, persistent):
 
 
 def test_klaviyo_failing_dropping_stalling_and_throttling_without_retry_after(loyale, klaviyo, redis_url, store):
-    """20 % 500/503, dropped connections (some after the write was applied), 3-second stalls, and a limit
-    far below what our limiter believes, answered with 429s that carry no Retry-After."""
-    klaviyo.set_knobs(error_rate=0.2, drop_rate=0.05, stall_rate=0.01, stall_s=3.0, omit_retry_after=True,
-                      rate_limit_scale=0.5, window_scale=0.1, seed=93)
+    """25 % errors (500, 503, and 429 without Retry-After), dropped connections (some after the write was
+    applied), 3-second stalls, and a limit far below what our limiter believes (its 429s too without
+    Retry-After)."""
+    klaviyo.set_knobs(error_rate=0.25, error_statuses=[500, 503, 429], drop_rate=0.05, stall_rate=0.01, stall_s=3.0,
+                      omit_retry_after=True, rate_limit_scale=0.5, window_scale=0.1, seed=93)
     scenario = build_scenario(loyale, klaviyo, "klfaults", customers=CUSTOMERS, merge_customers=True, seed=93)
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
                    SYNC_LIMITER_RATE_SCALE="20", SYNC_MAX_ATTEMPTS="30", SYNC_HTTP_TIMEOUT_S="2",
