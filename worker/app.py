@@ -10,7 +10,7 @@ import structlog
 from celery import Celery
 from celery.schedules import crontab
 from celery.signals import setup_logging, worker_process_init
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from worker import tasks
 from worker.errors import ConfigError
@@ -63,7 +63,10 @@ def create_app(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_queues=[Queue(tasks.QUEUE_INCREMENTAL), Queue(tasks.QUEUE_BACKFILL), Queue(QUEUE_PRODUCERS)],
+        # Each queue on its own exchange and key: declared bare, all three would be bound to the default
+        # queue's exchange with one key, and a message sent there would land in every queue.
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name)
+                     for name in (tasks.QUEUE_INCREMENTAL, tasks.QUEUE_BACKFILL, QUEUE_PRODUCERS)],
         task_default_queue=tasks.QUEUE_INCREMENTAL,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,

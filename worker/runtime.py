@@ -15,7 +15,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from worker import keys
-from worker.errors import Deferred, RetryableError, TenantFatalError
+from worker.errors import Deferred, RetryableError, TenantFatalError, Throttled
 from worker.klaviyo import GET_ACCOUNTS, KlaviyoClient
 from worker.ratelimit import EndpointLimit, RateLimiter, endpoint_limits, key_fingerprint, load_spec_limits
 from worker.settings import Settings, TenantConfig
@@ -138,6 +138,8 @@ class Runtime:
                 self.redis.set(keys.account_of_key(fingerprint), cached, ex=ACCOUNT_FALLBACK_CACHE_S)
                 log.warning("klaviyo_account_unknown", tenant=tenant_id,
                             hint="the key lacks accounts:read; tenants sharing an account will not share a limit")
+            except Throttled:
+                raise    # like any 429: the task backs the whole tenant off and comes back
             except RetryableError:
                 # Klaviyo is struggling: limit under the key's own name for a minute rather than spend
                 # the accounts endpoint's tiny quota (15/min) on every attempt of every customer.

@@ -12,6 +12,7 @@ from fakes.processes import RedisServer
 from tests.harness import WorkerProcess, sync_env, wait_for, write_tenants_file
 from tests.integration.scenario import build_scenario, check_final_state, private_key
 from tests.integration.test_backfill import cli, run_id_from
+from worker import keys
 from worker.store import Store
 
 CUSTOMERS = int(os.environ.get("FAULT_CUSTOMERS", "1500"))
@@ -55,11 +56,23 @@ def test_a_worker_sigkilled_mid_batch_again_and_again_loses_nothing(loyale, klav
             worker.kill()
             assert not store.run(run_id).done
             worker = WorkerProcess.backfill(env, name=f"k{round_}").start().wait_ready()
-        info = wait_for(lambda: (i := store.run(run_id)).done and i, 240, what="the run to finish")
+        try:
+            info = wait_for(lambda: (i := store.run(run_id)).done and i, 240, what="the run to finish")
+        except TimeoutError:
+            raise AssertionError(f"run stuck: {broker_state(store, run_id)}") from None
     finally:
         worker.stop()
     assert info.completed == info.expected == CUSTOMERS
     check_final_state(scenario, loyale, klaviyo, store.outcomes(run_id))
+
+
+def broker_state(store: Store, run_id: str) -> dict:
+    """Where a stuck run's customers are: for the failure message."""
+    r = store.redis
+    missing = set(r.smembers(keys.run_enqueued(run_id))) - set(store.outcomes(run_id))
+    lists = {k: r.llen(k) for k in r.keys("*") if r.type(k) == "list"}
+    return {"run": store.run(run_id), "missing": len(missing), "lists": lists, "unacked": r.hlen("unacked"),
+            "locks": len(r.keys("lks:lock:*"))}
 
 
 @pytest.mark.parametrize("persistent", [True, False], ids=["append-only", "no-persistence"])
