@@ -189,8 +189,9 @@ def test_two_beat_processes_enqueue_each_pass_once(loyale, klaviyo, redis_url):
             process.stop()
     passes = store.passes(scenario.tenant_id)
     assert len(passes) >= 10, "beat did not run the passes"
-    gaps = [b["at"] - a["at"] for a, b in zip(passes, passes[1:], strict=False)]
-    # Two schedulers would each send every pass: pairs of passes a few milliseconds apart.
-    assert min(gaps) >= interval_s * 0.5, f"passes enqueued twice: gaps {[round(g, 3) for g in gaps]}"
+    span_s = passes[-1]["at"] - passes[0]["at"]
+    # Two active schedulers would send every pass twice: about twice as many passes as intervals.
+    # (Passes are logged when a worker runs them, so on a loaded machine two can run close together.)
+    assert len(passes) <= span_s / interval_s + 2, f"{len(passes)} passes in {span_s:.1f} s"
     assert len({p["task"] for p in passes}) == len(passes)
     assert sum("Acquired lock" in beat.log() for beat in beats) == 1
