@@ -72,6 +72,16 @@ def test_internal_and_reserved_additional_fields_are_not_synced():
     assert any("'Levels' skipped" in w for w in warnings) and any("'$email' skipped" in w for w in warnings)
 
 
+def test_an_integer_klaviyo_would_round_is_skipped_with_a_warning():
+    fields, warnings = mapped(additionalCustomerFields=[
+        {"key": "Visits", "value": 2**53, "internal": False},
+        {"key": "Huge", "value": 10**300 + 1, "internal": False},
+    ])
+    assert fields["properties.Visits"] == 2**53
+    assert "properties.Huge" not in fields
+    assert any("'Huge' skipped" in w and "too large" in w for w in warnings)
+
+
 @pytest.mark.parametrize(("area", "mobile", "region", "expected"), [
     ("+356", "79123456", None, "+35679123456"),
     ("356", "79123456", None, "+35679123456"),

@@ -32,6 +32,9 @@ LOCATION = {
     "post_code": "location.zip",
     "country": "location.country",
 }
+#: JSON numbers are doubles in Klaviyo; a larger integer would be stored rounded, so it is not sent.
+MAX_EXACT_INT = 2**53
+
 #: Property names we own; an additional field with one of these keys would collide and is skipped.
 OWN_PROPERTIES = {"Birthday", "LoyalePointBalance", "LoyaleMonetaryBalance", "Levels", "Tags"}
 IDENTITY_FIELDS = ("email", "external_id", "phone_number")
@@ -173,6 +176,9 @@ def map_customer(customer: LoyaleCustomer, default_phone_region: str | None = No
             value = clean_text(value, f"additional field {key}", warnings, limit=2048)
         elif isinstance(value, float) and not math.isfinite(value):
             warnings.append(f"additional field {key!r} skipped: {value} is not a finite number")
+            value = None
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_EXACT_INT:
+            warnings.append(f"additional field {key!r} skipped: the number is too large for Klaviyo to store exactly")
             value = None
         elif not isinstance(value, int | float | bool):
             value = None  # objects and lists from Loyale are not profile property values

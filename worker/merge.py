@@ -94,7 +94,7 @@ def same(old: Any, new: Any) -> bool:
     if isinstance(old, bool) or isinstance(new, bool):
         return old is new
     if isinstance(old, int | float) and isinstance(new, int | float):
-        return float(old) == float(new)
+        return old == new  # Python compares int and float exactly, even past float's range
     if isinstance(old, str) and isinstance(new, str):
         return old == new
     if isinstance(old, list) and isinstance(new, list):
