@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -202,7 +203,8 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
                     extra={"path": "per-customer" if per_customer else "batched",
                            "outcomes": info.counts, "max_queue_depth": max(depth or [0]),
                            "producer_peak_rss_mb": round(rss.peak_mb.get("producer", 0.0), 1),
-                           "limiter_deferrals": info.deferrals},
+                           "limiter_deferrals": info.deferrals,
+                           "requests_by_endpoint": dict(Counter(e["endpoint"] for e in log).most_common())},
                 ))
                 rss.peak_mb.pop("producer", None)
         finally:

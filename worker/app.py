@@ -35,8 +35,12 @@ def cron(expression: str) -> crontab:
 
 
 def beat_schedule(settings: Settings, tenants: dict[str, TenantConfig]) -> dict[str, dict]:
-    """An incremental pass per tenant every interval, and each tenant's nightly backfill if it has one."""
-    schedule: dict[str, dict] = {}
+    """An incremental pass per tenant every interval, each tenant's nightly backfill if it has one, and
+    the rescue of runs whose broker messages were lost."""
+    schedule: dict[str, dict] = {
+        "rescue": {"task": "sync.rescue_stalled_runs", "schedule": settings.rescue_interval_s,
+                   "options": {"queue": QUEUE_PRODUCERS, "expires": settings.rescue_interval_s}},
+    }
     for tenant in tenants.values():
         schedule[f"incremental:{tenant.id}"] = {
             "task": "sync.incremental_pass", "schedule": settings.incremental_interval_s, "args": (tenant.id,),

@@ -23,8 +23,10 @@ profile holding the customer's id under an older email is updated (as merge on s
 holding it while the email belongs to another is refused by Klaviyo and recorded as a conflict. The
 one difference: such an email change is recorded `created` and its old values are not journaled.
 
-Customers that collide inside one batch (two with the same email or phone, the same customer twice),
-and customers without an email, go through the per-customer path after the batch.
+Customers that collide inside one batch (two with the same email, the same customer twice) cannot
+share a bulk job: the later one is sent on to a later batch (and synced on its own after the batch if
+it collides again). Customers without an email that are not opted in are looked up by external id, to
+be suppressed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ ROW_POINTER = re.compile(r"^/data/attributes/profiles/data/(\d+)")
 #: Stay under Klaviyo's 5 MB body limit with room for the envelope.
 MAX_JOB_BYTES = 4_500_000
 MAX_THROTTLES = 200
+#: A customer colliding with another in its batch waits this long for a later batch, at most this often.
+COLLISION_DELAY_S = 1.0
+MAX_COLLISIONS = 2
 
 
 @dataclass
@@ -75,6 +80,8 @@ class Item:
     customer: dict[str, Any]
     attempt: int = 1
     throttles: int = 0
+    #: Times it was sent on to a later batch because it collided with another customer in one.
+    collisions: int = 0
 
     @property
     def customer_id(self) -> str:
@@ -250,18 +257,27 @@ class BatchSync:
 
     def _lock(self, works: list[Work]) -> list[Work]:
         held = []
-        for w in works:
-            if self.store.lock_customer(self.tenant, w.item.customer_id, w.item.task_id):
+        grants = self.store.lock_customers(self.tenant, [(w.item.customer_id, w.item.task_id) for w in works])
+        for w, locked in zip(works, grants, strict=True):
+            if locked:
                 held.append(w)
             else:
                 self.again(w, 1.0, "another sync of this customer is running")
         return held
 
     def _unlock(self, works: list[Work]) -> None:
-        for w in works:
-            self.store.unlock_customer(self.tenant, w.item.customer_id, w.item.task_id)
-        for w in self._email_locks:
-            self.store.unlock_customer(self.tenant, email_lock(w.mapped.email), w.item.task_id)
+        self.store.unlock_customers(self.tenant, [(w.item.customer_id, w.item.task_id) for w in works]
+                                    + [(email_lock(w.mapped.email), w.item.task_id) for w in self._email_locks])
+
+    def _collided(self, w: Work) -> None:
+        """Two customers of one batch share an email (or one customer came twice): they
+        cannot be written in one bulk job. The later one joins a later batch, where the earlier one's
+        profile exists; if it collides again it is synced on its own after this batch."""
+        if w.item.collisions < MAX_COLLISIONS:
+            item = replace(w.item, collisions=w.item.collisions + 1)
+            w.result = Again(item, COLLISION_DELAY_S, "shares an email with another customer in this batch")
+        else:
+            w.solo = True
 
     def _prepare(self, works: list[Work]) -> list[Work]:
         """Parse, map and check order; set aside customers that need the per-customer path."""
@@ -279,22 +295,28 @@ class BatchSync:
             except InvalidCustomer as exc:
                 if w.customer.opted_in:
                     self.finish(w, Outcome.INVALID, str(exc))
-                else:
-                    w.solo = True   # no email: found (and suppressed) by external id on its own
-                continue
+                    continue
+                # Not opted in and nothing to send: its profile is found by our id (the batch's
+                # external id lookups), to suppress it, as on the per-customer path.
+                w.mapped = MappedProfile(fields={"external_id": w.customer.id})
             w.warnings = w.warnings + w.mapped.warnings
-            identities = {f"id:{w.customer.id}", f"email:{w.mapped.email}"}
-            if "phone_number" in w.mapped.fields:
-                identities.add(f"phone:{w.mapped.fields['phone_number']}")
-            if w.mapped.email is None or identities & seen:
-                w.solo = True   # collides with a customer earlier in this batch, or has no email
+            identities = {f"id:{w.customer.id}"}
+            if w.mapped.email is not None:
+                identities.add(f"email:{w.mapped.email}")
+            # A phone shared with another customer of the batch needs no care here: a create's phone
+            # goes in the phone job, where the second row carrying it fails alone; an update's is
+            # refused for its row and resent without it (see `_write`).
+            if identities & seen:
+                self._collided(w)
                 continue
             seen |= identities
             batch.append(w)
         # Two customers with one email in two batches at once would both look "new" and the later
         # bulk upsert would take over the earlier's profile: one sync per email at a time.
-        for w in batch:
-            if self.store.lock_customer(self.tenant, email_lock(w.mapped.email), w.item.task_id):
+        emails = [w for w in batch if w.mapped.email is not None]
+        for w, locked in zip(emails, self.store.lock_customers(
+                self.tenant, [(email_lock(w.mapped.email), w.item.task_id) for w in emails]), strict=True):
+            if locked:
                 self._email_locks.append(w)
             else:
                 self.again(w, 1.0, "another customer with this email is being synced")
@@ -331,13 +353,11 @@ class BatchSync:
                 if profile.email:
                     found[profile.email] = profile
 
-        self._each_chunk(works, works, MAX_FILTER_VALUES, by_email)
+        self._each_chunk(works, [w for w in works if w.mapped.email is not None], MAX_FILTER_VALUES, by_email)
         for w in works:
-            w.by_email = found.get(w.mapped.email)
+            w.by_email = found.get(w.mapped.email) if w.mapped.email is not None else None
             if w.by_email is not None and w.by_email.external_id == w.customer.id:
                 w.by_external_id = w.by_email
-        if self.deps.policy.merge_customers:
-            return  # Klaviyo's identifier matching in the bulk import covers the rest (module docstring)
         by_id: dict[str, KlaviyoProfile] = {}
 
         def by_external_id(chunk: list[Work]) -> None:
@@ -345,7 +365,10 @@ class BatchSync:
                 if profile.external_id:
                     by_id[profile.external_id] = profile
 
-        unknown = [w for w in works if w.open and w.by_external_id is None]
+        # With merge on, Klaviyo's identifier matching in the bulk import covers the rest (module
+        # docstring); customers without an email can only be found by our id.
+        unknown = [w for w in works if w.open and w.by_external_id is None
+                   and (w.mapped.email is None or not self.deps.policy.merge_customers)]
         self._each_chunk(works, unknown, MAX_FILTER_VALUES, by_external_id)
         for w in unknown:
             w.by_external_id = by_id.get(w.customer.id)

@@ -43,6 +43,8 @@ class Prepaid:
 
 
 _prepaid: ContextVar[dict[str, Prepaid] | None] = ContextVar("prepaid", default=None)
+#: Overrides `Runtime.wait_inline_s` inside `Runtime.waiting_inline` (a batch of backfill customers).
+_wait_inline_s: ContextVar[float] = ContextVar("wait_inline_s")
 ACCOUNT_CACHE_S = 86_400
 #: A key without accounts:read is limited under its own name; ask again after this long.
 ACCOUNT_FALLBACK_CACHE_S = 3_600
@@ -165,6 +167,15 @@ class Runtime:
             _prepaid.reset(token)
             self.limiter.refund(account, endpoint, limit, grant_id, entry.used, count)
 
+    @contextmanager
+    def waiting_inline(self, wait_s: float) -> Iterator[None]:
+        """Inside: wait up to `wait_s` for the limiter in place instead of raising `Deferred`."""
+        token = _wait_inline_s.set(wait_s)
+        try:
+            yield
+        finally:
+            _wait_inline_s.reset(token)
+
     def _limit(self, tenant_id: str, endpoint: str) -> EndpointLimit:
         limits = self.limits(tenant_id)
         return limits.get(endpoint) or limits["GET /api/profiles"]
@@ -183,8 +194,8 @@ class Runtime:
         else:
             account = self.account(tenant_id)
         wait_s = self.limiter.acquire(account, tenant_id, endpoint, limit)
-        waited_s = 0.0
-        while wait_s > 0 and waited_s + wait_s <= self.wait_inline_s:
+        waited_s, may_wait_s = 0.0, _wait_inline_s.get(self.wait_inline_s)
+        while wait_s > 0 and waited_s + wait_s <= may_wait_s:
             time.sleep(wait_s)
             waited_s += wait_s
             wait_s = self.limiter.acquire(account, tenant_id, endpoint, limit)

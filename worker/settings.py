@@ -140,9 +140,20 @@ class Settings(BaseSettings):
     #: many (or every `batch_flush_interval_s`): lookups of 100, bulk imports of up to 10,000.
     batch_size: int = 5000
     batch_flush_interval_s: float = 2.0
+    #: While customers keep arriving, a batch waits for more up to this long (bigger batches spend
+    #: fewer requests per customer); it is flushed at once when full or when arrivals stop.
+    batch_max_wait_s: float = 30.0
+    #: A batch waits for the limiter in place up to this long per request before it is deferred.
+    batch_wait_inline_s: float = 5.0
     #: Backfill backpressure: at most this many of a tenant's tasks wait on the queue at once.
     max_queued_per_tenant: int = 10_000
     incremental_interval_s: float = 60.0
+    #: A run whose customers got no outcome for this long, with the queues empty, is rescued: its
+    #: customers without an outcome are enqueued again (producers/rescue.py). Default (0): the
+    #: visibility timeout plus the longest countdown plus five minutes.
+    stall_after_s: float = 0.0
+    #: How often beat looks for such runs.
+    rescue_interval_s: float = 60.0
     incremental_overlap_s: float = 120.0
     webhooks_host: str = "0.0.0.0"
     webhooks_port: int = 8080
@@ -155,6 +166,10 @@ class Settings(BaseSettings):
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def stall_after_effective_s(self) -> float:
+        return self.stall_after_s or self.visibility_timeout_s + self.max_countdown_s + 300
 
     @property
     def max_countdown_s(self) -> float:

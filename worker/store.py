@@ -27,6 +27,7 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[6], ARGV[9], 1)
 redis.call('HINCRBY', KEYS[2], 'outcome:' .. ARGV[2], 1)
 local completed = redis.call('HINCRBY', KEYS[2], 'completed', 1)
+redis.call('HSET', KEYS[2], 'progress_at', ARGV[8])
 if ARGV[4] == '1' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[3]) end
 redis.call('LPUSH', KEYS[4], ARGV[3])
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
@@ -107,6 +108,9 @@ class RunInfo:
     counts: dict[str, int] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
     deferrals: int = 0
+    #: When the producer finished, and when a customer last got an outcome (epoch seconds).
+    produced_at: float | None = None
+    progress_at: float | None = None
 
     @property
     def duration_s(self) -> float:
@@ -157,6 +161,11 @@ class Store:
         pipe.expire(keys.run_enqueued(run_id), self.ttl_s)
         return [bool(added) for added in pipe.execute()[:-1]]
 
+    def missing(self, run_id: str) -> list[str]:
+        """Customers enqueued for the run that have no outcome yet."""
+        enqueued = self.redis.smembers(keys.run_enqueued(run_id))
+        return sorted(enqueued - set(self.redis.hkeys(keys.run_outcomes(run_id))))
+
     def enqueued_count(self, run_id: str) -> int:
         return int(self.redis.scard(keys.run_enqueued(run_id)))
 
@@ -184,6 +193,8 @@ class Store:
             counts={k.split(":", 1)[1]: int(v) for k, v in raw.items() if k.startswith("outcome:")},
             meta={k.split(":", 1)[1]: v for k, v in raw.items() if k.startswith("meta:")},
             deferrals=int(raw.get("deferrals", 0)),
+            produced_at=float(raw["produced_at"]) if raw.get("produced_at") else None,
+            progress_at=float(raw["progress_at"]) if raw.get("progress_at") else None,
         )
 
     def runs(self, tenant: str | None = None, limit: int = 20) -> list[RunInfo]:
@@ -350,6 +361,23 @@ class Store:
 
     def unlock_customer(self, tenant: str, customer_id: str, token: str) -> None:
         self._release(keys=[keys.customer_lock(tenant, customer_id)], args=[token])
+
+    def lock_customers(self, tenant: str, locks: list[tuple[str, str]], ttl_s: float = 120.0) -> list[bool]:
+        """`lock_customer` for many (customer id, token) pairs in one round trip."""
+        if not locks:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for customer_id, token in locks:
+            self._acquire(keys=[keys.customer_lock(tenant, customer_id)], args=[token, int(ttl_s * 1000)], client=pipe)
+        return [bool(granted) for granted in pipe.execute()]
+
+    def unlock_customers(self, tenant: str, locks: list[tuple[str, str]]) -> None:
+        if not locks:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for customer_id, token in locks:
+            self._release(keys=[keys.customer_lock(tenant, customer_id)], args=[token], client=pipe)
+        pipe.execute()
 
     # --- operator reports (cli/ops.py) -----------------------------------------------------------
 

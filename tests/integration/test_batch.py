@@ -7,7 +7,7 @@ import pytest
 
 from tests.builders import loyale_payload
 from tests.integration.scenario import private_key
-from worker.batch import BatchSettings, BatchSync, Done, Item
+from worker.batch import MAX_COLLISIONS, Again, BatchSettings, BatchSync, Done, Item
 from worker.runtime import Runtime
 from worker.settings import Settings, TenantConfig
 
@@ -87,10 +87,52 @@ def test_customers_sharing_an_email_in_one_batch_do_not_take_over_each_others_pr
     _, sync = batch(merge_customers=True)
     work = items(3)
     work[2].customer["email"] = "PERSON0@example.com"
-    got = outcomes(sync.run(work))
-    assert got == {"c-0": "created", "c-1": "created", "c-2": "conflict"}
+    results = sync.run(work)
+    assert outcomes(results) == {"c-0": "created", "c-1": "created"}
+    [later] = [r for r in results if isinstance(r, Again)]     # sent on to a later batch, not synced alone
+    assert (later.item.customer_id, later.item.collisions) == ("c-2", 1)
+    assert "shares an email" in later.reason
+    before = klaviyo.requests()["total"]
+    assert outcomes(sync.run([later.item])) == {"c-2": "conflict"}
     owner = [p for p in klaviyo.profiles(account_id=account) if p["attributes"]["email"] == "person0@example.com"]
     assert [p["attributes"]["external_id"] for p in owner] == ["c-0"]
+    assert klaviyo.requests()["total"] - before <= 4    # a lookup and a job with its polls, as any batch
+
+
+def test_a_customer_colliding_again_is_synced_on_its_own_after_the_batch(world, klaviyo):
+    batch, _ = world
+    _, sync = batch(merge_customers=True)
+    work = items(2)
+    work[1].customer["email"] = "PERSON0@example.com"
+    work[1].collisions = MAX_COLLISIONS
+    assert outcomes(sync.run(work)) == {"c-0": "created", "c-1": "conflict"}
+
+
+def test_customers_sharing_a_phone_in_one_batch_are_both_created_and_one_keeps_the_phone(world, klaviyo):
+    batch, account = world
+    rt, sync = batch(merge_customers=True)
+    work = items(3)
+    work[2].customer["mobileNumber"] = work[0].customer["mobileNumber"]
+    assert outcomes(sync.run(work)) == {"c-0": "created", "c-1": "created", "c-2": "created"}
+    phones = {p["attributes"]["email"]: p["attributes"]["phone_number"] for p in klaviyo.profiles(account_id=account)}
+    assert sorted([phones["person0@example.com"], phones["person2@example.com"]], key=str) == [
+        "+35679120000", None]
+    warned = [c for c in ("c-0", "c-2") if "phone not sent" in rt.store.history("t", c)[0]["reason"]]
+    assert len(warned) == 1
+
+
+def test_a_customer_without_email_who_left_is_found_by_external_id_in_bulk_and_suppressed(world, klaviyo):
+    batch, account = world
+    rt, sync = batch(merge_customers=True)
+    klaviyo.seed_profiles([{"email": "gone@example.com", "external_id": "c-1"}], account_id=account)
+    work = items(3)
+    work[1].customer.update(email=None, deleted=True)
+    work[2].customer.update(email=None, marketingSub=False)     # not in Klaviyo: nothing to suppress
+    got = outcomes(sync.run(work))
+    assert got == {"c-0": "created", "c-1": "suppressed", "c-2": "skipped_no_consent"}
+    counts = klaviyo.requests()["by_endpoint"]
+    assert counts["GET /api/profiles"] == 2          # one by email, one by external id for both
+    assert "POST /api/profiles" not in counts and "PATCH /api/profiles/{id}" not in counts
 
 
 @pytest.mark.parametrize("mode", [dict(merge_customers=False), dict(existing_profiles="fill_empty")])

@@ -170,3 +170,30 @@ def test_a_state_redis_outage_loses_nothing(loyale, klaviyo, redis_url):
         worker.stop()
         state.cleanup()
     assert info.completed == info.expected == 400 and "failed" not in info.counts
+
+
+def test_a_backfill_through_real_workers_is_synced_in_few_large_batches(loyale, klaviyo, redis_url):
+    """Batches grow with the backlog: 3,000 customers through two batching workers at Klaviyo's real
+    limits cost about one lookup per hundred plus a few bulk jobs, not a job every flush interval."""
+    klaviyo.set_knobs(request_log_size=20_000)
+    scenario = build_scenario(loyale, klaviyo, "few-batches", customers=3000, merge_customers=True, seed=57)
+    env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
+                   SYNC_BATCH_SIZE="5000", SYNC_BATCH_FLUSH_INTERVAL_S="0.5")
+    workers = [WorkerProcess.backfill(env, concurrency=1, name=f"few{i}").start() for i in range(2)]
+    try:
+        for w in workers:
+            w.wait_ready()
+        result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait")
+    finally:
+        for w in workers:
+            w.stop()
+    assert result.returncode == 0, result.stderr
+    info = store_for(redis_url).run(run_id_from(result.stdout))
+    assert info.completed == info.expected == 3000
+    log = [e for e in klaviyo.request_log() if e["account_id"] == scenario.account_id]
+    jobs = sum(1 for e in log if e["endpoint"] == "POST /api/profile-bulk-import-jobs")
+    print(f"{len(log)} requests ({len(log) / 3000:.4f} per customer), {jobs} bulk import jobs")
+    # Flushing every half second whatever has arrived (celery-batches' own timer) costs several
+    # times this: dozens of small jobs, each with its polls and a partly filled lookup.
+    assert jobs <= 12, f"{jobs} bulk import jobs for 3,000 customers"
+    assert len(log) <= 0.025 * 3000, f"{len(log)} requests for 3,000 customers"

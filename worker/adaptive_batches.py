@@ -1,0 +1,84 @@
+"""celery-batches, with batches that grow to match the work waiting.
+
+celery-batches flushes its buffer every `flush_interval` whatever it holds. While the pool is busy
+syncing the last batch, that makes a queue of small batches behind it, and every batch pays Klaviyo
+fixed costs (a bulk import job and its polls, partly filled lookups of 100). Here a timer tick
+flushes only when
+  - the buffer is full (`flush_every`), or
+  - a pool process is free and the buffer stopped growing since the last tick (the backlog has
+    arrived: a small backfill, or the producer held back by the queue bound), or
+  - a pool process is free and the buffer has waited `max_wait_s` (a steady stream of customers).
+So batch size follows the backlog, up to `flush_every`, and a lone customer still waits at most
+about two `flush_interval`s.
+
+Also: a batch whose pool process died (SIGKILL, out of memory) has its messages rejected back to the
+queue at once instead of staying unacknowledged in this worker until it exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from time import monotonic
+from typing import Any
+
+from celery.utils.log import get_logger
+from celery.worker.request import Request
+from celery_batches import Batches, SimpleRequest, apply_batches_task, partition
+
+logger = get_logger(__name__)
+
+
+class AdaptiveBatches(Batches):
+    abstract = True
+    #: Longest a growing buffer waits for more customers before it is flushed anyway.
+    max_wait_s = 30.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._in_flight = 0
+        self._last_size = 0
+        self._waiting_since: float | None = None
+
+    def _busy(self) -> bool:
+        slots = getattr(self._pool, "num_processes", None) or getattr(self._pool, "limit", None) or 1
+        return self._in_flight >= slots
+
+    def _do_flush(self) -> None:
+        size = self._buffer.qsize()
+        if size < self.flush_every:
+            now = monotonic()
+            if size and self._waiting_since is None:
+                self._waiting_since = now
+            growing, self._last_size = size > self._last_size, size
+            if self._busy():
+                return
+            if growing and now - (self._waiting_since or now) < self.max_wait_s:
+                return
+        self._last_size, self._waiting_since = 0, None
+        super()._do_flush()
+
+    def flush(self, requests: Collection[Request]) -> Any:
+        acks_early, acks_late = partition(lambda r: bool(r.task.acks_late), requests)
+        acks_early, acks_late = list(acks_early), list(acks_late)
+        serializable = ([SimpleRequest.from_request(r) for r in requests],)
+        self._in_flight += 1
+
+        def on_accepted(pid: int, time_accepted: float) -> None:
+            for req in acks_early:
+                req.acknowledge()
+
+        def on_return(result: Any) -> None:
+            self._in_flight -= 1
+            for req in acks_late:
+                req.acknowledge()
+
+        def on_error(exc: Any) -> None:
+            # The pool process died (errors inside the batch are traced and come back through
+            # `on_return`): its customers were not all synced, so they go back on the queue.
+            self._in_flight -= 1
+            logger.error("batch of %d customers ended without returning (%r): messages requeued", len(acks_late), exc)
+            for req in acks_late:
+                req.reject(requeue=True)
+
+        return self._pool.apply_async(apply_batches_task, (self, serializable, 0, None),
+                                      accept_callback=on_accepted, callback=on_return, error_callback=on_error)
