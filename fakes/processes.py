@@ -22,15 +22,16 @@ from fakes.serving import free_port
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.1, what: str = ""):
-    """Poll until `predicate()` is truthy; fail with `what` after the deadline."""
+def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.1, what: str = "", diagnose=None):
+    """Poll until `predicate()` is truthy; fail with `what` (and what `diagnose()` says) after the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+            detail = f": {diagnose()}" if diagnose is not None else ""
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what or predicate}{detail}")
         time.sleep(interval_s)
 
 

@@ -2,6 +2,8 @@
 
   sync.incremental_pass   beat, every SYNC_INCREMENTAL_INTERVAL_S per tenant (queue sync.producers)
   sync.scheduled_backfill beat, the tenant's `backfill_cron` (queue sync.producers)
+  sync.rescue_stalled_runs beat, every SYNC_RESCUE_INTERVAL_S: re-enqueue customers of runs whose
+                          broker messages were lost (producers/rescue.py; queue sync.producers)
   sync.customer_hint      the webhook intake: re-read one customer from Loyale and sync it now
                           (queue sync.incremental)
 
@@ -20,6 +22,7 @@ from celery import Task
 from producers.backfill import run_backfill
 from producers.incremental import FilterIgnored, run_incremental
 from producers.loyale import CustomerNotFound, LoyaleClient
+from producers.rescue import rescue_stalled_runs as rescue
 from worker.app import app
 from worker.errors import RetryableError, TenantFatalError
 from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL, get_runtime, task_repr
@@ -124,3 +127,16 @@ def customer_hint(self: Task, tenant: str, customer_id: str, run: str, attempt: 
                   queue=QUEUE_INCREMENTAL, kwargsrepr=task_repr(tenant, run, customer_id))
     return "enqueued"
 
+
+
+@app.task(name="sync.rescue_stalled_runs", ignore_result=True, queue=QUEUE_PRODUCERS)
+def rescue_stalled_runs() -> int:
+    rt = get_runtime()
+    token = uuid.uuid4().hex
+    if not rt.store.try_pass_lock("*", "rescue", token, ttl_s=max(60.0, rt.settings.rescue_interval_s)):
+        return 0
+    try:
+        rescued = rescue(app, rt.store, list(rt.tenants), loyale_for, rt.settings.stall_after_effective_s)
+        return sum(r.enqueued for r in rescued)
+    finally:
+        rt.store.release_pass_lock("*", "rescue", token)

@@ -1,0 +1,80 @@
+"""Stranded customers: re-enqueue the customers of a run whose messages the broker lost.
+
+Celery's Redis transport takes a message off the queue and then, in a second step, records it as
+unacknowledged (celery/celery#7950, celery/kombu#305). A worker SIGKILLed between the two steps
+loses that one message: it is neither queued nor unacknowledged, and its customer would never get an
+outcome, leaving the run "running" for ever. (Seen in our fault suite: about one customer in 1,500
+after three SIGKILLs of a busy batching worker.)
+
+Beat runs `rescue_stalled_runs` every `SYNC_RESCUE_INTERVAL_S`. A run is stranded when all of these
+hold, and then every customer of it without an outcome is read again from Loyale and enqueued again
+(a customer synced twice is harmless: syncs are idempotent and a run counts one outcome each):
+  - its producer has finished and some customers have no outcome;
+  - no customer got an outcome for `SYNC_STALL_AFTER_S` (by default longer than the visibility
+    timeout plus the longest countdown, so any message still held by a worker, or restored from a
+    dead one, would have produced one);
+  - the sync queues are empty (a backlog of other work is not a lost message).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+import structlog
+from celery import Celery
+
+from producers.loyale import CustomerNotFound, LoyaleClient
+from worker.store import RunInfo, Store
+from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL, enqueue
+
+log = structlog.get_logger("rescue")
+
+#: Runs whose customers travel through the queues (undo and sync-one run in the command itself).
+QUEUED_KINDS = {"backfill": QUEUE_BACKFILL, "retry": QUEUE_BACKFILL, "incremental": QUEUE_INCREMENTAL,
+                "webhook": QUEUE_INCREMENTAL}
+
+
+def is_stranded(run: RunInfo, now: float, stall_after_s: float) -> bool:
+    """The run's producer is done, customers lack an outcome and none arrived for `stall_after_s`."""
+    if run.kind not in QUEUED_KINDS or run.done or run.expected is None or run.completed >= run.expected:
+        return False
+    last_progress = max(run.progress_at or 0.0, run.produced_at or 0.0, run.started_at)
+    return now - last_progress >= stall_after_s
+
+
+def queues_empty(client: redis.Redis) -> bool:
+    return all(client.llen(queue) == 0 for queue in (QUEUE_BACKFILL, QUEUE_INCREMENTAL))
+
+
+@dataclass(frozen=True)
+class Rescued:
+    run_id: str
+    enqueued: int
+
+
+def rescue_run(app: Celery, store: Store, loyale: LoyaleClient, run: RunInfo) -> Rescued:
+    """Read each customer of `run` without an outcome from Loyale again and enqueue it again."""
+    missing = store.missing(run.id)
+    for customer_id in missing:
+        try:
+            payload = loyale.snapshot(loyale.customer(customer_id))
+        except CustomerNotFound:
+            payload = {"id": customer_id, "deleted": True}   # gone from Loyale: suppressed, never deleted
+        enqueue(app, run.tenant, run.id, payload, QUEUED_KINDS[run.kind])
+    store.set_run_field(run.id, progress_at=repr(time.time()))   # give the rescued customers time
+    log.warning("run_rescued", run=run.id, tenant=run.tenant, customers=len(missing),
+                why="customers without an outcome and nothing left on the queues (a lost broker message)")
+    return Rescued(run.id, len(missing))
+
+
+def rescue_stalled_runs(app: Celery, store: Store, tenants: list[str], loyale_for: Callable[[str], LoyaleClient],
+                        stall_after_s: float, now: float | None = None, runs_per_tenant: int = 50) -> list[Rescued]:
+    now = time.time() if now is None else now
+    stranded = [run for tenant in tenants for run in store.runs(tenant, limit=runs_per_tenant)
+                if is_stranded(run, now, stall_after_s)]
+    if not stranded or not queues_empty(store.redis):
+        return []
+    return [rescue_run(app, store, loyale_for(run.tenant), run) for run in stranded]
