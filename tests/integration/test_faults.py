@@ -156,7 +156,10 @@ def test_redis_restarted_mid_run(loyale, klaviyo, persistent):
         wait_for(lambda: completed(server.url, run_id) >= CUSTOMERS * 0.3, 180, what="a third of the run")
         server.restart()
         if not persistent:
-            assert completed(server.url, run_id) == 0      # everything is gone: queue, run, outcomes
+            # everything is gone: queue, run record, outcomes (a batch in flight during the restart may
+            # have counted a few outcomes since, into a run with no record)
+            fresh = Store(redis.Redis.from_url(server.url, decode_responses=True)).run(run_id)
+            assert fresh is None or (not fresh.tenant and fresh.completed < CUSTOMERS * 0.3), fresh
             resumed = cli(env, "resume", run_id, "--tenant", scenario.tenant_id, "--wait")
             assert resumed.returncode == 0, resumed.stderr
         info = wait_for(lambda: finished(server.url, run_id), 240, what="the run to finish")
