@@ -215,7 +215,8 @@ class LoyaleClient:
         if not isinstance(raw, dict):
             return {"id": None}
         payload = {key: raw[key] for key in SNAPSHOT_FIELDS if key in raw}
-        level_ids = [str(lv.get("levelId")) for lv in (raw.get("Levels") or raw.get("levels") or [])
+        held = raw.get("Levels") or raw.get("levels") or []
+        level_ids = [str(lv.get("levelId")) for lv in (held if isinstance(held, list) else [])
                      if isinstance(lv, dict) and lv.get("levelId")]
         if level_ids:
             names = self.level_names()
@@ -228,8 +229,12 @@ class LoyaleClient:
             payload["monetary_balance"] = balance.get("monetaryValue")
         fields = raw.get("additionalCustomerFields")
         if isinstance(fields, list):
+            # Internal fields never leave the producer. A flag that is neither plainly public nor
+            # plainly internal ("true", 2, ...) travels without its value, for the worker to record
+            # a warning and not sync it (worker/models.py).
             payload["additionalCustomerFields"] = [
-                {"key": f.get("key"), "value": f.get("value"), "internal": False}
+                {"key": f.get("key"), "value": f.get("value") if f.get("internal") in (None, False) else None,
+                 "internal": f.get("internal") or False}
                 for f in fields if isinstance(f, dict) and f.get("internal") is not True
             ]
         return payload

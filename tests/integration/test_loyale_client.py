@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from producers.loyale import CustomerNotFound, LoyaleClient
 from worker.errors import TenantFatalError
+from worker.mapping import map_customer
+from worker.models import parse_customer
 
 
 @pytest.fixture
@@ -72,3 +76,22 @@ def test_snapshot_resolves_level_names_and_keeps_only_public_fields(loyale, sche
     keys = {f["key"] for f in lc.snapshot(with_internal)["additionalCustomerFields"]}
     assert keys == {f["key"] for f in with_internal["additionalCustomerFields"] if not f["internal"]}
     assert snapshot["points_balance"] == with_levels["balance"]["pointsValue"]
+
+
+def test_snapshot_never_forwards_a_field_whose_internal_flag_is_not_plainly_false(loyale, scheme):
+    """A flag of "true" (text) or 2 is not `false`: the value does not travel, and the worker does not
+    sync the field; odd shapes of `Levels` do not break the snapshot."""
+    lc = client(loyale, scheme)
+    raw = {**loyale.customers(scheme["scheme_id"])[0], "Levels": 7, "additionalCustomerFields": [
+        {"key": "Notes", "value": "owes us money", "internal": "true"},
+        {"key": "Odd", "value": "x", "internal": 2},
+        {"key": "Colour", "value": "red", "internal": None},
+    ]}
+    snapshot = lc.snapshot(raw)
+    assert "levelNames" not in snapshot
+    assert "owes us money" not in json.dumps(snapshot)
+    customer, warnings = parse_customer(snapshot)
+    mapped = map_customer(customer, None)
+    assert "properties.Notes" not in mapped.fields and "properties.Odd" not in mapped.fields
+    assert mapped.fields["properties.Colour"] == "red"
+    assert any("Odd" in w or "internal" in w for w in warnings + mapped.warnings)
