@@ -83,6 +83,7 @@ def run_backfill(*, app: Celery, store: Store, loyale: LoyaleClient, tenant: str
         store.create_run(tenant, "backfill", run_id=run_id)
     elif resume:
         store.set_run_field(run_id, state="running")
+    store.set_run_field(run_id, **{"meta:queue": queue})   # where a rescue sends its lost customers
     enqueued = duplicates = 0
     for page in loyale.pages(filters=BACKFILL_FILTERS, sorts=BACKFILL_SORTS):
         if max_in_flight:

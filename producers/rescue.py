@@ -33,7 +33,8 @@ from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL, enqueue
 log = structlog.get_logger("rescue")
 
 #: Runs whose customers travel through the queues (undo and sync-one run in the command itself).
-QUEUED_KINDS = {"backfill": QUEUE_BACKFILL, "retry": QUEUE_BACKFILL, "incremental": QUEUE_INCREMENTAL,
+#: The queue each kind uses, unless the run names its own (a `--per-customer` backfill does).
+QUEUED_KINDS = {"backfill": QUEUE_BACKFILL, "retry": QUEUE_INCREMENTAL, "incremental": QUEUE_INCREMENTAL,
                 "webhook": QUEUE_INCREMENTAL}
 
 
@@ -63,7 +64,7 @@ def rescue_run(app: Celery, store: Store, loyale: LoyaleClient, run: RunInfo) ->
             payload = loyale.snapshot(loyale.customer(customer_id))
         except CustomerNotFound:
             payload = {"id": customer_id, "deleted": True}   # gone from Loyale: suppressed, never deleted
-        enqueue(app, run.tenant, run.id, payload, QUEUED_KINDS[run.kind])
+        enqueue(app, run.tenant, run.id, payload, run.meta.get("queue") or QUEUED_KINDS[run.kind])
     store.set_run_field(run.id, progress_at=repr(time.time()))   # give the rescued customers time
     log.warning("run_rescued", run=run.id, tenant=run.tenant, customers=len(missing),
                 why="customers without an outcome and nothing left on the queues (a lost broker message)")
