@@ -19,6 +19,15 @@ def cli(env: dict[str, str], *args: str, timeout_s: float = 600) -> subprocess.C
                           timeout=timeout_s)
 
 
+def backfill_with_worker(env: dict[str, str], tenant: str) -> subprocess.CompletedProcess[str]:
+    """`loyale-sync backfill --wait` with one batching worker running for its duration."""
+    worker = WorkerProcess.backfill(env).start().wait_ready()
+    try:
+        return cli(env, "backfill", "--tenant", tenant, "--wait")
+    finally:
+        worker.stop()
+
+
 def run_id_from(output: str) -> str:
     for word in output.split():
         if word.startswith("backfill-"):

@@ -14,7 +14,7 @@ import redis
 from fakes.processes import BeatProcess, RedisServer
 from tests.harness import WorkerProcess, sync_env, wait_for, write_tenants_file
 from tests.integration.scenario import build_scenario, check_final_state, private_key
-from tests.integration.test_backfill import cli, run_id_from
+from tests.integration.test_backfill import backfill_with_worker, cli, run_id_from
 from worker import keys
 from worker.store import Store
 
@@ -182,11 +182,7 @@ def test_klaviyo_failing_dropping_stalling_and_throttling_without_retry_after(lo
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
                    SYNC_LIMITER_RATE_SCALE="20", SYNC_MAX_ATTEMPTS="30", SYNC_HTTP_TIMEOUT_S="2",
                    SYNC_BATCH_SIZE="300")
-    worker = WorkerProcess.backfill(env).start().wait_ready()
-    try:
-        result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait")
-    finally:
-        worker.stop()
+    result = backfill_with_worker(env, scenario.tenant_id)
     assert result.returncode == 0, result.stderr
     info = store.run(run_id_from(result.stdout))
     assert info.completed == info.expected == CUSTOMERS
@@ -203,11 +199,9 @@ def test_loyale_throttling_and_failing_while_paging_skips_and_doubles_nobody(loy
     loyale.set_knobs(throttle_rate=0.15, error_rate=0.15, seed=94)
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
                    SYNC_LIMITER_RATE_SCALE="50")
-    worker = WorkerProcess.backfill(env).start().wait_ready()
     try:
-        result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait")
+        result = backfill_with_worker(env, scenario.tenant_id)
     finally:
-        worker.stop()
         loyale.set_knobs(throttle_rate=0.0, error_rate=0.0)
     assert result.returncode == 0, result.stderr
     assert f"enqueued {CUSTOMERS} customers" in result.stdout and "duplicates" not in result.stdout

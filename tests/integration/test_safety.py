@@ -7,9 +7,9 @@ import io
 import json
 from collections import Counter
 
-from tests.harness import WorkerProcess, sync_env, write_tenants_file
+from tests.harness import sync_env, write_tenants_file
 from tests.integration.scenario import build_scenario, mapped_fields
-from tests.integration.test_backfill import cli, run_id_from
+from tests.integration.test_backfill import backfill_with_worker, cli, run_id_from
 
 
 def writes(klaviyo, account_id: str) -> list[str]:
@@ -52,11 +52,7 @@ def test_preview_shows_what_a_merge_would_do_and_writes_nothing(loyale, klaviyo,
     # The preview's counts are what a backfill with merge on then does.
     merged = {**scenario.tenant_config(), "merge_customers": True}
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: merged}), SYNC_LIMITER_RATE_SCALE="50")
-    worker = WorkerProcess.backfill(env).start().wait_ready()
-    try:
-        result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait")
-    finally:
-        worker.stop()
+    result = backfill_with_worker(env, scenario.tenant_id)
     assert result.returncode == 0, result.stderr
     outcomes = store.outcomes(run_id_from(result.stdout))
     emails = Counter(m.email for c in loyale.customers(scenario.scheme_id)
@@ -76,11 +72,7 @@ def test_undo_restores_overwritten_values_except_those_changed_since(loyale, kla
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
                    SYNC_LIMITER_RATE_SCALE="50")
     before = {p["id"]: p["attributes"] for p in klaviyo.profiles(account_id=scenario.account_id)}
-    worker = WorkerProcess.backfill(env).start().wait_ready()
-    try:
-        result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait")
-    finally:
-        worker.stop()
+    result = backfill_with_worker(env, scenario.tenant_id)
     assert result.returncode == 0, result.stderr
     run = run_id_from(result.stdout)
     journal = store.journal(run)
