@@ -128,7 +128,6 @@ def customer_hint(self: Task, tenant: str, customer_id: str, run: str, attempt: 
     return "enqueued"
 
 
-
 @app.task(name="sync.rescue_stalled_runs", ignore_result=True, queue=QUEUE_PRODUCERS)
 def rescue_stalled_runs() -> int:
     rt = get_runtime()

@@ -87,6 +87,14 @@ class Item:
     def customer_id(self) -> str:
         return customer_id_of(self.customer)
 
+    @classmethod
+    def from_request(cls, request: Any) -> Item:
+        """The customer of a celery-batches request (its kwargs are what `_requeue` sends)."""
+        kw = request.kwargs
+        return cls(task_id=request.id, tenant=kw["tenant"], run=kw["run"], customer=kw["customer"],
+                   attempt=int(kw.get("attempt", 1)), throttles=int(kw.get("throttles", 0)),
+                   collisions=int(kw.get("collisions", 0)))
+
 
 @dataclass
 class Done:

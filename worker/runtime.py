@@ -36,7 +36,6 @@ LOOKUPS_PER_SYNC = 2
 class Prepaid:
     """Places a running sync took in advance for one endpoint; its requests use them first."""
 
-    account: str
     grant_id: str
     count: int
     used: int = 0
@@ -159,7 +158,7 @@ class Runtime:
         if wait_s > 0:
             yield wait_s
             return
-        entry = Prepaid(account, grant_id, count)
+        entry = Prepaid(grant_id, count)
         token = _prepaid.set({endpoint: entry})
         try:
             yield 0.0
@@ -186,8 +185,7 @@ class Runtime:
         if entry is not None and entry.used < entry.count and self.limiter.backoff_remaining_s(tenant_id) <= 0:
             entry.used += 1
             return
-        limits = self.limits(tenant_id)
-        limit = limits.get(endpoint) or limits["GET /api/profiles"]
+        limit = self._limit(tenant_id, endpoint)
         if endpoint == GET_ACCOUNTS:
             fingerprint = key_fingerprint(self.tenants[tenant_id].klaviyo_private_key.get_secret_value())
             account = f"key-{fingerprint}"

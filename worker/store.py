@@ -357,10 +357,10 @@ class Store:
 
     def lock_customer(self, tenant: str, customer_id: str, token: str, ttl_s: float = 120.0) -> bool:
         """Take the customer's lock for `token` (the task id); True if it is ours now."""
-        return bool(self._acquire(keys=[keys.customer_lock(tenant, customer_id)], args=[token, int(ttl_s * 1000)]))
+        return self.lock_customers(tenant, [(customer_id, token)], ttl_s)[0]
 
     def unlock_customer(self, tenant: str, customer_id: str, token: str) -> None:
-        self._release(keys=[keys.customer_lock(tenant, customer_id)], args=[token])
+        self.unlock_customers(tenant, [(customer_id, token)])
 
     def lock_customers(self, tenant: str, locks: list[tuple[str, str]], ttl_s: float = 120.0) -> list[bool]:
         """`lock_customer` for many (customer id, token) pairs in one round trip."""

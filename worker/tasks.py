@@ -177,11 +177,8 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
                                  retry_max_s=rt.settings.retry_max_s, max_countdown_s=rt.settings.max_countdown_s)
         groups: dict[tuple[str, str], list[Item]] = defaultdict(list)
         for request in requests:
-            kw = request.kwargs
-            groups[(kw["tenant"], kw["run"])].append(Item(
-                task_id=request.id, tenant=kw["tenant"], run=kw["run"], customer=kw["customer"],
-                attempt=int(kw.get("attempt", 1)), throttles=int(kw.get("throttles", 0)),
-                collisions=int(kw.get("collisions", 0))))
+            item = Item.from_request(request)
+            groups[(item.tenant, item.run)].append(item)
         results: list[Result] = []
         for (tenant, run), items in groups.items():
             if tenant not in rt.tenants:
@@ -210,9 +207,7 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
         try:
             rt = get_runtime()
             for request in requests:
-                kw = request.kwargs
-                item = Item(request.id, kw["tenant"], kw["run"], kw["customer"], int(kw.get("attempt", 1)),
-                            int(kw.get("throttles", 0)))
+                item = Item.from_request(request)
                 if item.attempt >= rt.settings.max_attempts:
                     rt.store.record_outcome(run_id=item.run, tenant=item.tenant, customer_id=item.customer_id,
                                             outcome=Outcome.FAILED, reason=f"internal error: {exc!r}")
@@ -227,8 +222,8 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
 
 def _requeue(app: Celery, item: Item, countdown_s: float) -> None:
     enqueue(app, item.tenant, item.run, item.customer, QUEUE_BACKFILL, countdown=countdown_s,
-            task_id=item.task_id, extra_kwargs={"attempt": item.attempt, "throttles": item.throttles,
-                                                                   "collisions": item.collisions})
+            task_id=item.task_id,
+            extra_kwargs={"attempt": item.attempt, "throttles": item.throttles, "collisions": item.collisions})
 
 
 def _announce(app: Celery, requests: list[Any], results: list[Result], runtime_s: float) -> None:
