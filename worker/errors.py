@@ -61,6 +61,11 @@ class RecordRejected(SyncError):
         #: Every error of the answer (a bulk import's 400 names each bad row); [self] if one.
         self.errors = errors or [self]
 
+    @property
+    def about_phone(self) -> bool:
+        """The refusal is about the phone number (an unsupported region, an invalid number)."""
+        return "phone_number" in (self.pointer or "") or "phone" in self.detail.lower()
+
 
 class DuplicateProfile(RecordRejected):
     """Raised on 409 duplicate_profile: an identifier we sent belongs to profile `duplicate_profile_id`."""

@@ -46,6 +46,23 @@ def suppressed_by_us(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:suppressed"
 
 
+def profile_ids(tenant: str) -> str:
+    """Hash customer id -> the Klaviyo profile id this service last wrote or found for it."""
+    return f"{PREFIX}:tenant:{tenant}:profiles"
+
+
+def pending_suppressions(tenant: str) -> str:
+    """Hash email -> JSON {action, job, customer_id, at}: a suppress/unsuppress sent and not yet seen
+    applied (Klaviyo applies them minutes to hours later); re-checked by `sync.recheck_suppressions`."""
+    return f"{PREFIX}:tenant:{tenant}:pending-suppressions"
+
+
+def phone_claim(tenant: str, phone: str) -> str:
+    """String customer id, with a TTL: this customer sent the phone to Klaviyo recently, while a
+    lookup may not see it yet. Another customer's row carrying it would merge two people."""
+    return f"{PREFIX}:phone:{tenant}:{phone}"
+
+
 def paused(tenant: str) -> str:
     """String JSON {reason, at}: the tenant's credentials failed; its tasks stop until fixed."""
     return f"{PREFIX}:tenant:{tenant}:paused"

@@ -41,6 +41,9 @@ GET_IMPORT_ERRORS = "GET /api/profile-bulk-import-jobs/{id}/import-errors"
 SUPPRESS = "POST /api/profile-suppression-bulk-create-jobs"
 UNSUPPRESS = "POST /api/profile-suppression-bulk-delete-jobs"
 GET_ACCOUNTS = "GET /api/accounts"
+GET_PROFILE = "GET /api/profiles/{id}"
+GET_SUPPRESS_JOB = "GET /api/profile-suppression-bulk-create-jobs/{job_id}"
+GET_UNSUPPRESS_JOB = "GET /api/profile-suppression-bulk-delete-jobs/{job_id}"
 
 Gate = Callable[[str], None]
 RequestHook = Callable[[str, int], None]
@@ -48,15 +51,24 @@ RequestHook = Callable[[str, int], None]
 
 @dataclass(frozen=True)
 class BulkImportJob:
+    """A bulk import job as Klaviyo reports it. The spec makes `completed_count` and `failed_count`
+    nullable: None means Klaviyo has not said, never "none failed"."""
+
     id: str
     status: str
-    total_count: int = 0
-    completed_count: int = 0
-    failed_count: int = 0
+    total_count: int | None = None
+    completed_count: int | None = None
+    failed_count: int | None = None
 
     @property
     def done(self) -> bool:
         return self.status in ("complete", "cancelled")
+
+    @property
+    def counts_add_up(self) -> bool:
+        """Every row is accounted for as completed or failed (only then can rows be confirmed)."""
+        return (self.status == "complete" and None not in (self.total_count, self.completed_count, self.failed_count)
+                and self.completed_count + self.failed_count == self.total_count)
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,36 @@ class ImportError_:
         """The row's profile attributes, whether Klaviyo echoes the whole row or only its attributes."""
         inner = self.original_payload.get("attributes")
         return inner if isinstance(inner, dict) else self.original_payload
+
+    @property
+    def identifiers(self) -> set[str]:
+        """What names the row in `original_payload`: `id:`, `email:`, `phone:`, `xid:` keys (see
+        `row_identifiers`); the spec's default pointer is `/data`, so this is how a row is found."""
+        attrs = self.attributes
+        profile_id = self.original_payload.get("id") or attrs.get("id")
+        return row_identifiers(attrs, profile_id if isinstance(profile_id, str) else None)
+
+    @property
+    def about_phone(self) -> bool:
+        """The error is about the phone number (an unsupported region, an invalid number)."""
+        return "phone_number" in (self.pointer or "") or "phone" in self.detail.lower()
+
+
+def row_identifiers(attributes: dict[str, Any], profile_id: str | None = None) -> set[str]:
+    """The identifiers a bulk import row carries, as comparable keys."""
+    found: set[str] = set()
+    if profile_id:
+        found.add(f"id:{profile_id}")
+    email = attributes.get("email")
+    if isinstance(email, str) and email.strip():
+        found.add(f"email:{email.strip().lower()}")
+    phone = attributes.get("phone_number")
+    if isinstance(phone, str) and phone.strip():
+        found.add(f"phone:{phone.strip()}")
+    xid = attributes.get("external_id")
+    if isinstance(xid, str | int) and str(xid).strip():
+        found.add(f"xid:{str(xid).strip()}")
+    return found
 
 
 def _first_error(body: Any) -> dict[str, Any]:
@@ -102,9 +144,10 @@ def retry_after_s(response: httpx.Response) -> float | None:
 
 
 def filter_value(value: str | list[str]) -> str:
-    """A quoted filter value (or list of them). Non-ASCII text is sent as itself, not as `\\uXXXX`
+    """A quoted filter value (or list of them), compact as Klaviyo's own SDK sends it
+    (`["a@x.com","b@x.com"]`, no spaces). Non-ASCII text is sent as itself, not as `\\uXXXX`
     escapes: a filter parser that does not decode JSON escapes would look for the letters `u00f1`."""
-    return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def raise_for_klaviyo(response: httpx.Response, tenant: str) -> None:
@@ -283,8 +326,25 @@ class KlaviyoClient:
         body = {"data": {"type": "profile", "attributes": attributes}}
         return self._profile(self._data(self._request(CREATE_PROFILE, "POST", "/api/profiles", body=body)))
 
-    def update_profile(self, profile_id: str, attributes: dict[str, Any]) -> KlaviyoProfile:
-        body = {"data": {"type": "profile", "id": profile_id, "attributes": attributes}}
+    def get_profile(self, profile_id: str) -> KlaviyoProfile | None:
+        """The profile with this id (a read by id, not a filter), or None if Klaviyo has no such profile."""
+        try:
+            body = self._request(GET_PROFILE, "GET", f"/api/profiles/{profile_id}",
+                                 params={"additional-fields[profile]": "subscriptions"})
+        except RecordRejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._profile(self._data(body))
+
+    def update_profile(self, profile_id: str, attributes: dict[str, Any],
+                       unset: list[str] | None = None) -> KlaviyoProfile:
+        """PATCH the profile; `unset` removes these `properties` keys (`meta.patch_properties.unset`),
+        the documented way to clear a property without sending null."""
+        data: dict[str, Any] = {"type": "profile", "id": profile_id, "attributes": attributes}
+        if unset:
+            data["meta"] = {"patch_properties": {"unset": unset}}
+        body = {"data": data}
         return self._profile(
             self._data(self._request(UPDATE_PROFILE, "PATCH", f"/api/profiles/{profile_id}", body=body)))
 
@@ -298,20 +358,33 @@ class KlaviyoClient:
 
     # --- suppression -----------------------------------------------------------------------------
 
-    def _suppression_job(self, endpoint: str, job_type: str, emails: list[str]) -> None:
+    def _suppression_job(self, endpoint: str, job_type: str, emails: list[str]) -> list[str]:
+        job_ids: list[str] = []
         for start in range(0, len(emails), MAX_SUPPRESSION_EMAILS):
             chunk = emails[start:start + MAX_SUPPRESSION_EMAILS]
             body = {"data": {"type": job_type, "attributes": {"profiles": {"data": [
                 {"type": "profile", "attributes": {"email": email}} for email in chunk]}}}}
-            self._request(endpoint, "POST", endpoint.split(" ", 1)[1], body=body)
+            answer = self._request(endpoint, "POST", endpoint.split(" ", 1)[1], body=body)
+            data = answer.get("data") if isinstance(answer, dict) else None
+            job_ids.append(str(data["id"]) if isinstance(data, dict) and data.get("id") else "")
+        return job_ids
 
-    def suppress(self, emails: list[str]) -> None:
-        """Suppress email marketing for these addresses (reason USER_SUPPRESSED), 100 per request."""
-        self._suppression_job(SUPPRESS, "profile-suppression-bulk-create-job", emails)
+    def suppress(self, emails: list[str]) -> list[str]:
+        """Suppress email marketing for these addresses (reason USER_SUPPRESSED), 100 per request.
+        Returns the job ids ("" where Klaviyo named none): the jobs apply minutes to hours later."""
+        return self._suppression_job(SUPPRESS, "profile-suppression-bulk-create-job", emails)
 
-    def unsuppress(self, emails: list[str]) -> None:
+    def unsuppress(self, emails: list[str]) -> list[str]:
         """Lift USER_SUPPRESSED suppressions (Klaviyo never lifts bounces or unsubscribes this way)."""
-        self._suppression_job(UNSUPPRESS, "profile-suppression-bulk-delete-job", emails)
+        return self._suppression_job(UNSUPPRESS, "profile-suppression-bulk-delete-job", emails)
+
+    def suppression_job_status(self, action: str, job_id: str) -> str:
+        """The status of a suppress (`action` "suppress") or unsuppress job: queued, processing,
+        complete or cancelled."""
+        endpoint = GET_SUPPRESS_JOB if action == "suppress" else GET_UNSUPPRESS_JOB
+        path = endpoint.split(" ", 1)[1].replace("{job_id}", job_id)
+        data = self._resource(self._data(self._request(endpoint, "GET", path)), "suppression job")
+        return str((data.get("attributes") or {}).get("status") or "queued")
 
     # --- bulk import -----------------------------------------------------------------------------
 
@@ -349,12 +422,12 @@ class KlaviyoClient:
         data = cls._resource(data, "bulk import job")
         attrs = data.get("attributes") or {}
 
-        def count(name: str) -> int:
+        def count(name: str) -> int | None:
             value = attrs.get(name)
             try:
-                return int(float(value)) if value is not None and not isinstance(value, bool) else 0
+                return int(float(value)) if value is not None and not isinstance(value, bool) else None
             except (TypeError, ValueError, OverflowError):
-                return 0
+                return None
 
         return BulkImportJob(
             id=str(data["id"]), status=str(attrs.get("status") or "queued"),

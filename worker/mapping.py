@@ -48,6 +48,8 @@ class InvalidCustomer(ValueError):
 class MappedProfile:
     fields: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    #: Owned properties Loyale holds empty: cleared in Klaviyo with merge on (never by sending null).
+    cleared: frozenset[str] = frozenset()
 
     @property
     def email(self) -> str | None:
@@ -159,7 +161,10 @@ def map_customer(customer: LoyaleCustomer, default_phone_region: str | None = No
         put("properties.LoyalePointBalance", _number(customer.points_balance))
     if customer.monetary_balance is not None:
         put("properties.LoyaleMonetaryBalance", _number(customer.monetary_balance))
-    put("properties.Levels", [n for n in (clean_text(v, "level", warnings) for v in customer.level_names) if n])
+    if not customer.levels_unknown:
+        put("properties.Levels", [n for n in (clean_text(v, "level", warnings) for v in customer.level_names) if n])
+    else:
+        warnings.append("levels could not be read from Loyale: Levels left as it is in Klaviyo")
     put("properties.Tags", [n for n in (clean_text(v, "tag", warnings) for v in customer.tags) if n])
 
     for extra in customer.additional_fields:
@@ -183,7 +188,7 @@ def map_customer(customer: LoyaleCustomer, default_phone_region: str | None = No
         elif not isinstance(value, int | float | bool):
             value = None  # objects and lists from Loyale are not profile property values
         put(f"properties.{key}", value)
-    return MappedProfile(fields=fields, warnings=warnings)
+    return MappedProfile(fields=fields, warnings=warnings, cleared=customer.emptied - fields.keys())
 
 
 def _number(value: float) -> int | float:

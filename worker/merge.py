@@ -6,9 +6,11 @@ Rules, in the order they apply (DESIGN.md, decisions 3-8):
              Loyale customer's id: nothing is written
   consent    not opted in (or deleted/suspended/on hold): never created or updated; an existing
              profile is suppressed, in every merge mode
-  unsuppress opted in again: lift the suppression only if this service set it
+  unsuppress opted in again: lift the suppression only if this service set it (or sent it and
+             Klaviyo has not applied it yet: suppressions apply minutes to hours later)
   create     no profile: create it with every mapped field, in every merge mode
-  merge on   every mapped field Loyale has a value for replaces Klaviyo's value
+  merge on   every mapped field Loyale has a value for replaces Klaviyo's value; an owned property
+             (Levels, Tags, balances) Loyale holds empty is unset (never set to null)
   skip       merge off: the existing profile is left untouched
   fill_empty merge off: only fields that are empty in Klaviyo are set
   no-op      nothing differs: no write
@@ -16,7 +18,7 @@ Rules, in the order they apply (DESIGN.md, decisions 3-8):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -24,7 +26,8 @@ from worker.mapping import MappedProfile, to_attributes
 from worker.models import SUPPRESSION_USER, KlaviyoProfile, LoyaleCustomer
 from worker.outcomes import Outcome
 
-ChangeKind = Literal["set", "overwrite", "fill", "keep"]
+ChangeKind = Literal["set", "overwrite", "fill", "keep", "clear"]
+SuppressionAction = Literal["suppress", "unsuppress"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class Memory:
 
     last_synced: datetime | None = None
     suppressed_by_us: bool = False
+    #: The Klaviyo profile this service last wrote for the customer (reads by id see it at once,
+    #: filters may not yet; and it finds the profile after an email change).
+    profile_id: str | None = None
+    #: A suppress/unsuppress this service sent that Klaviyo has not confirmed applied yet.
+    pending_suppression: SuppressionAction | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,8 @@ class FieldChange:
     field: str
     old: Any
     new: Any
-    #: set = new profile, overwrite = replaces a Klaviyo value, fill = Klaviyo had none, keep = not sent
+    #: set = new profile, overwrite = replaces a Klaviyo value, fill = Klaviyo had none, keep = not sent,
+    #: clear = an owned property Loyale holds empty, unset in Klaviyo (merge on only)
     kind: ChangeKind
 
 
@@ -73,12 +82,37 @@ class Plan:
     @property
     def attributes(self) -> dict[str, Any]:
         """The attributes to send: only changed fields, never a null."""
-        return to_attributes({c.field: c.new for c in self.changes if c.new is not None})
+        return to_attributes({c.field: c.new for c in self.changes if c.new is not None and c.kind != "clear"})
+
+    @property
+    def unset(self) -> list[str]:
+        """Property names to remove (`meta.patch_properties.unset`); only on an update."""
+        return [c.field.removeprefix("properties.") for c in self.changes if c.kind == "clear"]
 
     @property
     def overwrites(self) -> tuple[FieldChange, ...]:
-        """Changes that replace an existing Klaviyo value (these are journaled before the write)."""
-        return tuple(c for c in self.changes if c.kind == "overwrite")
+        """Changes that replace or remove an existing Klaviyo value (journaled before the write)."""
+        return tuple(c for c in self.changes if c.kind in ("overwrite", "clear"))
+
+    @property
+    def sends_phone(self) -> bool:
+        return any(c.field == "phone_number" for c in self.changes)
+
+    def without_phone(self) -> Plan:
+        """The plan minus its phone (it belongs to another profile, or Klaviyo refused it). A create
+        left with no email is not made: a profile whose only identifier is our id would be orphaned."""
+        changes = tuple(c for c in self.changes if c.field != "phone_number")
+        if self.write == "create" and not any(c.field == "email" for c in changes):
+            return Plan(Outcome.REJECTED, "no email, and the phone could not be used: nothing to create",
+                        profile_id=self.profile_id)
+        if self.write == "update" and not changes and not self.writes_suppression:
+            return replace(self, changes=(), write=None, outcome=Outcome.UNCHANGED,
+                           reason="only the phone differed, and it was not sent")
+        return replace(self, changes=changes)
+
+    @property
+    def writes_suppression(self) -> bool:
+        return bool(self.suppress_email or self.unsuppress_email)
 
     @property
     def writes_anything(self) -> bool:
@@ -149,7 +183,7 @@ def plan_sync(
         if profile is None:
             return Plan(Outcome.SKIPPED_NO_CONSENT, f"{reason}; not in Klaviyo, so not created")
         email = profile.email or mapped.email
-        if profile.suppression_reasons:
+        if profile.suppression_reasons and memory.pending_suppression != "unsuppress":
             return Plan(
                 Outcome.UNCHANGED,
                 f"{reason}; already suppressed in Klaviyo ({', '.join(profile.suppression_reasons)})",
@@ -167,7 +201,9 @@ def plan_sync(
     unsuppress = None
     notes: list[str] = []
     reasons = profile.suppression_reasons
-    if SUPPRESSION_USER in reasons and memory.suppressed_by_us:
+    if (SUPPRESSION_USER in reasons and memory.suppressed_by_us) or memory.pending_suppression == "suppress":
+        # A suppression we sent may not show yet (it applies minutes to hours later): lift it anyway,
+        # or it would land after this opt-in and leave the customer unmarketable.
         unsuppress = profile.email or mapped.email
     elif reasons:
         notes.append(f"Klaviyo suppression kept ({', '.join(reasons)}): not set by this service")
@@ -183,6 +219,9 @@ def plan_sync(
             changes.append(change)
         else:
             kept.append(FieldChange(path, old, new, "keep"))
+    if policy.merge_customers:
+        changes.extend(FieldChange(path, profile.value(path), None, "clear")
+                       for path in sorted(mapped.cleared) if not is_empty(profile.value(path)))
 
     write = "update" if changes else None
     if unsuppress:

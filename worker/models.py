@@ -103,6 +103,10 @@ class LoyaleCustomer(BaseModel):
     points_balance: float | None = None
     monetary_balance: float | None = None
     level_names: list[str] = Field(default_factory=list, alias="levelNames")
+    #: The producer could not read the customer's levels: `Levels` is neither sent nor cleared.
+    levels_unknown: bool = Field(default=False, alias="levelsUnknown")
+    #: Owned properties Loyale explicitly holds empty (see `told_empty`); only these may ever be cleared.
+    emptied: frozenset[str] = frozenset()
     tags: list[str] = Field(default_factory=list)
     additional_fields: list[AdditionalField] = Field(default_factory=list, alias="additionalCustomerFields")
 
@@ -187,10 +191,27 @@ class LoyaleCustomer(BaseModel):
         return self.marketing_sub is True and not self.deleted and not self.on_hold
 
 
+#: Snapshot key -> the owned Klaviyo property it feeds, for the keys whose emptiness may clear it.
+CLEARABLE = {"levelNames": "properties.Levels", "tags": "properties.Tags",
+             "points_balance": "properties.LoyalePointBalance",
+             "monetary_balance": "properties.LoyaleMonetaryBalance"}
+
+
+def told_empty(raw: dict[str, Any]) -> frozenset[str]:
+    """Owned properties the snapshot says are empty: the key is present and holds `[]` or null. An
+    absent key, an unreadable value or levels that could not be read never count (fail safe)."""
+    emptied = {prop for key, prop in CLEARABLE.items() if key in raw and raw[key] in (None, [])}
+    if raw.get("levelsUnknown") is True:
+        emptied.discard("properties.Levels")
+    return frozenset(emptied)
+
+
 def parse_customer(raw: dict[str, Any]) -> tuple[LoyaleCustomer, list[str]]:
     """Validate a task payload; returns the customer and the warnings about dropped values."""
     context: dict[str, list[str]] = {"warnings": []}
     customer = LoyaleCustomer.model_validate(raw, context=context)
+    if isinstance(raw, dict) and (emptied := told_empty(raw)):
+        customer = customer.model_copy(update={"emptied": emptied})
     return customer, context["warnings"]
 
 
@@ -224,6 +245,11 @@ class KlaviyoProfile(BaseModel):
     def email(self) -> str | None:
         value = self.attributes.get("email")
         return value.strip().lower() if isinstance(value, str) else None
+
+    @property
+    def phone(self) -> str | None:
+        value = self.attributes.get("phone_number")
+        return value.strip() if isinstance(value, str) and value.strip() else None
 
     @property
     def external_id(self) -> str | None:

@@ -52,6 +52,8 @@ BUILT_IN = {
     "GET /api/profile-bulk-import-jobs/{id}/import-errors": ("10/s", "150/m"),
     "POST /api/profile-suppression-bulk-create-jobs": ("75/s", "750/m"),
     "POST /api/profile-suppression-bulk-delete-jobs": ("75/s", "750/m"),
+    "GET /api/profile-suppression-bulk-create-jobs/{job_id}": ("75/s", "750/m"),
+    "GET /api/profile-suppression-bulk-delete-jobs/{job_id}": ("75/s", "750/m"),
     "GET /api/accounts": ("1/s", "15/m"),
 }
 

@@ -19,11 +19,20 @@ from worker import keys
 from worker.merge import FieldChange, Memory
 from worker.outcomes import PROBLEMS, SETTLED, Outcome
 
+#: Outcomes whose profile id is the customer's own profile (a conflict's is someone else's).
+REMEMBERED = frozenset({Outcome.CREATED, Outcome.UPDATED, Outcome.UNCHANGED, Outcome.SKIPPED_EXISTING,
+                        Outcome.SUPPRESSED, Outcome.UNSUPPRESSED})
+#: A customer lock outlives the longest write it protects; a batch refreshes its locks while its
+#: bulk jobs run (`refresh_locks`), so a slow job never lets an older snapshot overtake a newer one.
+LOCK_TTL_S = 120.0
+
 RECORD_OUTCOME = """
--- KEYS: 1 run outcomes, 2 run hash, 3 run problems, 4 customer ledger, 5 tenant synced, 6 metrics outcomes
+-- KEYS: 1 run outcomes, 2 run hash, 3 run problems, 4 customer ledger, 5 tenant synced, 6 metrics outcomes,
+--       7 tenant profile ids
 -- ARGV: 1 customer, 2 outcome, 3 entry json, 4 is problem, 5 updated epoch-us or '', 6 ledger max,
---       7 ttl seconds, 8 now (epoch seconds, string), 9 metrics field '<tenant>|<outcome>'
+--       7 ttl seconds, 8 now (epoch seconds, string), 9 metrics field '<tenant>|<outcome>', 10 profile id or ''
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[7], ARGV[1], ARGV[10]) end
 redis.call('HINCRBY', KEYS[6], ARGV[9], 1)
 redis.call('HINCRBY', KEYS[2], 'outcome:' .. ARGV[2], 1)
 local completed = redis.call('HINCRBY', KEYS[2], 'completed', 1)
@@ -237,22 +246,19 @@ class Store:
         settled = outcome in SETTLED and updated_date is not None
         return bool(self._record(
             keys=[keys.run_outcomes(run_id), keys.run(run_id), keys.run_problems(run_id),
-                  keys.ledger(tenant, customer_id), keys.synced(tenant), METRICS_OUTCOMES_KEY],
+                  keys.ledger(tenant, customer_id), keys.synced(tenant), METRICS_OUTCOMES_KEY,
+                  keys.profile_ids(tenant)],
             args=[customer_id, outcome.value, json.dumps(entry, ensure_ascii=False),
                   "1" if outcome in PROBLEMS else "0", str(epoch_us(updated_date)) if settled else "",
-                  LEDGER_MAX_ENTRIES, self.ttl_s, repr(time.time()), f"{tenant}|{outcome.value}"],
+                  LEDGER_MAX_ENTRIES, self.ttl_s, repr(time.time()), f"{tenant}|{outcome.value}",
+                  profile_id if profile_id and outcome in REMEMBERED else ""],
         ))
 
     def history(self, tenant: str, customer_id: str) -> list[dict[str, Any]]:
         return [json.loads(e) for e in self.redis.lrange(keys.ledger(tenant, customer_id), 0, -1)]
 
     def memory(self, tenant: str, customer_id: str, email: str | None) -> Memory:
-        pipe = self.redis.pipeline()
-        pipe.hget(keys.synced(tenant), customer_id)
-        pipe.hexists(keys.suppressed_by_us(tenant), email or "")
-        last, ours = pipe.execute()
-        last_synced = datetime.fromtimestamp(int(last) / 1_000_000, UTC) if last else None
-        return Memory(last_synced=last_synced, suppressed_by_us=bool(email) and bool(ours))
+        return self.memories(tenant, [(customer_id, email)])[0]
 
     def mark_pending(self, run_id: str, planned: dict[str, str]) -> None:
         """Remember the outcome each customer's write is about to produce (see `keys.run_pending`)."""
@@ -274,16 +280,47 @@ class Store:
         for customer_id, email in customers:
             pipe.hget(keys.synced(tenant), customer_id)
             pipe.hexists(keys.suppressed_by_us(tenant), email or "")
+            pipe.hget(keys.profile_ids(tenant), customer_id)
+            pipe.hget(keys.pending_suppressions(tenant), email or "")
         raw = pipe.execute()
-        return [Memory(last_synced=datetime.fromtimestamp(int(last) / 1_000_000, UTC) if last else None,
-                       suppressed_by_us=bool(email) and bool(ours))
-                for (_, email), last, ours in zip(customers, raw[::2], raw[1::2], strict=True)]
+        memories = []
+        for i, (_, email) in enumerate(customers):
+            last, ours, profile_id, pending = raw[4 * i:4 * i + 4]
+            action = json.loads(pending).get("action") if pending and email else None
+            memories.append(Memory(
+                last_synced=datetime.fromtimestamp(int(last) / 1_000_000, UTC) if last else None,
+                suppressed_by_us=bool(email) and bool(ours), profile_id=profile_id or None,
+                pending_suppression=action if action in ("suppress", "unsuppress") else None))
+        return memories
 
-    def mark_suppressed(self, tenant: str, email: str) -> None:
-        self.redis.hset(keys.suppressed_by_us(tenant), email, repr(time.time()))
+    def mark_suppressed(self, tenant: str, email: str, job_id: str = "", customer_id: str = "") -> None:
+        """We sent a suppression for `email` (job `job_id`, applied later by Klaviyo)."""
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.suppressed_by_us(tenant), email, repr(time.time()))
+        pipe.hset(keys.pending_suppressions(tenant), email, json.dumps(
+            {"action": "suppress", "job": job_id, "customer_id": customer_id, "at": time.time()}))
+        pipe.execute()
 
-    def mark_unsuppressed(self, tenant: str, email: str) -> None:
-        self.redis.hdel(keys.suppressed_by_us(tenant), email)
+    def mark_unsuppressed(self, tenant: str, email: str, job_id: str = "", customer_id: str = "") -> None:
+        """We sent an unsuppress for `email`; `suppressed_by_us` is kept until it is seen applied, so
+        an opt-out inside the lag still knows the suppression was ours."""
+        self.redis.hset(keys.pending_suppressions(tenant), email, json.dumps(
+            {"action": "unsuppress", "job": job_id, "customer_id": customer_id, "at": time.time()}))
+
+    def pending_suppressions(self, tenant: str) -> dict[str, dict[str, Any]]:
+        return {email: json.loads(raw) for email, raw in self.redis.hgetall(keys.pending_suppressions(tenant)).items()}
+
+    def settle_suppression(self, tenant: str, email: str, entry: dict[str, Any]) -> bool:
+        """Klaviyo shows `entry`'s action applied: forget it (unless a newer one was sent meanwhile)."""
+        raw = self.redis.hget(keys.pending_suppressions(tenant), email)
+        if raw is None or json.loads(raw) != entry:
+            return False
+        pipe = self.redis.pipeline()
+        pipe.hdel(keys.pending_suppressions(tenant), email)
+        if entry.get("action") == "unsuppress":
+            pipe.hdel(keys.suppressed_by_us(tenant), email)
+        pipe.execute()
+        return True
 
     def journal_overwrites(self, run_id: str, tenant: str, customer_id: str, profile_id: str,
                            changes: tuple[FieldChange, ...]) -> None:
@@ -355,20 +392,35 @@ class Store:
 
     # --- per-customer lock -----------------------------------------------------------------------
 
-    def lock_customer(self, tenant: str, customer_id: str, token: str, ttl_s: float = 120.0) -> bool:
+    def lock_customer(self, tenant: str, customer_id: str, token: str, ttl_s: float = LOCK_TTL_S) -> bool:
         """Take the customer's lock for `token` (the task id); True if it is ours now."""
         return self.lock_customers(tenant, [(customer_id, token)], ttl_s)[0]
 
     def unlock_customer(self, tenant: str, customer_id: str, token: str) -> None:
         self.unlock_customers(tenant, [(customer_id, token)])
 
-    def lock_customers(self, tenant: str, locks: list[tuple[str, str]], ttl_s: float = 120.0) -> list[bool]:
+    def lock_customers(self, tenant: str, locks: list[tuple[str, str]], ttl_s: float = LOCK_TTL_S) -> list[bool]:
         """`lock_customer` for many (customer id, token) pairs in one round trip."""
         if not locks:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for customer_id, token in locks:
             self._acquire(keys=[keys.customer_lock(tenant, customer_id)], args=[token, int(ttl_s * 1000)], client=pipe)
+        return [bool(granted) for granted in pipe.execute()]
+
+    def refresh_locks(self, tenant: str, locks: list[tuple[str, str]], ttl_s: float = LOCK_TTL_S) -> None:
+        """Extend locks we still hold (a bulk job can run for minutes); one taken over stays lost."""
+        self.lock_customers(tenant, locks, ttl_s)
+
+    def claim_phones(self, tenant: str, claims: list[tuple[str, str]], ttl_s: float) -> list[bool]:
+        """Claim (phone, customer id) pairs for `ttl_s`: True where the phone is free or already this
+        customer's, False where another customer sent it recently (its profile may not show in a
+        lookup yet, and a bulk row carrying it would merge the two)."""
+        if not claims:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for phone, customer_id in claims:
+            self._acquire(keys=[keys.phone_claim(tenant, phone)], args=[customer_id, int(ttl_s * 1000)], client=pipe)
         return [bool(granted) for granted in pipe.execute()]
 
     def unlock_customers(self, tenant: str, locks: list[tuple[str, str]]) -> None:

@@ -505,7 +505,7 @@ def test_unexpected_fields_and_shapes_in_good_answers_are_ignored(canned, client
         "status": "processing", "total_count": "many", "completed_count": None, "failed_count": {"x": 1}}}}), JSONAPI)
     job = client.bulk_import_job("JOB1")
     assert (job.id, job.status, job.total_count, job.completed_count, job.failed_count) == ("JOB1", "processing",
-                                                                                             0, 0, 0)
+                                                                                             None, None, None)
 
     canned.answer = Answer(200, doc({"data": [
         "garbage", None, {"attributes": "x"},
