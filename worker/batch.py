@@ -6,22 +6,30 @@ customer); the worker groups the ones it holds when it talks to Klaviyo:
   lookups     `any(email,[...])` of up to 100 emails per request (plus `any(external_id,[...])` where
               the per-customer path would look, see below)
   plan        the same pure merge policy as the per-customer path, customer by customer
-  writes      new and changed profiles in bulk import jobs of up to 10,000 rows (one request), polled
-              until complete; `import-errors` and all-or-nothing 400s are mapped back to customers,
-              a refused row is taken out and the rest resent
-  phones      a phone is an identifier in Klaviyo: a new row carrying a phone owned by another
-              profile would be merged into that profile. New profiles are therefore created without
-              their phone, and phones are set by a second job keyed by email, where a phone owned by
-              someone else fails alone (the customer still syncs, with a warning), as on the
-              per-customer path
-  suppression opt-outs suppressed, and our own suppressions lifted, in requests of 100 emails
+  writes      new and changed profiles in bulk import jobs of up to 10,000 rows (one request each,
+              submitted together, then polled together while the customers' locks are refreshed);
+              a customer is reported created/updated only when its job completed, its counts add
+              up and no import error names its row
+  errors      import errors are matched to rows by `original_payload` (the spec's pointer is only
+              `/data`); an error that matches no row, or a job whose counts do not add up, sends the
+              rows it may concern to the per-customer path, which confirms each write; a cancelled
+              job (or one that never ends) is sent again for its rows
+  phones      a phone is an identifier in Klaviyo, and a bulk row joining an email and a phone held by
+              two profiles merges them. Phones are looked up first (`any(phone_number,[...])`), and
+              claimed for the customer in Redis (a lookup may not show a phone sent moments ago); one
+              that belongs to someone else is dropped with a warning, and a row Klaviyo refuses for
+              its phone is sent again without it
+  suppression opt-outs suppressed, and our own suppressions lifted, in requests of 100 emails; the jobs
+              apply later and are remembered as pending until seen applied
 
 External ids: the per-customer path also looks a customer up by external id when email finds no
 profile (or one without our id). With merge off the batch does the same, so an existing profile is
-never touched. With merge on it lets Klaviyo's own identifier matching in the bulk import do it: a
-profile holding the customer's id under an older email is updated (as merge on says), and a profile
-holding it while the email belongs to another is refused by Klaviyo and recorded as a conflict. The
-one difference: such an email change is recorded `created` and its old values are not journaled.
+never touched. With merge on it skips that lookup (it would cost a request per hundred customers) and
+reads the profile id remembered from the customer's last sync instead, so an email change updates
+the customer's profile rather than creating a second one.
+
+Customers without an email (opted in) and plans that must unset a property go to the per-customer
+path: a bulk row cannot unset, and a row keyed only by phone could merge two people.
 
 Customers that collide inside one batch (two with the same email, the same customer twice) cannot
 share a bulk job: the later one is sent on to a later batch (and synced on its own after the batch if
@@ -40,7 +48,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 from worker import backoff
 from worker.errors import (
@@ -51,13 +58,20 @@ from worker.errors import (
     TenantFatalError,
     Throttled,
 )
-from worker.klaviyo import MAX_BULK_PROFILES, MAX_FILTER_VALUES, BulkImportJob, KlaviyoClient
-from worker.mapping import InvalidCustomer, MappedProfile, map_customer
+from worker.klaviyo import (
+    MAX_BULK_PROFILES,
+    MAX_FILTER_VALUES,
+    BulkImportJob,
+    ImportError_,
+    KlaviyoClient,
+    row_identifiers,
+)
+from worker.mapping import MappedProfile
 from worker.merge import Match, Memory, Plan, plan_sync, stale_plan
-from worker.models import KlaviyoProfile, LoyaleCustomer, parse_customer
+from worker.models import KlaviyoProfile, LoyaleCustomer
 from worker.outcomes import Outcome, after_interruption
 from worker.store import Store
-from worker.sync import SyncDeps, customer_id_of, sync_customer
+from worker.sync import PHONE_CLAIM_TTL_S, SyncDeps, customer_id_of, phone_of, prepare, sync_customer
 
 log = structlog.get_logger("batch")
 
@@ -132,6 +146,10 @@ class Work:
     result: Result | None = None
     #: Taken out of the batch: synced on its own after it (collisions, requests Klaviyo refused).
     solo: bool = False
+    #: Klaviyo confirmed the customer's bulk row (job complete, counts add up, no error for it).
+    confirmed: bool = False
+    #: What an interrupted earlier attempt of this run planned (its write may have landed).
+    interrupted: str | None = None
 
     @property
     def open(self) -> bool:
@@ -150,7 +168,18 @@ class BatchSettings:
     max_countdown_s: float = 900.0
     poll_first_s: float = 0.2
     poll_max_s: float = 5.0
-    job_timeout_s: float = 600.0
+    job_timeout_s: float = 900.0
+    lock_ttl_s: float = 120.0
+    #: Jobs tried for one row (a cancelled or never-ending job is sent again for its rows).
+    job_rounds: int = 3
+
+
+@dataclass
+class JobRows:
+    """One bulk import job and the customers whose rows it carries."""
+
+    rows: list[tuple[Work, dict[str, Any]]]
+    job: BulkImportJob | None = None
 
 
 class BatchSync:
@@ -165,13 +194,15 @@ class BatchSync:
         self.tenant = deps.tenant.id
         self.store: Store = deps.store
         self.klaviyo: KlaviyoClient = deps.klaviyo
-        self._email_locks: list[Work] = []
+        self._locks: list[tuple[str, str]] = []
 
     # --- outcomes --------------------------------------------------------------------------------
 
     def finish(self, work: Work, outcome: Outcome, reason: str, profile_id: str | None = None) -> None:
         if work.warnings:
             reason = f"{reason} [{'; '.join(work.warnings)}]"
+        if work.interrupted is not None:
+            outcome = after_interruption(work.interrupted, outcome)
         self.store.record_outcome(
             run_id=work.item.run, tenant=self.tenant, customer_id=work.item.customer_id, outcome=outcome,
             reason=reason, profile_id=profile_id, updated_date=work.customer.updated_date if work.customer else None,
@@ -184,6 +215,14 @@ class BatchSync:
         item = replace(work.item, attempt=attempt or work.item.attempt,
                        throttles=work.item.throttles if throttles is None else throttles)
         work.result = Again(item, min(max(countdown_s, 0.05), self.settings.max_countdown_s), reason)
+
+    def retry_later(self, work: Work, reason: str) -> None:
+        """A failed attempt for this customer: back on the queue with backoff, or failed at the limit."""
+        if work.item.attempt >= self.settings.max_attempts:
+            self.finish(work, Outcome.FAILED, f"gave up after {work.item.attempt} attempts: {reason}")
+        else:
+            wait_s = backoff.exponential_s(work.item.attempt, self.settings.retry_base_s, self.settings.retry_max_s)
+            self.again(work, wait_s, reason, attempt=work.item.attempt + 1)
 
     def fail_open(self, works: list[Work], error: SyncError) -> None:
         """A Klaviyo call failed: decide for every customer still open, as the per-customer task would."""
@@ -210,12 +249,7 @@ class BatchSync:
                 self.finish(w, Outcome.FAILED, f"tenant paused: {error.reason}")
         else:
             for w in open_works:
-                if w.item.attempt >= self.settings.max_attempts:
-                    self.finish(w, Outcome.FAILED, f"gave up after {w.item.attempt} attempts: {error}")
-                else:
-                    wait_s = backoff.exponential_s(w.item.attempt, self.settings.retry_base_s,
-                                                   self.settings.retry_max_s)
-                    self.again(w, wait_s, str(error), attempt=w.item.attempt + 1)
+                self.retry_later(w, str(error))
         raise StageFailed(str(error))
 
     # --- the batch -------------------------------------------------------------------------------
@@ -236,7 +270,10 @@ class BatchSync:
                     if w.open:
                         w.plan = plan_sync(w.customer, w.mapped, Match(w.by_email, w.by_external_id),
                                            self.deps.policy, w.memory)
+                        if w.plan.unset:
+                            w.solo = True    # a bulk row cannot unset a property; PATCH can
                 self._remember_plans(batch)
+                self._phones(batch)
                 self._write(batch)
                 self._suppressions(batch)
                 self._settle_remaining(batch)
@@ -246,11 +283,11 @@ class BatchSync:
                 if w.solo and w.result is None:
                     self._one_by_one(w)
         finally:
-            self._unlock(locked)
+            self.store.unlock_customers(self.tenant, self._locks)
         return [w.result for w in works if w.result]
 
     def _remember_plans(self, works: list[Work]) -> None:
-        """Correct outcomes after an interrupted earlier attempt, then note what this one will write."""
+        """Note what an interrupted earlier attempt planned, then what this one will write."""
         by_run: dict[str, list[Work]] = {}
         for w in works:
             if w.open and w.plan is not None:
@@ -258,24 +295,21 @@ class BatchSync:
         for run, group in by_run.items():
             planned = self.store.pending(run, [w.customer.id for w in group])
             for w in group:
-                if w.customer.id in planned:
-                    w.plan = replace(w.plan, outcome=after_interruption(planned[w.customer.id], w.plan.outcome))
+                w.interrupted = planned.get(w.customer.id)
             self.store.mark_pending(run, {w.customer.id: w.plan.outcome.value for w in group
                                           if w.plan.writes_anything})
 
     def _lock(self, works: list[Work]) -> list[Work]:
         held = []
-        grants = self.store.lock_customers(self.tenant, [(w.item.customer_id, w.item.task_id) for w in works])
-        for w, locked in zip(works, grants, strict=True):
+        pairs = [(w.item.customer_id, w.item.task_id) for w in works]
+        grants = self.store.lock_customers(self.tenant, pairs, self.settings.lock_ttl_s)
+        for w, pair, locked in zip(works, pairs, grants, strict=True):
             if locked:
                 held.append(w)
+                self._locks.append(pair)
             else:
                 self.again(w, 1.0, "another sync of this customer is running")
         return held
-
-    def _unlock(self, works: list[Work]) -> None:
-        self.store.unlock_customers(self.tenant, [(w.item.customer_id, w.item.task_id) for w in works]
-                                    + [(email_lock(w.mapped.email), w.item.task_id) for w in self._email_locks])
 
     def _collided(self, w: Work) -> None:
         """Two customers of one batch share an email (or one customer came twice): they
@@ -292,28 +326,20 @@ class BatchSync:
         batch: list[Work] = []
         seen: set[str] = set()
         for w in works:
-            try:
-                w.customer, w.warnings = parse_customer(w.item.customer)
-            except ValidationError as exc:
-                problem = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors())
-                self.finish(w, Outcome.INVALID, f"unreadable Loyale record: {problem}")
+            prepared = prepare(w.item.customer, self.deps.tenant.default_phone_region)
+            w.customer, w.mapped, w.warnings = prepared.customer, prepared.mapped, prepared.warnings
+            if prepared.early is not None or w.customer is None or w.mapped is None:
+                self.finish(w, prepared.early.outcome if prepared.early else Outcome.INVALID,
+                            prepared.early.reason if prepared.early else "unreadable")
                 continue
-            try:
-                w.mapped = map_customer(w.customer, self.deps.tenant.default_phone_region)
-            except InvalidCustomer as exc:
-                if w.customer.opted_in:
-                    self.finish(w, Outcome.INVALID, str(exc))
-                    continue
-                # Not opted in and nothing to send: its profile is found by our id (the batch's
-                # external id lookups), to suppress it, as on the per-customer path.
-                w.mapped = MappedProfile(fields={"external_id": w.customer.id})
-            w.warnings = w.warnings + w.mapped.warnings
+            if w.mapped.email is None and w.customer.opted_in:
+                # Only a phone to key it by: the per-customer path creates it (a bulk row could merge
+                # it into whoever holds the phone) and never leaves a profile with only our id.
+                w.solo = True
+                continue
             identities = {f"id:{w.customer.id}"}
             if w.mapped.email is not None:
                 identities.add(f"email:{w.mapped.email}")
-            # A phone shared with another customer of the batch needs no care here: a create's phone
-            # goes in the phone job, where the second row carrying it fails alone; an update's is
-            # refused for its row and resent without it (see `_write`).
             if identities & seen:
                 self._collided(w)
                 continue
@@ -322,10 +348,11 @@ class BatchSync:
         # Two customers with one email in two batches at once would both look "new" and the later
         # bulk upsert would take over the earlier's profile: one sync per email at a time.
         emails = [w for w in batch if w.mapped.email is not None]
-        for w, locked in zip(emails, self.store.lock_customers(
-                self.tenant, [(email_lock(w.mapped.email), w.item.task_id) for w in emails]), strict=True):
+        pairs = [(email_lock(w.mapped.email), w.item.task_id) for w in emails]
+        for w, pair, locked in zip(emails, pairs, self.store.lock_customers(self.tenant, pairs,
+                                                                             self.settings.lock_ttl_s), strict=True):
             if locked:
-                self._email_locks.append(w)
+                self._locks.append(pair)
             else:
                 self.again(w, 1.0, "another customer with this email is being synced")
         batch = [w for w in batch if w.open]
@@ -373,13 +400,49 @@ class BatchSync:
                 if profile.external_id:
                     by_id[profile.external_id] = profile
 
-        # With merge on, Klaviyo's identifier matching in the bulk import covers the rest (module
-        # docstring); customers without an email can only be found by our id.
+        # With merge on, the remembered profile id covers an email change (module docstring);
+        # customers without an email can only be found by our id.
         unknown = [w for w in works if w.open and w.by_external_id is None
                    and (w.mapped.email is None or not self.deps.policy.merge_customers)]
         self._each_chunk(works, unknown, MAX_FILTER_VALUES, by_external_id)
         for w in unknown:
             w.by_external_id = by_id.get(w.customer.id)
+        # A profile this service wrote may not show in a filter yet (read lag), or carry an older
+        # email: a read by the remembered id sees it.
+        for w in works:
+            if w.open and w.by_email is None and w.by_external_id is None and w.memory.profile_id:
+                remembered = self._call(works, lambda w=w: self.klaviyo.get_profile(w.memory.profile_id))
+                if remembered is not None and remembered.external_id in (None, w.customer.id):
+                    if remembered.email is not None and remembered.email == w.mapped.email:
+                        w.by_email = remembered
+                    else:
+                        w.by_external_id = remembered
+
+    def _phones(self, works: list[Work]) -> None:
+        """Drop every phone that belongs to another profile, or that another customer sent moments
+        ago, before any row carries it (a bulk row would merge the two profiles)."""
+        senders = [w for w in works if w.open and w.plan and w.plan.write and w.plan.sends_phone]
+        owners: dict[str, KlaviyoProfile] = {}
+
+        def by_phone(chunk: list[Work]) -> None:
+            for profile in self.klaviyo.find_many("phone_number", [phone_of(w.plan) for w in chunk]):
+                if profile.phone:
+                    owners[profile.phone] = profile
+
+        self._each_chunk(works, senders, MAX_FILTER_VALUES, by_phone)
+        senders = [w for w in senders if w.open]
+        for w in senders:
+            owner = owners.get(phone_of(w.plan))
+            if owner is not None and owner.id != w.plan.profile_id:
+                w.warnings.append(f"phone not sent: it belongs to Klaviyo profile {owner.id}")
+                w.plan = w.plan.without_phone()
+        senders = [w for w in senders if w.plan.sends_phone]
+        claims = self.store.claim_phones(self.tenant, [(phone_of(w.plan), w.customer.id) for w in senders],
+                                         PHONE_CLAIM_TTL_S)
+        for w, granted in zip(senders, claims, strict=True):
+            if not granted:
+                w.warnings.append("phone not sent: another customer with this phone was synced moments ago")
+                w.plan = w.plan.without_phone()
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -389,40 +452,118 @@ class BatchSync:
             if w.plan.write == "update" and w.plan.overwrites:
                 self.store.journal_overwrites(w.item.run, self.tenant, w.customer.id, w.plan.profile_id,
                                               w.plan.overwrites)
-        failed = self._import(works, writers, [self._row(w) for w in writers])
-
-        # An update refused because its phone belongs to another profile is resent without the
-        # phone (the per-customer path does the same after a 409); any other refusal stands.
-        retry = [w for w, error in failed.items() if w.plan.write == "update"
-                 and error.code == "duplicate_profile" and "phone_number" in w.plan.attributes]
-        for w in retry:
-            w.plan = replace(w.plan, changes=tuple(c for c in w.plan.changes if c.field != "phone_number"))
-        still = self._import(works, [w for w in retry if w.plan.changes],
-                             [self._row(w) for w in retry if w.plan.changes])
-        for w in retry:
-            if w not in still:
-                del failed[w]
-                w.warnings.append("phone not sent: it belongs to another Klaviyo profile")
-        failed.update(still)
-        for w, error in failed.items():
-            self._finish_error(w, error)
-
-        created = [w for w in writers if w.open and w.plan.write == "create" and "phone_number" in w.mapped.fields]
-        phone_rows = [{"type": "profile", "attributes": {"email": w.mapped.email,
-                                                         "phone_number": w.mapped.fields["phone_number"]}}
-                      for w in created]
-        for w in self._import(works, created, phone_rows):
-            w.warnings.append("phone not sent: it belongs to another Klaviyo profile")
+        pending = writers
+        for _ in range(self.settings.job_rounds):
+            if not pending:
+                break
+            pending = self._import(works, pending)
+        for w in pending:
+            self.retry_later(w, "Klaviyo did not apply its bulk import row (cancelled or unfinished jobs)")
         for w in writers:
-            if w.open and not w.plan.suppress_email and not w.plan.unsuppress_email:
+            if w.open and w.confirmed and not w.plan.writes_suppression:
                 self.finish(w, w.plan.outcome, w.plan.reason, w.plan.profile_id)
 
-    def _row(self, w: Work) -> dict[str, Any]:
-        attributes = w.plan.attributes
+    @staticmethod
+    def _row(w: Work) -> dict[str, Any]:
         if w.plan.write == "create":
-            attributes.pop("phone_number", None)   # set by the phone job, see the module docstring
-            return {"type": "profile", "attributes": attributes}
-        return {"type": "profile", "id": w.plan.profile_id, "attributes": attributes}
+            return {"type": "profile", "attributes": w.plan.attributes}
+        return {"type": "profile", "id": w.plan.profile_id, "attributes": w.plan.attributes}
+
+    def _import(self, works: list[Work], writers: list[Work]) -> list[Work]:
+        """One round of bulk jobs for `writers`: every job is submitted, then all are polled together.
+        Confirmed rows get `confirmed`; refused ones an outcome or the per-customer path; returns the
+        customers to send again (a phone dropped, a cancelled or unfinished job)."""
+        resend: list[Work] = []
+        jobs: list[JobRows] = []
+        queue = _chunks([(w, self._row(w)) for w in writers])
+        while queue:
+            chunk = queue.pop(0)
+            try:
+                job = self._call(works, lambda chunk=chunk: self.klaviyo.start_bulk_import([r for _, r in chunk]))
+            except RecordRejected as refused:
+                # An all-or-nothing 400 names rows of our own request (these pointers are ours).
+                named = {i: e for e in refused.errors if (i := _row_index(e.pointer)) is not None and i < len(chunk)}
+                if named:
+                    for index, error in named.items():
+                        if self._refused_row(chunk[index][0], error):
+                            resend.append(chunk[index][0])
+                    rest = [pair for i, pair in enumerate(chunk) if i not in named]
+                    if rest:
+                        queue.insert(0, rest)
+                elif len(chunk) > 1:     # refused without naming a row (e.g. 413 too large): halve
+                    queue[:0] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2:]]
+                else:
+                    self._finish_error(chunk[0][0], refused)
+                continue
+            jobs.append(JobRows(chunk, job))
+        self._wait_all(works, jobs)
+        for entry in jobs:
+            resend += self._settle_job(works, entry)
+        return resend
+
+    def _settle_job(self, works: list[Work], entry: JobRows) -> list[Work]:
+        """Map a finished (or given up) job back to its customers; returns those to send again."""
+        job, rows = entry.job, entry.rows
+        errors = []
+        if job.done and job.failed_count != 0:
+            errors = self._call(works, lambda: self.klaviyo.import_errors(job.id))
+        by_ident: dict[str, list[int]] = {}
+        for i, (_, row) in enumerate(rows):
+            for ident in row_identifiers(row["attributes"], row.get("id")):
+                by_ident.setdefault(ident, []).append(i)
+        failed: dict[int, ImportError_] = {}
+        unmatched = 0
+        for error in errors:
+            candidates = {i for ident in error.identifiers for i in by_ident.get(ident, [])}
+            hint = _row_index(error.pointer)
+            if hint is not None and hint in candidates:
+                candidates = {hint}    # the pointer is trusted only where the payload agrees
+            if len(candidates) == 1:
+                failed[candidates.pop()] = error
+            else:
+                unmatched += 1
+        accounted = (job.counts_add_up and not unmatched and job.failed_count == len(failed))
+        resend: list[Work] = []
+        for i, (w, _) in enumerate(rows):
+            if i in failed:
+                if self._refused_row(w, failed[i]):
+                    resend.append(w)
+            elif job.status == "complete" and accounted:
+                w.confirmed = True
+            elif job.status == "complete":
+                # Klaviyo's account of the job does not add up: the per-customer path confirms each.
+                w.solo = True
+            else:
+                resend.append(w)      # cancelled part-way, or never ended: its row may not be applied
+        if job.status == "complete" and not accounted:
+            log.warning("bulk_job_unaccounted", tenant=self.tenant, job=job.id, total=job.total_count,
+                        completed=job.completed_count, failed=job.failed_count, errors=len(errors),
+                        unmatched=unmatched)
+        elif job.status != "complete":
+            log.warning("bulk_job_not_applied", tenant=self.tenant, job=job.id, status=job.status,
+                        rows=len(rows) - len(failed))
+        return resend
+
+    def _refused_row(self, w: Work, error: ImportError_ | RecordRejected) -> bool:
+        """Klaviyo refused the customer's row: True to send it again (without its phone), else the
+        customer ends here or goes to the per-customer path."""
+        code = error.code
+        if w.plan.sends_phone and (error.about_phone or code == "duplicate_profile"):
+            w.warnings.append(f"phone not sent: Klaviyo refused it ({error.detail[:120]})")
+            w.plan = w.plan.without_phone()
+            if w.plan.write is None or not w.plan.changes:
+                if w.plan.write is None:
+                    self.finish(w, w.plan.outcome, w.plan.reason, w.plan.profile_id)
+                return False
+            return True
+        if code in ("duplicate_profile", "not_found"):
+            # An identifier now belongs to another profile (or the profile was merged away): the
+            # per-customer path looks again and re-plans.
+            w.solo = True
+            return False
+        status = error.status if isinstance(error, RecordRejected) else 400
+        self._finish_error(w, RecordRejected(status, code or "invalid", error.detail, error.pointer))
+        return False
 
     def _finish_error(self, w: Work, error: RecordRejected) -> None:
         if error.code == "duplicate_profile":
@@ -431,75 +572,50 @@ class BatchSync:
         else:
             self.finish(w, Outcome.REJECTED, str(error), w.plan.profile_id if w.plan else None)
 
-    def _import(self, works: list[Work], writers: list[Work], rows: list[dict[str, Any]]
-                ) -> dict[Work, RecordRejected]:
-        """Bulk-import `rows` (row i belongs to writers[i]); returns the customers whose row failed."""
-        failed: dict[Work, RecordRejected] = {}
-        queue = _chunks(list(zip(writers, rows, strict=True)))
-        while queue:
-            chunk = queue.pop(0)
-            try:
-                job = self._call(works, lambda chunk=chunk: self.klaviyo.start_bulk_import([r for _, r in chunk]))
-            except RecordRejected as refused:
-                named = {i: e for e in refused.errors if (i := _row_index(e.pointer)) is not None and i < len(chunk)}
-                if named:
-                    # all-or-nothing 400: take the rows it names out, send the rest again
-                    for index, error in named.items():
-                        failed[chunk[index][0]] = error
-                    rest = [pair for i, pair in enumerate(chunk) if i not in named]
-                elif len(chunk) > 1:
-                    # refused without naming a row (e.g. 413 too large): halve and resend
-                    rest = chunk
-                    queue[:0] = [rest[: len(rest) // 2], rest[len(rest) // 2:]]
-                    continue
-                else:
-                    failed[chunk[0][0]] = refused
-                    rest = []
-                if rest:
-                    queue.insert(0, rest)
-                continue
-            job = self._wait(works, job)
-            if job.failed_count:
-                for error in self._call(works, lambda job=job: self.klaviyo.import_errors(job.id)):
-                    index = _row_index(error.pointer)
-                    if index is not None and index < len(chunk):
-                        failed[chunk[index][0]] = RecordRejected(
-                            409 if error.code == "duplicate_profile" else 400, error.code or "invalid",
-                            error.detail, error.pointer)
-        return failed
-
-    def _wait(self, works: list[Work], job: BulkImportJob) -> BulkImportJob:
-        """Poll the job until Klaviyo has applied it (Klaviyo's jobs take seconds to minutes)."""
+    def _wait_all(self, works: list[Work], jobs: list[JobRows]) -> None:
+        """Poll every job until Klaviyo has applied it or it is given up (Klaviyo's jobs take seconds
+        to minutes). The customers' locks are refreshed all along, so an incremental sync of one of
+        them waits for the job instead of being overtaken by this older snapshot."""
         delay_s, waited_s = self.settings.poll_first_s, 0.0
-        while not job.done:
-            try:
-                job = self.klaviyo.bulk_import_job(job.id)
-            except Deferred as exc:      # the job is running at Klaviyo: wait here rather than lose track
-                self.sleep(exc.retry_after_s or delay_s)
-                continue
-            except (RetryableError, TenantFatalError) as exc:
-                if isinstance(exc, RetryableError) and waited_s < self.settings.job_timeout_s:
-                    self.sleep(delay_s)
-                    waited_s += delay_s
-                    continue
-                self.fail_open(works, exc)
-            if not job.done:
+        while True:
+            running = [entry for entry in jobs if not entry.job.done]
+            if not running or waited_s > self.settings.job_timeout_s:
+                return
+            self.store.refresh_locks(self.tenant, self._locks, self.settings.lock_ttl_s)
+            for entry in running:
+                try:
+                    entry.job = self.klaviyo.bulk_import_job(entry.job.id)
+                except Throttled as exc:
+                    # Honour the wait, and back the whole tenant off like any other 429.
+                    wait_s = backoff.after_throttle_s(exc.retry_after_s, self.settings.retry_base_s,
+                                                      self.settings.max_countdown_s)
+                    self.back_off(self.tenant, wait_s)
+                    self.sleep(wait_s)
+                    waited_s += wait_s
+                    break
+                except Deferred as exc:   # the job runs at Klaviyo: wait here rather than lose track
+                    self.sleep(exc.retry_after_s or delay_s)
+                    waited_s += exc.retry_after_s or delay_s
+                    break
+                except RetryableError:
+                    continue              # asked again on the next round, until the job timeout
+                except TenantFatalError as exc:
+                    self.fail_open(works, exc)
+            if any(not entry.job.done for entry in jobs):
                 self.sleep(delay_s)
                 waited_s += delay_s
                 delay_s = min(self.settings.poll_max_s, delay_s * 2)
-            if waited_s > self.settings.job_timeout_s:
-                self.fail_open(works, RetryableError(f"bulk import job {job.id} did not complete in time"))
-        return job
 
     def _suppressions(self, works: list[Work]) -> None:
         suppress = [w for w in works if w.open and w.plan and w.plan.suppress_email]
         unsuppress = [w for w in works if w.open and w.plan and w.plan.unsuppress_email]
 
-        def apply(chunk: list[Work], call: Callable[[list[str]], None], mark: Callable[[str, str], None]) -> None:
+        def apply(chunk: list[Work], call: Callable[[list[str]], list[str]], mark: Callable[..., None]) -> None:
             emails = [w.plan.suppress_email or w.plan.unsuppress_email for w in chunk]
-            call(emails)
+            job_ids = call(emails)
+            job_id = job_ids[0] if job_ids else ""
             for w, email in zip(chunk, emails, strict=True):
-                mark(self.tenant, email)
+                mark(self.tenant, email, job_id, w.customer.id)
                 self.finish(w, w.plan.outcome, w.plan.reason, w.plan.profile_id)
 
         self._each_chunk(works, suppress, 100, lambda c: apply(c, self.klaviyo.suppress, self.store.mark_suppressed))
@@ -512,7 +628,7 @@ class BatchSync:
                 self.finish(w, w.plan.outcome, w.plan.reason, w.plan.profile_id)
 
     def _one_by_one(self, w: Work) -> None:
-        """The per-customer path, for customers that collide inside the batch."""
+        """The per-customer path, for customers the batch cannot confirm or write."""
         w.solo = False   # from here on it is open like any other customer
         try:
             result = sync_customer(self.deps, w.item.run, w.item.customer)

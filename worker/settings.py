@@ -145,6 +145,16 @@ class Settings(BaseSettings):
     batch_max_wait_s: float = 30.0
     #: A batch waits for the limiter in place up to this long per request before it is deferred.
     batch_wait_inline_s: float = 5.0
+    #: A bulk import job still not done after this long is given up and its rows sent again (Klaviyo's
+    #: jobs take seconds to minutes; one that never ends must not hold its customers forever).
+    bulk_job_timeout_s: float = 900.0
+    #: How long a customer's lock lasts unless refreshed; a batch refreshes its locks while its bulk
+    #: jobs run, so the lock covers the whole write however slow Klaviyo is.
+    lock_ttl_s: float = 120.0
+    #: How often pending suppressions are re-checked, and how long one may stay unapplied before it
+    #: is sent again (Klaviyo applies them minutes to hours later).
+    suppression_recheck_interval_s: float = 300.0
+    suppression_recheck_max_s: float = 6 * 3600.0
     #: Backfill backpressure: at most this many of a tenant's tasks wait on the queue at once.
     max_queued_per_tenant: int = 10_000
     incremental_interval_s: float = 60.0

@@ -121,10 +121,10 @@ def _sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, A
         again(wait_s)
 
     token = self.request.id or uuid.uuid4().hex
-    if not store.lock_customer(tenant, customer_id, token):
+    if not store.lock_customer(tenant, customer_id, token, rt.settings.lock_ttl_s):
         again(LOCK_WAIT_S)  # another sync of this customer is running: let it finish first
     email = customer.get("email") if isinstance(customer.get("email"), str) else None
-    if email and not store.lock_customer(tenant, email_lock(email), token):
+    if email and not store.lock_customer(tenant, email_lock(email), token, rt.settings.lock_ttl_s):
         store.unlock_customer(tenant, customer_id, token)
         again(LOCK_WAIT_S)  # another customer with this email is being synced (case duplicates)
     run_token = current_run.set(run)
@@ -174,7 +174,8 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
     try:
         rt = get_runtime()
         settings = BatchSettings(max_attempts=rt.settings.max_attempts, retry_base_s=rt.settings.retry_base_s,
-                                 retry_max_s=rt.settings.retry_max_s, max_countdown_s=rt.settings.max_countdown_s)
+                                 retry_max_s=rt.settings.retry_max_s, max_countdown_s=rt.settings.max_countdown_s,
+                                 job_timeout_s=rt.settings.bulk_job_timeout_s, lock_ttl_s=rt.settings.lock_ttl_s)
         groups: dict[tuple[str, str], list[Item]] = defaultdict(list)
         for request in requests:
             item = Item.from_request(request)
