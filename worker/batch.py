@@ -630,6 +630,9 @@ class BatchSync:
     def _one_by_one(self, w: Work) -> None:
         """The per-customer path, for customers the batch cannot confirm or write."""
         w.solo = False   # from here on it is open like any other customer
+        if (paused := self.store.tenant_paused(self.tenant)) is not None:
+            self.finish(w, Outcome.FAILED, f"tenant paused: {paused}")
+            return
         try:
             result = sync_customer(self.deps, w.item.run, w.item.customer)
             w.result = Done(w.item, result.outcome, result.reason)
