@@ -296,6 +296,15 @@ def test_updates_and_bulk_rows_hide_the_profile_again(api: httpx.Client, control
     assert found(api, 'equals(email,"a@x.com")') == []
 
 
+def test_a_late_settle_stamps_each_row_at_the_time_it_was_due(api: httpx.Client,
+                                                                control: FakeKlaviyoControl) -> None:
+    control.set_knobs(job_seconds=10, read_lag_s=1)
+    submit(api, [row(email="early@x.com"), row(email="late@x.com")])
+    control.advance_clock(10)     # nothing polled: row 0 was due at 5 s, row 1 at 10 s
+    assert len(found(api, 'equals(email,"early@x.com")')) == 1
+    assert found(api, 'equals(email,"late@x.com")') == []
+
+
 # -- suppression lag --------------------------------------------------------------------------
 
 
@@ -508,7 +517,7 @@ def test_realistic_mode_end_to_end_at_test_scale(api: httpx.Client, control: Fak
     assert state(created["attributes"]) == ("queued", 0, None)
     control.advance_clock(1)          # 0.9 s + 0.3 s per 1,000 rows
     assert state(job(api, created["id"])) == ("complete", 3, 0)
-    assert found(api, 'equals(email,"u0@x.com")') == []          # 0.15 s of read lag still running
+    assert found(api, 'equals(email,"u2@x.com")') == []   # the last row, written at 0.9 s: 0.15 s of lag left
     control.advance_clock(0.2)
     assert len(found(api, 'any(email,["u0@x.com","u1@x.com","u2@x.com"])')) == 3
     assert api.post("/api/profiles", json=profile({"email": "it@x.com", "phone_number": IT_PHONE})

@@ -159,15 +159,17 @@ def realistic_knobs(time_scale: float = 1.0) -> dict[str, Any]:
         raise ValueError("time_scale must be a non-negative number")
     if time_scale == 0:
         return dict(KIND_REALISM)
-    s = float(time_scale)
+    def scaled(seconds: float) -> float:
+        return round(seconds * float(time_scale), 9)
+
     return {
         **KIND_REALISM,
-        "job_seconds": 30.0 * s,
-        "job_seconds_per_1000_rows": 10.0 * s,
+        "job_seconds": scaled(30.0),
+        "job_seconds_per_1000_rows": scaled(10.0),
         "job_queued_share": 0.2,
         "import_error_row_pointer": False,
-        "read_lag_s": 5.0 * s,
-        "suppression_lag_s": 60.0 * s,
+        "read_lag_s": scaled(5.0),
+        "suppression_lag_s": scaled(60.0),
         "unsupported_phone_regions": ["IT"],
         "merge_on_link": True,
     }

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,7 +101,13 @@ def progress(fake: FakeKlaviyo, account: Account, job: BulkImportJob, now: float
     span = job.ends_at - job.queued_until
     done = 1.0 if span <= 0 else min(1.0, (now - job.queued_until) / span)
     limit = job.fate_share if job.fate != "complete" else 1.0
-    apply_rows(fake, account, job, rows_for(job.total_count, min(done, limit)))
+    start, total = job.queued_until, job.total_count
+
+    def row_time(i: int) -> float:
+        # When row i was due: a late settle still stamps the write (read lag) at that instant.
+        return min(now, start + span * (i + 1) / total)
+
+    apply_rows(fake, account, job, rows_for(total, min(done, limit)), row_time)
     if done >= limit:
         _end(fake, job, _dt(job.queued_until + limit * span))
 
@@ -160,14 +167,17 @@ def _duplicate(fake: FakeKlaviyo, index: int, row: dict[str, Any]) -> dict[str, 
                         "A profile already exists with one of these identifiers.", index, row)
 
 
-def apply_rows(fake: FakeKlaviyo, account: Account, job: BulkImportJob, upto: int) -> None:
-    """Apply rows [job.applied, upto): upserts in order; nulls never clear (the bulk-import rule)."""
+def apply_rows(fake: FakeKlaviyo, account: Account, job: BulkImportJob, upto: int,
+               row_time: Callable[[int], float] | None = None) -> None:
+    """Apply rows [job.applied, upto): upserts in order; nulls never clear (the bulk-import rule).
+    `row_time(i)`: the fake-clock time row i counts as written (default: now)."""
     store = account.store
     rows = job.rows or []
     knobs = fake.knobs
     while job.applied < min(upto, len(rows)):
         i = job.applied
         job.applied += 1
+        written = row_time(i) if row_time is not None else fake.clock.time()
         row = rows[i]
         attrs = row.get("attributes") or {}
         meta = row.get("meta")
@@ -190,7 +200,8 @@ def apply_rows(fake: FakeKlaviyo, account: Account, job: BulkImportJob, upto: in
             idents = identifiers_in(attrs)
             owners = store.owners(idents)
             if len(owners) > 1:
-                kept = merge_on_link(fake, account, idents, owners, job.id, i) if knobs.merge_on_link else None
+                kept = (merge_on_link(fake, account, idents, owners, job.id, i, written)
+                        if knobs.merge_on_link else None)
                 if kept is None:
                     job.errors.append(_duplicate(fake, i, row))
                     continue
@@ -198,14 +209,14 @@ def apply_rows(fake: FakeKlaviyo, account: Account, job: BulkImportJob, upto: in
             p = store.profiles[owners[0]] if owners else None
         if p is None:
             p = store.create(attrs, meta)
-            store.written[p.id] = fake.clock.time()
+            store.written[p.id] = written
         elif store.update(p, attrs, meta, ignore_nulls=True):
-            store.written[p.id] = fake.clock.time()
+            store.written[p.id] = written
         job.profile_ids.append(p.id)
 
 
 def merge_on_link(fake: FakeKlaviyo, account: Account, idents: dict[str, str], owners: list[str],
-                  job_id: str, index: int) -> str | None:
+                  job_id: str, index: int, at: float) -> str | None:
     """Merge the phone's profile into the email's when a row links them; None = not a linking row."""
     store = account.store
     email_owner = store.owner("email", idents["email"]) if "email" in idents else None
@@ -216,11 +227,11 @@ def merge_on_link(fake: FakeKlaviyo, account: Account, idents: dict[str, str], o
         return None     # the external_id belongs to a third profile: still a conflict
     kept, source = store.profiles[email_owner], store.delete(phone_owner)
     _absorb(store, kept, source)
-    store.written[kept.id] = fake.clock.time()
+    store.written[kept.id] = at
     fake.merges.append({
         "account_id": account.id, "kept_id": kept.id, "merged_id": source.id,
         "email": idents["email"], "phone_number": idents["phone_number"],
-        "via": "profile-bulk-import-job", "job_id": job_id, "row": index, "at": iso(fake.clock.now()),
+        "via": "profile-bulk-import-job", "job_id": job_id, "row": index, "at": iso(_dt(at)),
     })
     return kept.id
 
@@ -273,7 +284,7 @@ def apply_suppression(fake: FakeKlaviyo, account: Account, job: SuppressionJob, 
             # Klaviyo's docs say an unknown email gets a new, suppressed profile.
             if pid is None:
                 p = store.create({"email": email})
-                store.written[p.id] = fake.clock.time()
+                store.written[p.id] = at.timestamp()
             else:
                 p = store.profiles[pid]
             if not any(s["reason"] == "USER_SUPPRESSED" for s in p.suppressions):
