@@ -14,8 +14,9 @@ import uvicorn
 
 from cli.context import console, fail
 from cli.render import outcome_table, short, wait_for_run
-from fakes.klaviyo import AccountSpec, FakeKlaviyoConfig, KeySpec
+from fakes.klaviyo import AccountSpec, FakeKlaviyoConfig, KeySpec, Knobs
 from fakes.klaviyo import create_app as klaviyo_app
+from fakes.klaviyo.config import realistic_knobs
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.loyale import FakeLoyaleConfig, SchemeConfig
 from fakes.loyale import create_app as loyale_app
@@ -36,12 +37,30 @@ def sample(customer: dict[str, Any]) -> str:
     return json.dumps({k: customer.get(k) for k in keep}, ensure_ascii=False, indent=2)
 
 
-def serve_fakes(loyale_port: int, klaviyo_port: int, customers: int, klaviyo_key: str | None, seed: int) -> None:
+def klaviyo_knobs(realistic: bool, time_scale: float | None, knobs: list[str]) -> Knobs:
+    """The fake Klaviyo's startup knobs from `--realistic`, `--time-scale` and `--knob NAME=VALUE`s."""
+    changes: dict[str, Any] = {}
+    if realistic or time_scale is not None:
+        changes.update(realistic_knobs(1.0 if time_scale is None else time_scale))
+    for item in knobs:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--knob {item!r}: expected NAME=VALUE")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        changes[name.strip()] = value
+    return Knobs().updated(changes)
+
+
+def serve_fakes(loyale_port: int, klaviyo_port: int, customers: int, klaviyo_key: str | None, seed: int,
+                knobs: Knobs | None = None) -> None:
     """Both fakes in this process until Ctrl-C."""
     key = klaviyo_key or "pk_" + secrets.token_hex(17)
     scheme = SchemeConfig(customers=customers, seed=seed)
     lapp = loyale_app(FakeLoyaleConfig(schemes=[scheme]))
-    kapp = klaviyo_app(FakeKlaviyoConfig(accounts=[AccountSpec(keys=[KeySpec(key=key)])]))
+    kapp = klaviyo_app(FakeKlaviyoConfig(accounts=[AccountSpec(keys=[KeySpec(key=key)])], knobs=knobs or Knobs()))
     state = lapp.state.fake.scheme(scheme.scheme_id)
     loyale_url, klaviyo_url = f"http://127.0.0.1:{loyale_port}", f"http://127.0.0.1:{klaviyo_port}"
     console.print(f"[bold]fake Loyale[/]  {loyale_url}  ({customers} customers)")
@@ -50,6 +69,10 @@ def serve_fakes(loyale_port: int, klaviyo_port: int, customers: int, klaviyo_key
     console.print(f"  admin password  {scheme.admin_password}")
     console.print(f"[bold]fake Klaviyo[/] {klaviyo_url}")
     console.print(f"  private key     {key}")
+    changed = {k: v for k, v in kapp.state.fake.knobs.as_dict().items() if Knobs().as_dict()[k] != v}
+    if changed:
+        console.print("  knobs           " + ", ".join(f"{k}={v}" for k, v in changed.items()), markup=False,
+                      highlight=False)
     if state is not None and state.customers:
         console.print("[bold]a sample customer[/] (GET /api/Customer/{id}):")
         console.print(sample(next(iter(state.customers.values()))), markup=False)

@@ -152,11 +152,25 @@ def fakes(
     customers: Annotated[int, typer.Option(help="Synthetic customers in the Loyale scheme.")] = 200,
     klaviyo_key: Annotated[str | None, typer.Option(help="Private key the fake Klaviyo accepts.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 1,
+    realistic: Annotated[bool, typer.Option(
+        "--realistic", help="Fake Klaviyo as unkind as the real one: bulk jobs take tens of seconds, lists lag "
+        "writes, suppressions lag, Italian phones are refused, bulk rows linking two profiles merge them.")] = False,
+    time_scale: Annotated[float | None, typer.Option(
+        "--time-scale", min=0, help="Multiply the realistic durations (1 = Klaviyo's, 0.03 = about 1 s jobs; "
+        "0 = kind). Implies --realistic.")] = None,
+    knob: Annotated[list[str] | None, typer.Option(
+        "--knob", metavar="NAME=VALUE", help="Set one fake Klaviyo knob (repeatable; applied after --realistic), "
+        "e.g. --knob read_lag_s=2 --knob unsupported_phone_regions=IT,ES --knob job_cancel_rate=0.1. "
+        "Values are JSON or plain text; names are listed by GET /_fake/knobs.")] = None,
 ) -> None:
     """Run the fake Loyale and fake Klaviyo on loopback with seeded data, and print how to use them."""
-    from cli.local import serve_fakes
+    from cli.local import klaviyo_knobs, serve_fakes
 
-    serve_fakes(loyale_port, klaviyo_port, customers, klaviyo_key, seed)
+    try:
+        knobs = klaviyo_knobs(realistic, time_scale, knob or [])
+    except ValueError as exc:
+        raise ctx.fail(str(exc)) from None
+    serve_fakes(loyale_port, klaviyo_port, customers, klaviyo_key, seed, knobs)
 
 
 @app.command()

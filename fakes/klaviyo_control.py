@@ -84,6 +84,57 @@ class FakeKlaviyoControl:
     def set_knobs(self, **knobs: Any) -> dict[str, Any]:
         return self._call("POST", "/knobs", json=knobs)
 
+    def realistic(self, time_scale: float = 1.0) -> dict[str, Any]:
+        """Klaviyo's unkind behaviour, durations scaled by `time_scale` (0 = kind); returns the knobs."""
+        return self._call("POST", "/realistic", json={"time_scale": time_scale})
+
+    def kind(self) -> dict[str, Any]:
+        """The realism knobs back to their kind defaults (other knobs unchanged); returns the knobs."""
+        return self._call("POST", "/kind")
+
+    def clock(self) -> dict[str, Any]:
+        """{"frozen", "time" (epoch s), "now" (ISO), "offset_s"} of the fake clock."""
+        return self._call("GET", "/clock")
+
+    def freeze_clock(self) -> dict[str, Any]:
+        return self._call("POST", "/clock", json={"freeze": True})
+
+    def advance_clock(self, seconds: float) -> dict[str, Any]:
+        """Move the fake clock forward (frozen or not) and settle whatever became due."""
+        return self._call("POST", "/clock", json={"advance_s": seconds})
+
+    def unfreeze_clock(self) -> dict[str, Any]:
+        """Let the fake clock run again from where it stands (it never goes backwards)."""
+        return self._call("POST", "/clock", json={"freeze": False})
+
+    def merges(self) -> list[dict[str, Any]]:
+        """Profiles merged by `merge_on_link`: {account_id, kept_id, merged_id, email, phone_number,
+        via, job_id, row, at}, oldest first."""
+        return self._call("GET", "/merges")["merges"]
+
+    def set_job_timing(self, job_seconds: float, job_seconds_per_1000_rows: float = 0.0,
+                       job_queued_share: float = 0.0) -> dict[str, Any]:
+        return self.set_knobs(job_seconds=job_seconds, job_seconds_per_1000_rows=job_seconds_per_1000_rows,
+                              job_queued_share=job_queued_share)
+
+    def set_job_fates(self, cancel_rate: float = 0.0, cancel_after_share: float = 0.5, stuck_rate: float = 0.0,
+                      stuck_after_share: float = 0.5) -> dict[str, Any]:
+        return self.set_knobs(job_cancel_rate=cancel_rate, job_cancel_after_share=cancel_after_share,
+                              job_stuck_rate=stuck_rate, job_stuck_after_share=stuck_after_share)
+
+    def set_read_lag(self, seconds: float) -> dict[str, Any]:
+        return self.set_knobs(read_lag_s=seconds)
+
+    def set_suppression_lag(self, seconds: float) -> dict[str, Any]:
+        return self.set_knobs(suppression_lag_s=seconds)
+
+    def set_unsupported_phone_regions(self, regions: list[str], bulk_import_error: bool = False
+                                      ) -> dict[str, Any]:
+        return self.set_knobs(unsupported_phone_regions=regions, unsupported_phone_bulk_import_error=bulk_import_error)
+
+    def set_merge_on_link(self, enabled: bool = True) -> dict[str, Any]:
+        return self.set_knobs(merge_on_link=enabled)
+
     def spec_violations(self) -> list[dict[str, Any]]:
         return self._call("GET", "/spec-violations")["violations"]
 

@@ -203,6 +203,130 @@ def test_contract_check_catches_a_wrong_answer(openapi: Any, exchanges: list[Exc
         openapi.validate_response(SpecRequest(created.response.request), SpecResponse(response))
 
 
+# -- the same checks with the realistic knobs on ----------------------------------------------
+
+
+REGION_DETAIL = "Phone number is valid but is not in a supported region for this account."
+
+
+@dataclass
+class RealisticRun:
+    exchanges: list[Exchange]
+    #: `GET /_fake/merges` at the end of the scenario.
+    merges: list[dict[str, Any]]
+
+
+def realistic_scenario(api: httpx.Client, control: FakeKlaviyoControl) -> RealisticRun:
+    """The answers only the realistic mode gives: `queued`/`processing`/`cancelled` jobs with null
+    counts, import errors pointing at `/data`, the unsupported-region 400s, lagging suppression jobs,
+    lists that miss a fresh write while a create still answers 409, and a merge."""
+    out: list[Exchange] = []
+
+    def call(method: str, path: str, **kw: Any) -> Any:
+        if "json" in kw:
+            kw["content"] = json.dumps(kw.pop("json"))
+            kw["headers"] = {"content-type": JSONAPI}
+        response = api.request(method, path, **kw)
+        out.append(Exchange(response))
+        return response.json()
+
+    def rows(*attrs: dict[str, Any]) -> dict[str, Any]:
+        return {"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": [
+            {"type": "profile", "attributes": a} for a in attrs]}}}}
+
+    control.realistic(time_scale=0.03)
+    control.set_knobs(rate_limits_enabled=False)
+    control.freeze_clock()
+    it_phone, us_phone = "+393331234567", "+15005550006"
+    control.seed_profiles([{"email": "dup@x.com"}, {"external_id": "L-dup"}, {"email": "mail@x.com"},
+                           {"phone_number": us_phone}])
+    call("POST", "/api/profiles", json={"data": {"type": "profile", "attributes": {
+        "email": "it@x.com", "phone_number": it_phone}}})                                      # 400 region
+    call("POST", "/api/profile-bulk-import-jobs", json=rows({"email": "a@x.com"},
+                                                            {"email": "b@x.com", "phone_number": it_phone}))
+    created = call("POST", "/api/profiles", json={"data": {"type": "profile", "attributes": {"email": "new@x.com"}}})
+    call("GET", "/api/profiles", params={"filter": 'equals(email,"new@x.com")'})               # [] (read lag)
+    call("POST", "/api/profiles", json={"data": {"type": "profile", "attributes": {"email": "new@x.com"}}})  # 409
+    call("GET", f"/api/profiles/{created['data']['id']}")
+    job = call("POST", "/api/profile-bulk-import-jobs", json=rows(
+        {"email": "dup@x.com", "external_id": "L-dup"}, {"email": "ok@x.com"},
+        {"email": "mail@x.com", "phone_number": us_phone}))                                   # queued
+    path = f"/api/profile-bulk-import-jobs/{job['data']['id']}"
+    control.advance_clock(0.5)
+    call("GET", path)                                                                          # processing
+    control.advance_clock(1)
+    call("GET", path)                                                                          # complete
+    call("GET", f"{path}/import-errors")                                                       # pointer /data
+    control.set_knobs(job_counts_null=True, unsupported_phone_bulk_import_error=True)
+    job = call("POST", "/api/profile-bulk-import-jobs", json=rows({"email": "c@x.com", "phone_number": it_phone}))
+    path = f"/api/profile-bulk-import-jobs/{job['data']['id']}"
+    control.advance_clock(1)
+    call("GET", path)                                                                          # null counts
+    call("GET", f"{path}/import-errors")                                                       # region error
+    control.set_knobs(job_counts_null=False, job_cancel_rate=1.0)
+    job = call("POST", "/api/profile-bulk-import-jobs", json=rows({"email": "d@x.com"}, {"email": "e@x.com"}))
+    control.advance_clock(1)
+    call("GET", f"/api/profile-bulk-import-jobs/{job['data']['id']}")                          # cancelled
+    for kind in ("create", "delete"):
+        body = {"data": {"type": f"profile-suppression-bulk-{kind}-job", "attributes": {
+            "profiles": {"data": [{"type": "profile", "attributes": {"email": "ok@x.com"}}]}}}}
+        job = call("POST", f"/api/profile-suppression-bulk-{kind}-jobs", json=body)           # processing
+        call("GET", f"/api/profile-suppression-bulk-{kind}-jobs/{job['data']['id']}")
+        control.advance_clock(2)
+        call("GET", f"/api/profile-suppression-bulk-{kind}-jobs/{job['data']['id']}")          # complete
+    return RealisticRun(out, control.merges())
+
+
+@pytest.fixture(scope="module")
+def realistic(server: ServerProcess) -> Iterator[RealisticRun]:
+    with FakeKlaviyoControl(server.url) as ctl:
+        ctl.reset()
+        with ctl.api_client(KEY) as api:
+            yield realistic_scenario(api, ctl)
+        ctl.reset()
+
+
+def test_realistic_scenario_meets_what_only_the_realistic_mode_answers(realistic: RealisticRun) -> None:
+    bodies = [ex.response.json() for ex in realistic.exchanges]
+    job_attrs = [b["data"]["attributes"] for b in bodies
+                 if isinstance(b.get("data"), dict) and b["data"].get("type") == "profile-bulk-import-job"]
+    assert {a["status"] for a in job_attrs} == {"queued", "processing", "complete", "cancelled"}
+    assert any(a["failed_count"] is None and a["status"] == "processing" for a in job_attrs)
+    assert any(a["completed_count"] is None and a["status"] == "complete" for a in job_attrs)
+    errors = [item["attributes"] for b in bodies if isinstance(b.get("data"), list)
+              for item in b["data"] if item.get("type") == "import-error"]
+    assert errors and {e["source"]["pointer"] for e in errors} == {"/data"}
+    assert REGION_DETAIL in {e["detail"] for e in errors}
+    refused = [e for b in bodies for e in b.get("errors", []) if e["detail"] == REGION_DETAIL]
+    assert {e["source"]["pointer"] for e in refused} == {"/data/attributes/phone_number",
+                                                         "/data/attributes/profiles/data/1/attributes/phone_number"}
+    suppression = [b["data"]["attributes"]["status"] for b in bodies if isinstance(b.get("data"), dict)
+                   and b["data"].get("type", "").startswith("profile-suppression")]
+    assert suppression == ["processing", "processing", "complete"] * 2
+    assert {ex.response.status_code for ex in realistic.exchanges} >= {200, 201, 202, 400, 409}
+    assert [(m["email"], m["row"]) for m in realistic.merges] == [("mail@x.com", 2)]
+
+
+def test_realistic_answers_match_the_spec(openapi: Any, realistic: RealisticRun) -> None:
+    failures = []
+    for ex in realistic.exchanges:
+        try:
+            openapi.validate_response(SpecRequest(ex.response.request), SpecResponse(ex.response))
+        except Exception as exc:
+            failures.append(f"{ex.label}: {type(exc).__name__}: {exc} {getattr(exc, '__cause__', '')}")
+    assert not failures, "\n".join(failures)
+
+
+def test_realistic_requests_match_the_spec(openapi: Any, realistic: RealisticRun) -> None:
+    failures = []
+    for ex in realistic.exchanges:
+        try:
+            openapi.validate_request(SpecRequest(ex.response.request))
+        except Exception as exc:
+            failures.append(f"{ex.label}: {type(exc).__name__}: {exc} {getattr(exc, '__cause__', '')}")
+    assert not failures, "\n".join(failures)
+
+
 # -- the fake's own request-validation mode ---------------------------------------------------
 
 

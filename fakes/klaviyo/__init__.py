@@ -33,7 +33,7 @@ Choices where Klaviyo's behaviour is UNCONFIRMED (each picked, not known):
     `meta.duplicate_profile_id` = the profile that does not own the email (the second match).
   * `can_receive_email_marketing` = no suppression and consent != UNSUBSCRIBED; suppression changes
     do not move `updated`; `updated` moves only when a value really changes (microsecond precision).
-  * A phone is valid when it is E.164 and `phonenumbers.is_possible_number` (not region checks).
+  * A phone is valid when it is E.164 and `phonenumbers.is_possible_number` (regions: a knob).
   * A dropped response (drop_rate) is applied before the connection is cut (`drop_after_apply`);
     injected 5xx and HTML 403 answers are not applied.
   * Check order: route (404/405), key (401), revision (400), scopes (403), rate limit (429), then the
@@ -41,16 +41,36 @@ Choices where Klaviyo's behaviour is UNCONFIRMED (each picked, not known):
   * Validation mode (`validate_requests_against_spec`) treats `application/json` bodies as the spec's
     `application/vnd.api+json`, and reads `{nullable: true, oneOf: [...]}` as allowing null.
 
+Realistic mode (knobs in `config.Knobs`, all off by default; `POST /_fake/realistic {"time_scale": s}`
+sets them to Klaviyo's orders of magnitude, `POST /_fake/kind` undoes it). Every duration reads the
+fake clock (`POST /_fake/clock`: freeze, advance, unfreeze); rate limits stay on the wall clock.
+  * Bulk import jobs by time, cancelled or stuck jobs, nullable counts, and the profile merge: see
+    `fakes.klaviyo.jobs` (its docstring gives the merge choice and its sources).
+  * Import errors: `source.pointer` is the row (`/data/attributes/profiles/data/<i>`) by default
+    (`import_error_row_pointer`, kept so existing clients and tests keep working); off = the spec's
+    default `/data` (ErrorSource.pointer default), so only `original_payload` names the row.
+  * `read_lag_s`: after a create, update (that changed something), bulk row, merge or a profile
+    created by a suppression, `GET /api/profiles` (every filter, and unfiltered) leaves the profile
+    out for that long. Simplest model: hidden, not its previous version. `GET /api/profiles/{id}`
+    stays consistent, and a create during the lag still answers 409 with `meta.duplicate_profile_id`.
+    No source documents the size of the lag (UNCONFIRMED; 5 s at time_scale 1 is an estimate).
+  * `suppression_lag_s`: suppress/unsuppress jobs read `processing` (counts 0, `completed_at` null)
+    and change nothing until the lag has passed; then they apply and read `complete`.
+  * `unsupported_phone_regions` (ISO codes, via `phonenumbers.region_code_for_number`): create,
+    PATCH and profile-import answer 400 `invalid` "Phone number is valid but is not in a supported
+    region for this account." at `/data/attributes/phone_number`; a bulk import is refused whole at
+    submit with the row's pointer `/data/attributes/profiles/data/<i>/attributes/phone_number` (the
+    shape observed live, reference/klaviyo-api.md 3.6), or with `unsupported_phone_bulk_import_error`
+    accepted and the row recorded as an import error with that detail.
+
 Not modelled (the real API does these; the fake does not):
-  * Suppression and subscription latency: suppress/unsuppress jobs apply at once and report
-    `complete` (Klaviyo took ~2-4 h and kept the job `processing`); bulk import jobs advance by GETs,
-    not by time. Eventual consistency of reads after writes.
+  * Subscription (consent) latency; read lag shows a hidden profile, never its previous version.
   * Lists, segments, list relationships (`relationships.lists` on bulk import is accepted and ignored;
     list/segment suppression is a 400), `include=` (answers `included: []`), list suppressions.
-  * Subscription (consent) endpoints, profile merge, profile deletion, events, push tokens, `_kx`.
+  * Subscription (consent) endpoints, the explicit `POST /api/profile-merge`, profile deletion,
+    events, push tokens, `_kx`; GET of job lists and of a job's `profiles`/`lists`.
   * `meta.patch_identifiers` (secondary emails): accepted, ignored.
-  * Region checks on phone numbers ("valid but not in a supported region"), silent dropping of a bad
-    phone on bulk import (the fake rejects the whole request instead).
+  * Silent dropping of a syntactically bad phone on bulk import (the fake rejects the whole request).
   * Extra rate-limit buckets for `include=lists|segments` and `additional-fields=predictive_analytics`;
     predictive analytics values are all null.
   * Revision fall-forward, 410 for retired revisions, 404 for revisions older than an endpoint.

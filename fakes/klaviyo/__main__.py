@@ -2,7 +2,8 @@
 
 Serves the fake with uvicorn and prints `FAKE_KLAVIYO_URL=...`, `FAKE_KLAVIYO_ACCOUNT=...` and
 `FAKE_KLAVIYO_KEY=...` lines (one per key). Every knob of `Knobs` has a flag: `--rate-limit-scale 0.1`,
-`--omit-retry-after`, `--error-statuses 500,503`, ...
+`--omit-retry-after`, `--error-statuses 500,503`, `--unsupported-phone-regions IT,ES`, ...
+`--realistic [--time-scale S]` starts with the realistic preset (knob flags given as well win).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import uvicorn
 
 from fakes.klaviyo.app import create_app
-from fakes.klaviyo.config import AccountSpec, FakeKlaviyoConfig, KeySpec, Knobs
+from fakes.klaviyo.config import AccountSpec, FakeKlaviyoConfig, KeySpec, Knobs, realistic_knobs
 
 
 def _key(value: str) -> KeySpec:
@@ -38,6 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spec", help="path of Klaviyo's stable.json (default: $FAKE_KLAVIYO_SPEC or shared/)")
     parser.add_argument("--validate-spec", action="store_true", default=None,
                         help="validate every /api request against the spec (GET /_fake/spec-violations)")
+    parser.add_argument("--realistic", action="store_true",
+                        help="start with Klaviyo's unkind behaviour (POST /_fake/realistic); knob flags win")
+    parser.add_argument("--time-scale", type=float, default=None,
+                        help="with --realistic: multiply its durations (1 = Klaviyo's, 0.03 = tests)")
     for f in dataclasses.fields(Knobs):
         flag = "--" + f.name.replace("_", "-")
         default = Knobs().as_dict()[f.name]
@@ -45,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif f.name == "error_statuses":
             parser.add_argument(flag, type=_statuses, default=None)
+        elif isinstance(default, list):
+            parser.add_argument(flag, default=None, help="comma-separated")
         elif f.name == "seed" or isinstance(default, int):
             parser.add_argument(flag, type=int, default=None)
         else:
@@ -53,8 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> FakeKlaviyoConfig:
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(Knobs)
-               if getattr(args, f.name) is not None}
+    changes = realistic_knobs(1.0 if args.time_scale is None else args.time_scale) if (
+        args.realistic or args.time_scale is not None) else {}
+    changes.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Knobs)
+                    if getattr(args, f.name) is not None})
     config = FakeKlaviyoConfig(
         accounts=[AccountSpec(args.account_id, list(args.key))],
         knobs=Knobs().updated(changes),

@@ -11,7 +11,6 @@ import binascii
 import functools
 import json
 import re
-import uuid
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from datetime import date, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from fakes.klaviyo import jobs
 from fakes.klaviyo.errors import (
     JSONAPI,
     RATE_LIMIT_DOCS,
@@ -40,7 +40,6 @@ from fakes.klaviyo.profiles import (
     identifiers_in,
     is_valid_email,
     iso,
-    now_utc,
     render_profile,
     validate_attributes,
     validate_meta,
@@ -342,12 +341,13 @@ def list_profiles(ctx: Ctx) -> tuple[int, dict[str, Any]]:
     cursor = _decode_cursor(q["page[cursor]"], sort) if q.get("page[cursor]") else None
     store = ctx.store
 
+    visible = _visibility(ctx)
     candidates = _candidates(store, conditions)
     if candidates is None and sort == "id":
-        page, has_prev, has_next = _page_by_id(store, conditions, cursor, size)
+        page, has_prev, has_next = _page_by_id(store, conditions, cursor, size, visible)
     else:
         pool = candidates if candidates is not None else list(store.profiles.values())
-        items = [p for p in pool if all(_matches(p, c) for c in conditions)]
+        items = [p for p in pool if all(_matches(p, c) for c in conditions) and (visible is None or visible(p))]
         page, has_prev, has_next = _page_sorted(items, _SORTS[field_name], descending, cursor, size)
 
     key = _SORTS[field_name]
@@ -365,13 +365,25 @@ def list_profiles(ctx: Ctx) -> tuple[int, dict[str, Any]]:
     return 200, body
 
 
+def _visibility(ctx: Ctx) -> Callable[[Profile], bool] | None:
+    """`read_lag_s`: a profile written less than that long ago (fake clock) is not listed yet. The
+    simplest model of an eventually consistent index: hidden, not its previous version."""
+    lag = ctx.fake.knobs.read_lag_s
+    if lag <= 0:
+        return None
+    cutoff = ctx.fake.clock.time() - lag
+    written = ctx.store.written
+    return lambda p: written.get(p.id, cutoff) <= cutoff
+
+
 def _page_by_id(store: ProfileStore, conditions: list[Condition], cursor: tuple[str, list[Any]] | None,
-                size: int) -> tuple[list[Profile], bool, bool]:
+                size: int, visible: Callable[[Profile], bool] | None = None) -> tuple[list[Profile], bool, bool]:
     """Fast path: walk the id-ordered list from the cursor, testing conditions (O(page) unfiltered)."""
     order, profiles = store.order, store.profiles
 
     def ok(pid: str) -> bool:
-        return all(_matches(profiles[pid], c) for c in conditions)
+        p = profiles[pid]
+        return all(_matches(p, c) for c in conditions) and (visible is None or visible(p))
 
     if cursor is not None and cursor[0] == "prev":
         found: list[Profile] = []
@@ -436,9 +448,11 @@ def get_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
     return status, body
 
 
-def _validated(data: dict[str, Any], *, allow_kx: bool, meta_allowed: bool) -> tuple[dict[str, Any], Any]:
+def _validated(ctx: Ctx, data: dict[str, Any], *, allow_kx: bool, meta_allowed: bool
+               ) -> tuple[dict[str, Any], Any]:
     attrs = require_attributes(data)
-    errors = validate_attributes(attrs, "/data/attributes", allow_kx=allow_kx)
+    errors = validate_attributes(attrs, "/data/attributes", allow_kx=allow_kx,
+                                 unsupported_regions=ctx.fake.knobs.unsupported_phone_regions)
     meta = data.get("meta") if meta_allowed else None
     errors += validate_meta(meta, "/data/meta", "/data/attributes/meta/patch_properties/unset")
     if errors:
@@ -454,16 +468,27 @@ def _keeps_identifier(p: Profile, attrs: dict[str, Any]) -> bool:
     return any((attrs[f] if f in attrs else p.scalars.get(f)) not in (None, "") for f in IDENTIFIERS)
 
 
+def _written(ctx: Ctx, p: Profile) -> Profile:
+    """Note a write for `read_lag_s`."""
+    ctx.store.written[p.id] = ctx.fake.clock.time()
+    return p
+
+
+def _update(ctx: Ctx, p: Profile, attrs: dict[str, Any], meta: Any) -> None:
+    if ctx.store.update(p, attrs, meta, ignore_nulls=False):
+        _written(ctx, p)
+
+
 def create_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
     data = require_data(ctx.body_json(SINGLE_PROFILE_MAX), "profile")
-    attrs, _ = _validated(data, allow_kx=False, meta_allowed=False)
+    attrs, _ = _validated(ctx, data, allow_kx=False, meta_allowed=False)
     profile_view(ctx.query)
     if not identifiers_in(attrs):
         raise _identifier_required()
     owner = ctx.store.conflict(None, attrs)
     if owner is not None:
         raise duplicate(owner)
-    return _one(ctx, 201, ctx.store.create(attrs))
+    return _one(ctx, 201, _written(ctx, ctx.store.create(attrs)))
 
 
 def update_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
@@ -472,7 +497,7 @@ def update_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
         raise invalid("This field is required.", pointer="/data/id")
     if data["id"] != ctx.params["id"]:
         raise invalid("The id in the request body does not match the id in the URL.", pointer="/data/id")
-    attrs, meta = _validated(data, allow_kx=False, meta_allowed=True)
+    attrs, meta = _validated(ctx, data, allow_kx=False, meta_allowed=True)
     profile_view(ctx.query)
     p = _profile(ctx, ctx.params["id"])
     owner = ctx.store.conflict(p.id, attrs)
@@ -480,13 +505,13 @@ def update_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
         raise duplicate(owner)
     if not _keeps_identifier(p, attrs):
         raise _identifier_required()
-    ctx.store.update(p, attrs, meta, ignore_nulls=False)
+    _update(ctx, p, attrs, meta)
     return _one(ctx, 200, p)
 
 
 def import_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
     data = require_data(ctx.body_json(SINGLE_PROFILE_MAX), "profile")
-    attrs, meta = _validated(data, allow_kx=True, meta_allowed=True)
+    attrs, meta = _validated(ctx, data, allow_kx=True, meta_allowed=True)
     profile_view(ctx.query)
     store = ctx.store
     profile_id = data.get("id")
@@ -498,7 +523,7 @@ def import_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
             raise not_found(f"A profile with id {profile_id} does not exist.")
         if not _keeps_identifier(p, attrs):
             raise _identifier_required()
-        store.update(p, attrs, meta, ignore_nulls=False)
+        _update(ctx, p, attrs, meta)
         return _one(ctx, 200, p)
     idents = identifiers_in(attrs)
     if not idents:
@@ -510,9 +535,9 @@ def import_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
         p = store.profiles[owners[0]]
         if not _keeps_identifier(p, attrs):
             raise _identifier_required()
-        store.update(p, attrs, meta, ignore_nulls=False)
+        _update(ctx, p, attrs, meta)
         return _one(ctx, 200, p)
-    return _one(ctx, 201, store.create(attrs, meta))
+    return _one(ctx, 201, _written(ctx, store.create(attrs, meta)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,6 +546,7 @@ def import_profile(ctx: Ctx) -> tuple[int, dict[str, Any]]:
 
 def render_bulk_job(job: BulkImportJob) -> dict[str, Any]:
     base = f"{PUBLIC_BASE}/api/profile-bulk-import-jobs/{job.id}"
+    completed, failed = jobs.render_counts(job)
     return {
         "type": "profile-bulk-import-job",
         "id": job.id,
@@ -528,8 +554,8 @@ def render_bulk_job(job: BulkImportJob) -> dict[str, Any]:
             "status": job.status,
             "created_at": iso(job.created_at),
             "total_count": job.total_count,
-            "completed_count": job.completed_count,
-            "failed_count": job.failed_count,
+            "completed_count": completed,
+            "failed_count": failed,
             "completed_at": iso(job.completed_at),
             "expires_at": iso(job.created_at + timedelta(days=7)),
             "started_at": iso(job.started_at),
@@ -557,6 +583,10 @@ def create_bulk_job(ctx: Ctx) -> tuple[int, dict[str, Any]]:
                       pointer="/data/attributes/profiles/data")
     # A row can only exceed its own limit when the whole body does.
     check_row_size = len(ctx.req.body) > BULK_ROW_MAX
+    knobs = ctx.fake.knobs
+    # Observed live: a phone from an unsupported region refuses the whole request with the row's
+    # pointer; `unsupported_phone_bulk_import_error` makes it an import error of that row instead.
+    submit_regions = () if knobs.unsupported_phone_bulk_import_error else knobs.unsupported_phone_regions
     errors: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
         prefix = f"/data/attributes/profiles/data/{i}"
@@ -572,7 +602,8 @@ def create_bulk_job(ctx: Ctx) -> tuple[int, dict[str, Any]]:
                                      f"{_size(BULK_ROW_MAX)}.", pointer=prefix))
             continue
         row_attrs = row.get("attributes")
-        row_errors = validate_attributes(row_attrs, f"{prefix}/attributes", allow_kx=True)
+        row_errors = validate_attributes(row_attrs, f"{prefix}/attributes", allow_kx=True,
+                                         unsupported_regions=submit_regions)
         row_errors += validate_meta(row.get("meta"), f"{prefix}/meta", f"{prefix}/meta/patch_properties/unset")
         if not row_errors and row.get("id") is None and not identifiers_in(row_attrs):
             row_errors.append(error_item(400, "invalid", "One or more identifiers is required",
@@ -582,14 +613,8 @@ def create_bulk_job(ctx: Ctx) -> tuple[int, dict[str, Any]]:
         raise ApiError(400, errors)
     rels = data.get("relationships") or {}
     lists = ((rels.get("lists") or {}).get("data") or []) if isinstance(rels, dict) else []
-    job = BulkImportJob(
-        id=ctx.fake.ids.new(),
-        created_at=now_utc(),
-        total_count=len(rows),
-        rows=rows,
-        list_ids=[str(item.get("id")) for item in lists if isinstance(item, dict)],
-    )
-    ctx.account.bulk_jobs[job.id] = job
+    job = jobs.new_bulk_job(ctx.fake, ctx.account, rows,
+                            [str(item.get("id")) for item in lists if isinstance(item, dict)])
     return 202, {"data": render_bulk_job(job), "links": {"self": render_bulk_job(job)["links"]["self"]}}
 
 
@@ -600,73 +625,10 @@ def _bulk_job(ctx: Ctx, job_id: str) -> BulkImportJob:
     return job
 
 
-def _advance(ctx: Ctx, job: BulkImportJob) -> None:
-    if job.status == "complete":
-        return
-    per_step = ctx.fake.knobs.bulk_job_gets_per_step
-    job.gets += 1
-    if per_step and job.gets < per_step:
-        return
-    job.gets = 0
-    if job.status == "queued" and per_step:
-        job.status = "processing"
-        job.started_at = now_utc()
-        return
-    job.started_at = job.started_at or now_utc()
-    _apply_bulk_rows(ctx.store, job)
-    job.status = "complete"
-    job.completed_at = now_utc()
-
-
-def _import_error(code: str, title: str, detail: str, pointer: str, row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "import-error",
-        "id": str(uuid.uuid4()),
-        "attributes": {"code": code, "title": title, "detail": detail, "source": {"pointer": pointer},
-                       "original_payload": row},
-    }
-
-
-def _apply_bulk_rows(store: ProfileStore, job: BulkImportJob) -> None:
-    """Rows are upserts in order; nulls never clear (the bulk-import rule)."""
-    for i, row in enumerate(job.rows or []):
-        attrs = row.get("attributes") or {}
-        meta = row.get("meta")
-        pointer = f"/data/attributes/profiles/data/{i}"
-        row_id = row.get("id")
-        if row_id is not None:
-            p = store.profiles.get(str(row_id))
-            if p is None:
-                job.errors.append(_import_error("not_found", "Not found.",
-                                                f"A profile with id {row_id} does not exist.", pointer, row))
-                continue
-            if store.conflict(p.id, attrs) is not None:
-                job.errors.append(_import_error("duplicate_profile", "Conflict.",
-                                                "A profile already exists with one of these identifiers.",
-                                                pointer, row))
-                continue
-        else:
-            owners = store.owners(identifiers_in(attrs))
-            if len(owners) > 1:
-                job.errors.append(_import_error("duplicate_profile", "Conflict.",
-                                                "A profile already exists with one of these identifiers.",
-                                                pointer, row))
-                continue
-            p = store.profiles[owners[0]] if owners else None
-        if p is None:
-            p = store.create(attrs, meta)
-        else:
-            store.update(p, attrs, meta, ignore_nulls=True)
-        job.profile_ids.append(p.id)
-    job.failed_count = len(job.errors)
-    job.completed_count = job.total_count - job.failed_count
-    job.rows = None
-
-
 def get_bulk_job(ctx: Ctx) -> tuple[int, dict[str, Any]]:
     included = check_include(ctx.query, ("lists",))
     job = _bulk_job(ctx, ctx.params["job_id"])
-    _advance(ctx, job)
+    jobs.advance_on_get(ctx.fake, ctx.account, job)
     resource = render_bulk_job(job)
     body: dict[str, Any] = {"data": resource, "links": {"self": resource["links"]["self"]}}
     if included:
@@ -691,7 +653,7 @@ def get_import_errors(ctx: Ctx) -> tuple[int, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Suppression jobs (applied at once; Klaviyo takes hours)
+# Suppression jobs (applied at once, or after `suppression_lag_s`; Klaviyo took hours)
 
 
 _SUPPRESSION_TYPES = {"create": "profile-suppression-bulk-create-job", "delete": "profile-suppression-bulk-delete-job"}
@@ -747,39 +709,13 @@ def _suppression_emails(ctx: Ctx, kind: str) -> list[str]:
 
 
 def suppress(ctx: Ctx) -> tuple[int, dict[str, Any]]:
-    emails = _suppression_emails(ctx, "create")
-    store, ts = ctx.store, now_utc()
-    for email in emails:
-        pid = store.owner("email", email)
-        # Klaviyo's docs say an unknown email gets a new, suppressed profile.
-        p = store.profiles[pid] if pid else store.create({"email": email})
-        if not any(s["reason"] == "USER_SUPPRESSED" for s in p.suppressions):
-            # Consent is left as it is; `updated` does not move for subscription changes.
-            p.suppressions.append({"reason": "USER_SUPPRESSED", "timestamp": ts})
-            p.subscriptions_updated = ts
-    job = SuppressionJob(ctx.fake.ids.new(), "create", ts, len(emails), len(emails), 0, ts)
-    ctx.account.suppression_jobs[job.id] = job
+    job = jobs.new_suppression_job(ctx.fake, ctx.account, "create", _suppression_emails(ctx, "create"))
     resource = render_suppression_job(job)
     return 202, {"data": resource, "links": {"self": resource["links"]["self"]}}
 
 
 def unsuppress(ctx: Ctx) -> tuple[int, dict[str, Any]]:
-    emails = _suppression_emails(ctx, "delete")
-    store, ts = ctx.store, now_utc()
-    done = skipped = 0
-    for email in emails:
-        pid = store.owner("email", email)
-        if pid is None:
-            skipped += 1
-            continue
-        p = store.profiles[pid]
-        kept = [s for s in p.suppressions if s["reason"] != "USER_SUPPRESSED"]
-        if len(kept) != len(p.suppressions):
-            p.suppressions = kept  # HARD_BOUNCE, SPAM_COMPLAINT, UNSUBSCRIBE, INVALID_EMAIL stay
-            p.subscriptions_updated = ts
-        done += 1
-    job = SuppressionJob(ctx.fake.ids.new(), "delete", ts, len(emails), done, skipped, ts)
-    ctx.account.suppression_jobs[job.id] = job
+    job = jobs.new_suppression_job(ctx.fake, ctx.account, "delete", _suppression_emails(ctx, "delete"))
     resource = render_suppression_job(job)
     return 202, {"data": resource, "links": {"self": resource["links"]["self"]}}
 
@@ -870,6 +806,7 @@ def unknown_path(fake: FakeKlaviyo, method: str, path: str, other_method: bool) 
 def dispatch(fake: FakeKlaviyo, req: ApiRequest, route: Route, params: dict[str, str]) -> Reply:
     rate_headers: dict[str, str] = {}
     account_id = None
+    jobs.settle(fake)
     try:
         key = authenticate(fake, req.headers.get("authorization"))
         account_id = key.account_id

@@ -27,9 +27,10 @@ from fakes.klaviyo.api import (
     normalize_path,
     unknown_path,
 )
-from fakes.klaviyo.config import FakeKlaviyoConfig, KeySpec
+from fakes.klaviyo.config import KIND_REALISM, FakeKlaviyoConfig, KeySpec, realistic_knobs
 from fakes.klaviyo.errors import ApiError
 from fakes.klaviyo.filters import parse_datetime
+from fakes.klaviyo.jobs import settle
 from fakes.klaviyo.profiles import SUPPRESSION_REASONS, full_state, now_utc
 from fakes.klaviyo.state import FakeKlaviyo
 
@@ -286,6 +287,7 @@ def control_routes(fake: FakeKlaviyo) -> list[Route]:
         return fake.accounts.get(account_id)
 
     async def profiles(request: Request) -> JSONResponse:
+        settle(fake)
         if request.method == "GET":
             account = _account(request.query_params.get("account_id"))
             if account is None:
@@ -302,6 +304,7 @@ def control_routes(fake: FakeKlaviyo) -> list[Route]:
             return _bad(str(exc))
 
     async def one_profile(request: Request) -> JSONResponse:
+        settle(fake)
         found = fake.profile_anywhere(request.path_params["id"])
         if found is None:
             return _bad("unknown profile", 404)
@@ -332,6 +335,45 @@ def control_routes(fake: FakeKlaviyo) -> list[Route]:
     async def violations(request: Request) -> JSONResponse:
         return JSONResponse({"violations": list(fake.violations)})
 
+    async def clock(request: Request) -> JSONResponse:
+        if request.method == "POST":
+            try:
+                body = await _json(request)
+                if not isinstance(body, dict) or not set(body) <= {"freeze", "advance_s"}:
+                    raise ValueError("body: {\"freeze\": true|false} and/or {\"advance_s\": seconds}")
+                freeze, advance = body.get("freeze"), body.get("advance_s", 0)
+                if freeze is not None and not isinstance(freeze, bool):
+                    raise ValueError("'freeze' must be a boolean")
+                if isinstance(advance, bool) or not isinstance(advance, int | float) or advance < 0:
+                    raise ValueError("'advance_s' must be a non-negative number")
+                if freeze is True:
+                    fake.clock.freeze()
+                fake.clock.advance(float(advance))
+                if freeze is False:
+                    fake.clock.unfreeze()
+            except ValueError as exc:
+                return _bad(str(exc))
+            settle(fake)
+        return JSONResponse(fake.clock.as_dict())
+
+    async def realistic(request: Request) -> JSONResponse:
+        try:
+            body = await _json(request)
+            if not isinstance(body, dict) or not set(body) <= {"time_scale"}:
+                raise ValueError('body: {"time_scale": s} (1 = Klaviyo\'s real durations, 0 = kind)')
+            fake.set_knobs(realistic_knobs(body.get("time_scale", 1.0)))
+        except ValueError as exc:
+            return _bad(str(exc))
+        return JSONResponse(fake.knobs.as_dict())
+
+    async def kind(request: Request) -> JSONResponse:
+        fake.set_knobs(dict(KIND_REALISM))
+        return JSONResponse(fake.knobs.as_dict())
+
+    async def merges(request: Request) -> JSONResponse:
+        settle(fake)
+        return JSONResponse({"merges": list(fake.merges)})
+
     return [
         Route("/_fake/health", health),
         Route("/_fake/info", info),
@@ -345,6 +387,10 @@ def control_routes(fake: FakeKlaviyo) -> list[Route]:
         Route("/_fake/requests/log", requests_log),
         Route("/_fake/knobs", knobs, methods=["GET", "POST"]),
         Route("/_fake/spec-violations", violations),
+        Route("/_fake/clock", clock, methods=["GET", "POST"]),
+        Route("/_fake/realistic", realistic, methods=["POST"]),
+        Route("/_fake/kind", kind, methods=["POST"]),
+        Route("/_fake/merges", merges),
     ]
 
 

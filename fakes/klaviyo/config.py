@@ -45,6 +45,41 @@ class Knobs:
     non_json_403_rate: float = 0.0
     #: GETs of a bulk import job needed per status step (queued -> processing -> complete).
     bulk_job_gets_per_step: int = 1
+    #: Knobs below make the fake as unkind as Klaviyo; all are off by default. `POST /_fake/realistic`
+    #: sets them together (`realistic_knobs`), `POST /_fake/kind` puts them back (`KIND_REALISM`).
+    #: Every duration is read on the fake clock (`POST /_fake/clock`).
+    #:
+    #: Bulk import jobs advance by time when either is > 0: duration = job_seconds +
+    #: job_seconds_per_1000_rows * rows / 1000 (then `bulk_job_gets_per_step` is ignored).
+    job_seconds: float = 0.0
+    job_seconds_per_1000_rows: float = 0.0
+    #: Share of a timed job's duration spent `queued`; rows are applied evenly over the rest.
+    job_queued_share: float = 0.0
+    #: Leave `completed_count` and `failed_count` null for the whole job (the spec makes both nullable).
+    job_counts_null: bool = False
+    #: Share of new jobs that end `cancelled` after applying `job_cancel_after_share` of their rows.
+    job_cancel_rate: float = 0.0
+    job_cancel_after_share: float = 0.5
+    #: Share of new jobs that stay `processing` forever after applying `job_stuck_after_share` of their rows.
+    job_stuck_rate: float = 0.0
+    job_stuck_after_share: float = 0.5
+    #: Import errors point at their row (`/data/attributes/profiles/data/<i>`); False = the spec's
+    #: default `/data`, so only `original_payload` tells the row (what Klaviyo documents).
+    import_error_row_pointer: bool = True
+    #: Seconds after a write (create, update, bulk row, merge) during which `GET /api/profiles` does not
+    #: list the profile. `GET /api/profiles/{id}` and duplicate checks (409) always see it.
+    read_lag_s: float = 0.0
+    #: Seconds before a suppress / unsuppress job applies; the job reads `processing` until then.
+    suppression_lag_s: float = 0.0
+    #: ISO regions whose phone numbers are refused: "Phone number is valid but is not in a supported
+    #: region for this account." (400 on single writes; see `unsupported_phone_bulk_import_error`).
+    unsupported_phone_regions: list[str] = field(default_factory=list)
+    #: Bulk import: False refuses the whole request at submit (400, the row's phone pointer: observed
+    #: live); True accepts it and records the row as an import error instead.
+    unsupported_phone_bulk_import_error: bool = False
+    #: A bulk import row whose email and phone belong to two profiles merges them (Klaviyo's
+    #: deterministic profile merge) instead of failing as `duplicate_profile`. See `GET /_fake/merges`.
+    merge_on_link: bool = False
     #: Most values accepted in one `any(field,[...])` (UNCONFIRMED in Klaviyo; 0 = unlimited).
     max_any_values: int = 100
     #: Size of the request log ring buffer.
@@ -72,6 +107,13 @@ def _coerce(name: str, raw: Any, current: Any) -> Any:
         if raw is None or (isinstance(raw, int) and not isinstance(raw, bool)):
             return raw
         raise ValueError("seed must be an integer or null")
+    if name == "unsupported_phone_regions":
+        if isinstance(raw, str):
+            raw = [r for r in raw.split(",") if r.strip()]
+        if isinstance(raw, list) and all(isinstance(r, str) and len(r.strip()) == 2 and r.strip().isalpha()
+                                         for r in raw):
+            return [r.strip().upper() for r in raw]
+        raise ValueError("unsupported_phone_regions must be a list of 2-letter ISO region codes")
     if name == "error_statuses":
         if isinstance(raw, list) and raw and all(isinstance(s, int) and 400 <= s <= 599 for s in raw):
             return list(raw)
@@ -86,13 +128,51 @@ def _coerce(name: str, raw: Any, current: Any) -> Any:
         raise ValueError(f"{name} must be a non-negative integer")
     if isinstance(current, float):
         if isinstance(raw, int | float) and not isinstance(raw, bool) and raw >= 0:
-            if name.endswith("_rate") and raw > 1:
+            if name.endswith(("_rate", "_share")) and raw > 1:
                 raise ValueError(f"{name} is a share between 0 and 1")
             if name.endswith("_scale") and raw == 0:
                 raise ValueError(f"{name} must be greater than 0")
             return float(raw)
         raise ValueError(f"{name} must be a non-negative number")
     raise ValueError(f"cannot set {name}")
+
+
+#: The knobs the presets set; everything else (rate limits, faults, seed) is left alone by them.
+REALISM_KNOBS = ("job_seconds", "job_seconds_per_1000_rows", "job_queued_share", "job_counts_null",
+                 "job_cancel_rate", "job_cancel_after_share", "job_stuck_rate", "job_stuck_after_share",
+                 "import_error_row_pointer", "read_lag_s", "suppression_lag_s", "unsupported_phone_regions",
+                 "unsupported_phone_bulk_import_error", "merge_on_link")
+KIND_REALISM: dict[str, Any] = {name: Knobs().as_dict()[name] for name in REALISM_KNOBS}
+
+
+def realistic_knobs(time_scale: float = 1.0) -> dict[str, Any]:
+    """Klaviyo's orders of magnitude, durations multiplied by `time_scale` (0 = the kind defaults).
+
+    Sources (reference/klaviyo-api.md): job durations are UNCONFIRMED ("tens of seconds to minutes",
+    DESIGN.md), so 30 s + 10 s per 1,000 rows is an estimate; read lag is not documented at all
+    (read-your-writes is "not guaranteed for filtered list queries"), 5 s is an estimate; suppression
+    was observed to take ~2-4 h once in a sandbox: 60 s is deliberately shorter so runs stay
+    practical (set `suppression_lag_s` for more); the phone region refusal was observed live (Italy
+    as the example region is our pick); the merge is Klaviyo's documented deterministic merge.
+    """
+    if not isinstance(time_scale, int | float) or isinstance(time_scale, bool) or time_scale < 0:
+        raise ValueError("time_scale must be a non-negative number")
+    if time_scale == 0:
+        return dict(KIND_REALISM)
+    def scaled(seconds: float) -> float:
+        return round(seconds * float(time_scale), 9)
+
+    return {
+        **KIND_REALISM,
+        "job_seconds": scaled(30.0),
+        "job_seconds_per_1000_rows": scaled(10.0),
+        "job_queued_share": 0.2,
+        "import_error_row_pointer": False,
+        "read_lag_s": scaled(5.0),
+        "suppression_lag_s": scaled(60.0),
+        "unsupported_phone_regions": ["IT"],
+        "merge_on_link": True,
+    }
 
 
 @dataclass

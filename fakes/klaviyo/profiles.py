@@ -6,6 +6,7 @@ import functools
 import random
 import re
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,7 @@ PUBLIC_BASE = "https://a.klaviyo.com"
 
 EMAIL_DETAIL = "Invalid email address"
 PHONE_DETAIL = "Invalid phone number format (Example of a valid format: +12345678901)"
+REGION_DETAIL = "Phone number is valid but is not in a supported region for this account."
 UNSET_DETAIL = "Unset must be a string or an array of strings (the property keys to unset)."
 
 _EMAIL = re.compile(
@@ -62,6 +64,19 @@ def is_e164(value: str) -> bool:
         return phonenumbers.is_possible_number(phonenumbers.parse(value, None))
     except phonenumbers.NumberParseException:
         return False
+
+
+@functools.lru_cache(maxsize=65536)
+def phone_region(value: str) -> str | None:
+    """The ISO region of an E.164 phone (`phonenumbers`), or None when it has none."""
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(value, None))
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def unsupported_region(value: Any, regions: list[str] | tuple[str, ...]) -> bool:
+    return bool(regions) and isinstance(value, str) and is_e164(value) and phone_region(value) in regions
 
 
 class UlidGenerator:
@@ -106,8 +121,10 @@ class Profile:
 # Validation of write payloads: pure, returns error items (JSON:API) so several can be reported.
 
 
-def validate_attributes(attrs: Any, prefix: str, *, allow_kx: bool = False) -> list[dict[str, Any]]:
-    """Type and format checks of `data.attributes`; `prefix` is the pointer of the attributes object."""
+def validate_attributes(attrs: Any, prefix: str, *, allow_kx: bool = False,
+                        unsupported_regions: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Type and format checks of `data.attributes`; `prefix` is the pointer of the attributes object.
+    A phone from one of `unsupported_regions` is refused like Klaviyo refuses it."""
     if not isinstance(attrs, dict):
         return [error_item(400, "invalid", "Attributes must be an object.", pointer=prefix)]
     errors: list[dict[str, Any]] = []
@@ -129,6 +146,8 @@ def validate_attributes(attrs: Any, prefix: str, *, allow_kx: bool = False) -> l
             errors.append(error_item(400, "invalid", EMAIL_DETAIL, pointer=pointer))
         elif name == "phone_number" and value is not None and not is_e164(value):
             errors.append(error_item(400, "invalid", PHONE_DETAIL, pointer=pointer))
+        elif name == "phone_number" and unsupported_region(value, unsupported_regions):
+            errors.append(error_item(400, "invalid", REGION_DETAIL, pointer=pointer))
     return errors
 
 
@@ -257,6 +276,8 @@ class ProfileStore:
         #: Ids in ascending order: ULIDs are generated increasing and profiles are never deleted.
         self.order: list[str] = []
         self.index: dict[str, dict[str, str]] = {f: {} for f in IDENTIFIERS}
+        #: Fake-clock time of each profile's last API write, for `read_lag_s` (seeds are not writes).
+        self.written: dict[str, float] = {}
 
     @staticmethod
     def key(name: str, value: str) -> str:
@@ -307,6 +328,21 @@ class ProfileStore:
             profile.updated = max(now_utc(), profile.updated)
             self._index(profile, before)
         return changed
+
+    def delete(self, profile_id: str) -> Profile:
+        """Remove a profile (the source of a merge): its identifiers are free again."""
+        profile = self.profiles.pop(profile_id)
+        i = bisect_left(self.order, profile_id)
+        if i < len(self.order) and self.order[i] == profile_id:
+            del self.order[i]
+        else:
+            self.order.remove(profile_id)
+        for name in IDENTIFIERS:
+            value = profile.scalars.get(name)
+            if value not in (None, "") and self.index[name].get(self.key(name, value)) == profile_id:
+                del self.index[name][self.key(name, value)]
+        self.written.pop(profile_id, None)
+        return profile
 
     def _index(self, profile: Profile, before: dict[str, Any]) -> None:
         for name in IDENTIFIERS:

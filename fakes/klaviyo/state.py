@@ -7,7 +7,7 @@ import string
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +17,89 @@ from fakes.klaviyo.ratelimit import RateLimiter
 from fakes.klaviyo.spec import SpecInfo, SpecValidator, load_spec_info
 
 
+class FakeClock:
+    """The time every timed behaviour reads (jobs, read lag, suppression lag): the wall clock plus an
+    offset, or frozen. It never goes backwards: unfreezing carries on from the frozen instant."""
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._frozen_at: float | None = None
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen_at is not None
+
+    def time(self) -> float:
+        """Seconds since the epoch on the fake clock."""
+        return self._frozen_at if self._frozen_at is not None else time.time() + self._offset
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.time(), UTC)
+
+    def freeze(self) -> None:
+        if self._frozen_at is None:
+            self._frozen_at = self.time()
+
+    def unfreeze(self) -> None:
+        if self._frozen_at is not None:
+            self._offset = self._frozen_at - time.time()
+            self._frozen_at = None
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("the fake clock does not go backwards")
+        if self._frozen_at is not None:
+            self._frozen_at += seconds
+        else:
+            self._offset += seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        now = self.time()
+        return {"frozen": self.frozen, "time": now, "now": datetime.fromtimestamp(now, UTC).isoformat(),
+                "offset_s": now - time.time()}
+
+
 @dataclass
 class BulkImportJob:
     id: str
     created_at: datetime
     total_count: int
-    #: Rows waiting to be applied; dropped once the job completes.
+    #: Rows not applied yet; dropped once the job has ended.
     rows: list[dict[str, Any]] | None
     list_ids: list[str]
     status: str = "queued"
     gets: int = 0
     started_at: datetime | None = None
     completed_at: datetime | None = None
-    completed_count: int = 0
-    failed_count: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
     profile_ids: list[str] = field(default_factory=list)
+    #: Rows applied so far (successes + errors), in order.
+    applied: int = 0
+    #: How the job ends: "complete", "cancelled" or "stuck" (stays `processing`), after `fate_share`.
+    fate: str = "complete"
+    fate_share: float = 1.0
+    #: Timed jobs (fake clock seconds); None = the job advances by GETs (`bulk_job_gets_per_step`).
+    queued_until: float | None = None
+    ends_at: float | None = None
+    counts_null: bool = False
+    #: A "stuck" job that has applied its share: it reads `processing` from now on.
+    halted: bool = False
+
+    @property
+    def timed(self) -> bool:
+        return self.queued_until is not None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("complete", "cancelled")
+
+    @property
+    def completed_count(self) -> int:
+        return self.applied - len(self.errors)
+
+    @property
+    def failed_count(self) -> int:
+        return len(self.errors)
 
 
 @dataclass
@@ -44,8 +111,11 @@ class SuppressionJob:
     total_count: int
     completed_count: int
     skipped_count: int
-    completed_at: datetime
+    completed_at: datetime | None
     status: str = "complete"
+    #: Emails still to apply and when (fake clock seconds); None once applied.
+    emails: list[str] | None = None
+    due: float | None = None
 
 
 @dataclass
@@ -154,6 +224,13 @@ class FakeKlaviyo:
         self.limiter = RateLimiter()
         self.stats = RequestStats(self.knobs.request_log_size)
         self.violations: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.clock = FakeClock()
+        #: Draws the fate of bulk jobs (cancelled / stuck); seeded like the fault dice.
+        self.job_dice = random.Random(self.knobs.seed)
+        #: Profiles merged by `merge_on_link`, oldest first (`GET /_fake/merges`).
+        self.merges: list[dict[str, Any]] = []
+        #: Timed bulk jobs and lagged suppression jobs still to settle, by job id.
+        self.pending: dict[str, tuple[Account, BulkImportJob | SuppressionJob]] = {}
         for spec in self.startup_accounts:
             self.add_account(spec.account_id, spec.keys)
 
@@ -190,6 +267,7 @@ class FakeKlaviyo:
         new = self.knobs.updated(changes)
         if "seed" in changes:
             self.dice = FaultDice(new.seed)
+            self.job_dice = random.Random(new.seed)
         limits = ("rate_limit_scale", "window_scale", "rate_limits_enabled")
         if any(getattr(new, k) != getattr(self.knobs, k) for k in limits):
             self.limiter.clear()
