@@ -48,6 +48,11 @@ class InvalidCustomer(ValueError):
 class MappedProfile:
     fields: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    #: Owned properties Loyale confirms are empty now (`Levels` from a `levelNames: []`, `Tags` from a
+    #: `tags: []`): with Merge Customers on these may be unset in Klaviyo. An owned property that is
+    #: neither in `fields` nor here is unknown (levels that could not be read, a balance Loyale did not
+    #: send) and must be left untouched.
+    cleared: frozenset[str] = frozenset()
 
     @property
     def email(self) -> str | None:
@@ -159,8 +164,16 @@ def map_customer(customer: LoyaleCustomer, default_phone_region: str | None = No
         put("properties.LoyalePointBalance", _number(customer.points_balance))
     if customer.monetary_balance is not None:
         put("properties.LoyaleMonetaryBalance", _number(customer.monetary_balance))
-    put("properties.Levels", [n for n in (clean_text(v, "level", warnings) for v in customer.level_names) if n])
-    put("properties.Tags", [n for n in (clean_text(v, "tag", warnings) for v in customer.tags) if n])
+    cleared: set[str] = set()
+    if not customer.levels_unknown:   # unknown (the producer logged why): Levels stays as Klaviyo has it
+        levels = [n for n in (clean_text(v, "level", warnings) for v in customer.level_names) if n]
+        put("properties.Levels", levels)
+        if not levels:
+            cleared.add("properties.Levels")
+    tags = [n for n in (clean_text(v, "tag", warnings) for v in customer.tags) if n]
+    put("properties.Tags", tags)
+    if not tags and "tags" in customer.model_fields_set:
+        cleared.add("properties.Tags")
 
     for extra in customer.additional_fields:
         if extra.internal:
@@ -183,7 +196,7 @@ def map_customer(customer: LoyaleCustomer, default_phone_region: str | None = No
         elif not isinstance(value, int | float | bool):
             value = None  # objects and lists from Loyale are not profile property values
         put(f"properties.{key}", value)
-    return MappedProfile(fields=fields, warnings=warnings)
+    return MappedProfile(fields=fields, warnings=warnings, cleared=frozenset(cleared))
 
 
 def _number(value: float) -> int | float:
