@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,61 +270,67 @@ class LoyaleClient:
     # --- snapshot --------------------------------------------------------------------------------
 
     def snapshot(self, raw: Any) -> dict[str, Any]:
-        """The task payload for a customer: the mapped fields only, level ids resolved to names.
+        """The task payload for a customer (see `customer_snapshot`), with this scheme's level names."""
+        return customer_snapshot(raw, scheme_id=self.scheme_id, level_names=self._level_names_for)
 
-        Fields it adds to Loyale's (worker/models.py reads them):
-          levelNames     the names of the customer's levels; `[]` when Loyale lists no level for them
-          levelsUnknown  true when the levels could not be read (no `Levels` list on the customer, or
-                         the level lookup failed): `Levels` in Klaviyo is then left untouched
-          points_balance, monetary_balance
-                         only when Loyale's `balance` carries `pointsValue` / `monetaryValue` with a value
-          leftScheme     true when Loyale sends a non-empty `schemes` list without this tenant's
-                         scheme: the customer left it, and counts as opted out. An absent or empty
-                         list never counts as left.
-        """
-        if not isinstance(raw, dict):
-            return {"id": None}
-        payload = {key: raw[key] for key in SNAPSHOT_FIELDS if key in raw}
-        held = raw["Levels"] if "Levels" in raw else raw.get("levels")
-        if isinstance(held, list):
-            level_ids = [str(lv.get("levelId")) for lv in held if isinstance(lv, dict) and lv.get("levelId")]
-            names = self._level_names_for(level_ids) if level_ids else []
-            if names is None:
-                payload["levelsUnknown"] = True
-            else:
-                payload["levelNames"] = names
+
+def customer_snapshot(raw: Any, *, scheme_id: str | None,
+                      level_names: Callable[[list[str]], list[str] | None]) -> dict[str, Any]:
+    """The task payload for a customer: the mapped fields only, level ids resolved to names.
+
+    `level_names(ids)` gives the names of those level ids, or None when they cannot be known.
+    Fields it adds to Loyale's (worker/models.py reads them):
+      levelNames     the names of the customer's levels; `[]` when Loyale lists no level for them
+      levelsUnknown  true when the levels could not be read (no `Levels` list on the customer, or the
+                     level lookup failed): Klaviyo's `Levels` is then left untouched
+      points_balance, monetary_balance
+                     only when Loyale's `balance` carries `pointsValue` / `monetaryValue` with a value
+      leftScheme     true when Loyale sends a non-empty `schemes` list without the tenant's scheme
+                     (`scheme_id`): the customer left it, and counts as opted out. An absent or
+                     empty list never counts as left.
+    """
+    if not isinstance(raw, dict):
+        return {"id": None}
+    payload = {key: raw[key] for key in SNAPSHOT_FIELDS if key in raw}
+    held = raw["Levels"] if "Levels" in raw else raw.get("levels")
+    if isinstance(held, list):
+        level_ids = [str(lv.get("levelId")) for lv in held if isinstance(lv, dict) and lv.get("levelId")]
+        names = level_names(level_ids) if level_ids else []
+        if names is None:
+            payload["levelsUnknown"] = True
         else:
-            payload["levelsUnknown"] = True   # not sent (or not a list): unknown, never "no levels"
-        balance = raw.get("balance")
-        if isinstance(balance, dict):
-            for source, target in (("pointsValue", "points_balance"), ("monetaryValue", "monetary_balance")):
-                if balance.get(source) is not None:
-                    payload[target] = balance[source]
-        if self.left_scheme(raw):
-            payload["leftScheme"] = True
-        fields = raw.get("additionalCustomerFields")
-        if isinstance(fields, list):
-            # Internal fields never leave the producer. A flag that is neither plainly public nor
-            # plainly internal ("true", 2, ...) travels without its value, for the worker to record
-            # a warning and not sync it (worker/models.py).
-            payload["additionalCustomerFields"] = [
-                {"key": f.get("key"), "value": f.get("value") if f.get("internal") in (None, False) else None,
-                 "internal": f.get("internal") or False}
-                for f in fields if isinstance(f, dict) and f.get("internal") is not True
-            ]
-        return payload
+            payload["levelNames"] = names
+    else:
+        payload["levelsUnknown"] = True   # not sent (or not a list): unknown, never "no levels"
+    balance = raw.get("balance")
+    if isinstance(balance, dict):
+        for source, target in (("pointsValue", "points_balance"), ("monetaryValue", "monetary_balance")):
+            if balance.get(source) is not None:
+                payload[target] = balance[source]
+    if scheme_id is not None and left_scheme(raw, scheme_id):
+        payload["leftScheme"] = True
+    fields = raw.get("additionalCustomerFields")
+    if isinstance(fields, list):
+        # Internal fields never leave the producer. A flag that is neither plainly public nor
+        # plainly internal ("true", 2, ...) travels without its value, for the worker to record
+        # a warning and not sync it (worker/models.py).
+        payload["additionalCustomerFields"] = [
+            {"key": f.get("key"), "value": f.get("value") if f.get("internal") in (None, False) else None,
+             "internal": f.get("internal") or False}
+            for f in fields if isinstance(f, dict) and f.get("internal") is not True
+        ]
+    return payload
 
-    def left_scheme(self, raw: dict[str, Any]) -> bool:
-        """True only when Loyale sends a non-empty `schemes` list that lacks this tenant's scheme.
 
-        A missing or empty list (Loyale's list route may not fill it) proves nothing, so it never counts."""
-        schemes = raw.get("schemes")
-        if not isinstance(schemes, list):
-            return False
-        ids = [str(s.get("id")).strip().lower() for s in schemes if isinstance(s, dict) and s.get("id")]
-        if not ids:
-            return False
-        return self.scheme_id.strip().lower() not in ids
+def left_scheme(raw: dict[str, Any], scheme_id: str) -> bool:
+    """True only when Loyale sends a non-empty `schemes` list that lacks the tenant's scheme.
+
+    A missing or empty list (Loyale's list route may not fill it) proves nothing, so it never counts."""
+    schemes = raw.get("schemes")
+    if not isinstance(schemes, list):
+        return False
+    ids = [str(s.get("id")).strip().lower() for s in schemes if isinstance(s, dict) and s.get("id")]
+    return bool(ids) and scheme_id.strip().lower() not in ids
 
 
 def _json(response: httpx.Response) -> Any:
