@@ -83,9 +83,11 @@ def test_without_the_level_route_a_hinted_customer_syncs_without_levels_and_is_n
     fields follow Loyale, and Klaviyo's Levels is left as it was."""
     loyale.set_knobs(missing_routes=["/api/Level"])
     world = brand(loyale, klaviyo, [{
-        "email": "jane@example.com", "firstName": "Jane", "marketingSub": True, "deleted": False, "onHold": False,
+        "id": "c-jane", "email": "jane@example.com", "firstName": "Jane", "marketingSub": True, "deleted": False,
+        "onHold": False,
         "Levels": [{"levelId": "0d1c0000-0000-0000-0000-000000000001"}], "balance": {"pointsValue": 40},
-    }], [{"email": "jane@example.com", "first_name": "Old", "properties": {"Levels": ["Platinum"]}}])
+    }], [{"email": "jane@example.com", "external_id": "c-jane", "first_name": "Old",
+          "properties": {"Levels": ["Platinum"]}}])
     env = sync_env(redis_url, write_tenants_file({"lvl": world["config"]}))
 
     outcomes = hint_and_wait(redis_url, store, env, "lvl", world["ids"], "webhook-lvl-1")
