@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cli import context as ctx
 from cli.render import outcome_table, plan_table, wait_for_run
 from producers.backfill import run_backfill
-from producers.loyale import CustomerNotFound
+from producers.loyale import CustomerNotFound, LoyaleRouteMissing
 from worker.errors import RetryableError, TenantFatalError
 from worker.logs import configure_logging
 from worker.outcomes import Outcome
@@ -84,7 +84,7 @@ def _produce(rt, chosen, run_id: str, *, wait: bool, per_customer: bool, resume:
                                 queue=QUEUE_INCREMENTAL if per_customer else QUEUE_BACKFILL,
                                 max_in_flight=rt.settings.max_queued_per_tenant, resume=resume,
                                 on_progress=lambda n, total: bar.update(task, completed=n, total=total))
-    except TenantFatalError as exc:
+    except (TenantFatalError, LoyaleRouteMissing) as exc:
         raise ctx.fail(str(exc)) from None
     except RetryableError as exc:
         raise ctx.fail(f"Loyale kept failing while paging ({exc}); run `loyale-sync resume {run_id}` later: "
@@ -115,7 +115,7 @@ def sync_one(
             payload = loyale.snapshot(loyale.customer(customer_id))
         except CustomerNotFound:
             raise ctx.fail(f"Loyale has no customer {customer_id!r} in scheme {chosen.loyale_scheme_id}") from None
-        except (TenantFatalError, RetryableError) as exc:
+        except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
             raise ctx.fail(str(exc)) from None
         deps = rt.deps(chosen.id)
         try:
@@ -202,7 +202,7 @@ def incremental(tenant: TenantOpt = None) -> None:
             try:
                 result = run_incremental(app=celery_app, store=rt.store, loyale=ctx.loyale_client(rt.http, chosen),
                                          tenant=chosen.id, overlap_s=rt.settings.incremental_overlap_s)
-            except (FilterIgnored, TenantFatalError, RetryableError) as exc:
+            except (FilterIgnored, TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
                 ctx.err_console.print(f"[bold red]{chosen.id}:[/] {exc}")
                 failed = True
                 continue
@@ -259,7 +259,7 @@ def subscribe_webhooks(
             try:
                 for topic in WEBHOOK_TOPICS:
                     client.subscribe(topic, f"{target}?topic={topic}", email or chosen.loyale_admin_email)
-            except (TenantFatalError, RetryableError) as exc:
+            except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
                 raise ctx.fail(f"{chosen.id}: {exc}") from None
             ctx.console.print(f"{chosen.id}: subscribed to topics {', '.join(map(str, WEBHOOK_TOPICS))}")
 

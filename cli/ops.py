@@ -29,7 +29,7 @@ from rich.table import Table
 from cli import context as ctx
 from cli.render import outcome_table, short, wait_for_run
 from producers.backfill import wait_for_room
-from producers.loyale import CustomerNotFound, LoyaleClient
+from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing
 from worker.errors import RetryableError, TenantFatalError
 from worker.outcomes import PROBLEMS, RETRYABLE, Outcome
 from worker.runtime import Runtime, make_redis
@@ -451,7 +451,7 @@ def redrive(rt: Runtime, celery_app: Celery, chosen: TenantConfig, found: list[F
                 enqueue(celery_app, chosen.id, run_id, payload, QUEUE_INCREMENTAL)
                 enqueued += 1
             bar.update(task, completed=index + 1)
-    except (TenantFatalError, RetryableError) as exc:
+    except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
         error = (f"reading Loyale failed ({exc}); {enqueued} of {len(found)} enqueued in run {run_id}; "
                  "run `loyale-sync retry-failures` again for the rest")
     finally:

@@ -15,6 +15,7 @@ from rich.table import Table
 from cli import context as ctx
 from cli.render import outcome_table, short
 from producers.backfill import BACKFILL_FILTERS, BACKFILL_SORTS
+from producers.loyale import LoyaleRouteMissing
 from worker.errors import RetryableError, TenantFatalError
 from worker.merge import Policy
 from worker.outcomes import Outcome
@@ -73,7 +74,7 @@ def register(app: typer.Typer) -> None:
 
             try:
                 items = list(preview(rt.klaviyo(chosen.id), policy, payloads(), region=chosen.default_phone_region))
-            except (TenantFatalError, RetryableError) as exc:
+            except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
                 raise ctx.fail(f"{exc}; nothing was written") from None
         counts = Counter(item.plan.outcome.value for item in items)
         settings = {"tenant": chosen.id, "merge_customers": policy.merge_customers,

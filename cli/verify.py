@@ -4,6 +4,7 @@ For every tenant (or the one named by --tenant):
 
     configuration   the tenant's entry is valid; a public Klaviyo key (6 characters) is refused here
     loyale          the admin login works and the scheme answers a one-customer page
+    loyale levels   the level route answers (without it customers sync without `Levels`)
     klaviyo key     Klaviyo accepts the private key (GET /api/accounts) and names its account
     scope ...       each scope the sync needs, probed with a request that changes nothing
                     (`worker.klaviyo.SCOPE_PROBES`: Klaviyo checks scopes before it reads a request)
@@ -29,7 +30,7 @@ import typer
 from rich.markup import escape
 
 from cli import context as ctx
-from producers.loyale import CustomerNotFound, LoyaleClient
+from producers.loyale import LoyaleClient, LoyaleRouteMissing
 from worker import keys
 from worker.errors import ConfigError, Deferred, RetryableError, TenantFatalError, Throttled
 from worker.klaviyo import BULK_IMPORT, GET_BULK_IMPORT, GET_PROFILES, UNSUPPRESS, UPDATE_PROFILE, KlaviyoClient
@@ -122,14 +123,33 @@ def check_loyale(loyale: LoyaleClient, tenant: TenantConfig) -> Check:
         page = loyale.page(1, page_size=1)
     except TenantFatalError as exc:
         return Check("loyale", Status.FAILED, exc.reason)
-    except CustomerNotFound:
-        return Check("loyale", Status.FAILED, f"{where} has no customer list (404)",
+    except LoyaleRouteMissing:
+        return Check("loyale", Status.FAILED, f"{where} has no customer list (404 to GET /api/Customer)",
                      "set loyale_base_url to the root of Loyale's API, e.g. https://api.loyale.io")
     except RetryableError as exc:
         return Check("loyale", Status.FAILED, f"{where} did not answer: {exc}",
                      "check loyale_base_url and that Loyale is reachable from this machine, then run verify again")
     count = f"{page.total_count} customers" if page.total_count is not None else "customers readable"
     return Check("loyale", Status.OK, f"admin login works; scheme {tenant.loyale_scheme_id} answers ({count})")
+
+
+def check_levels(loyale: LoyaleClient, tenant: TenantConfig) -> Check:
+    """GET /api/Level (a route Loyale's docs name but do not spell out): level ids -> names for `Levels`."""
+    name = "loyale levels"
+    try:
+        levels = loyale.level_names(refresh=True)
+    except LoyaleRouteMissing:
+        return Check(name, Status.WARNING,
+                     f"Loyale at {tenant.loyale_base_url} has no level route (404 to GET /api/Level): customers "
+                     "sync without Levels, and Klaviyo's Levels property is left as it is",
+                     "ask Loyale which route lists a scheme's levels for an admin user; nothing else is affected")
+    except TenantFatalError as exc:
+        return Check(name, Status.WARNING, f"the level route refused the admin user: {exc.reason}; customers "
+                                           "sync without Levels", "give the admin user access to the scheme's levels")
+    except RetryableError as exc:
+        return Check(name, Status.WARNING, f"the level route did not answer: {exc}; customers sync without "
+                                           "Levels meanwhile", "run verify again; if it persists, ask Loyale")
+    return Check(name, Status.OK, f"GET /api/Level answers ({len(levels)} level{'s' if len(levels) != 1 else ''})")
 
 
 def check_account(klaviyo: KlaviyoClient, tenant: TenantConfig) -> tuple[Check, str | None]:
@@ -216,7 +236,10 @@ def loyale_client(rt: Runtime, tenant: TenantConfig) -> LoyaleClient:
 
 def verify_tenant(rt: Runtime, tenant: TenantConfig) -> list[Check]:
     """Every check of one valid tenant, in order; Klaviyo's scopes only once it accepts the key."""
-    checks = [check_loyale(loyale_client(rt, tenant), tenant)]
+    loyale = loyale_client(rt, tenant)
+    checks = [check_loyale(loyale, tenant)]
+    if checks[0].status == Status.OK:
+        checks.append(check_levels(loyale, tenant))
     klaviyo = rt.klaviyo(tenant.id)
     try:
         account, account_id = check_account(klaviyo, tenant)

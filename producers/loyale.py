@@ -9,7 +9,9 @@ scheme resumes from the page that failed instead of starting over.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ import structlog
 from pydantic import SecretStr
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from worker.errors import RetryableError, TenantFatalError
+from worker.errors import RetryableError, SyncError, TenantFatalError
 
 log = structlog.get_logger("loyale")
 
@@ -38,7 +40,31 @@ WEBHOOK_TOPICS = (0, 1, 2, 3, 4, 5, 8, 9, 10, 11)
 
 
 class CustomerNotFound(Exception):
-    """Raised when Loyale has no customer with the id asked for (404)."""
+    """Raised when Loyale has no customer with the id asked for: a 404 to `GET /api/Customer/{id}`.
+
+    The only 404 that means "this customer is gone" (its Klaviyo profile is then suppressed)."""
+
+
+class LoyaleRouteMissing(SyncError):
+    """Raised on a 404 to any other route (the customer list, levels, balances, a mistyped base URL).
+
+    Not a statement about any customer: nothing is suppressed because of it. The message names the
+    route and what to check."""
+
+    def __init__(self, tenant: str, route: str, base_url: str, message: str) -> None:
+        super().__init__(
+            f"tenant {tenant!r}: Loyale at {base_url} answered 404 to {route} ({message}): the route is missing. "
+            "Check loyale_base_url (the root of Loyale's API, e.g. https://api.loyale.io) and that this Loyale "
+            "offers the route to the admin user")
+        self.tenant = tenant
+        self.route = route
+
+
+#: `GET /api/Customer/{id}`: the one route whose 404 means the customer is gone.
+_CUSTOMER_BY_ID = re.compile(r"^/api/Customer/[^/]+$", re.IGNORECASE)
+#: After a failed level lookup, levels are not asked for again for this long (each customer would
+#: otherwise pay the client's retries); customers meanwhile sync without `Levels` (levelsUnknown).
+LEVELS_RETRY_AFTER_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,7 @@ class LoyaleClient:
         self._password = admin_password
         self._token: str | None = None
         self._levels: dict[str, str] = {}
+        self._levels_failed_at: float | None = None
         self._retrying = Retrying(
             stop=stop_after_attempt(max_attempts),
             wait=_wait(wait_exponential_jitter(multiplier=0.5, max=max_wait_s, jitter=0.5)),
@@ -121,7 +148,11 @@ class LoyaleClient:
             raise TenantFatalError(self.tenant, f"Loyale refused access to scheme {self.scheme_id} ({status}: "
                                                 f"{message}); check loyale_scheme_id and the admin's rights")
         if status == 404:
-            raise CustomerNotFound(message)
+            route = what.removeprefix("GET ")
+            if what.startswith("GET ") and _CUSTOMER_BY_ID.match(route):
+                raise CustomerNotFound(message)
+            raise LoyaleRouteMissing(self.tenant, "POST /api/AdminToken" if what == "login" else what,
+                                     self._base, message)
         raise TenantFatalError(self.tenant, f"Loyale answered {status} to {what}: {message}")
 
     def _get_once(self, path: str, params: dict[str, Any] | None) -> httpx.Response:
@@ -191,7 +222,10 @@ class LoyaleClient:
     # --- levels ----------------------------------------------------------------------------------
 
     def level_names(self, refresh: bool = False) -> dict[str, str]:
-        """Level id -> name for the scheme, cached for the life of the client."""
+        """Level id -> name for the scheme, cached for the life of the client.
+
+        Raises LoyaleRouteMissing (404), RetryableError or TenantFatalError when the lookup fails;
+        `snapshot` turns that into "levels unknown" for the customer, never into a missing customer."""
         if self._levels and not refresh:
             return self._levels
         levels: dict[str, str] = {}
@@ -199,45 +233,104 @@ class LoyaleClient:
         while True:
             response = self.get("/api/Level", {"Page": number, "PageSize": PAGE_SIZE_MAX})
             body = _json(response)
-            items = body if isinstance(body, list) else []
-            for item in items:
+            if not isinstance(body, list):
+                raise RetryableError("Loyale's level list was not a JSON array")
+            for item in body:
                 if isinstance(item, dict) and item.get("id") and item.get("name"):
                     levels[str(item["id"])] = str(item["name"])
             total = _int(response.headers.get("X-Total-Pages"))
-            if not items or (total is not None and number >= total) or len(items) < PAGE_SIZE_MAX:
+            if not body or (total is not None and number >= total) or len(body) < PAGE_SIZE_MAX:
                 break
             number += 1
         self._levels = levels
         return levels
 
+    def _level_names_for(self, level_ids: list[str]) -> list[str] | None:
+        """The names of the levels a customer holds, or None when they cannot be known now.
+
+        Cached names are used while they cover every id (also after the level route started
+        failing: "last good names"); an id not in the cache refreshes it once. A failed lookup logs
+        a warning and is not tried again for LEVELS_RETRY_AFTER_S."""
+        if self._levels and all(lid in self._levels for lid in level_ids):
+            return [self._levels[lid] for lid in level_ids]
+        if self._levels_failed_at is not None and time.monotonic() - self._levels_failed_at < LEVELS_RETRY_AFTER_S:
+            return None
+        try:
+            names = self.level_names(refresh=bool(self._levels))
+        except (LoyaleRouteMissing, RetryableError, TenantFatalError) as exc:
+            self._levels_failed_at = time.monotonic()
+            log.warning("loyale_levels_unknown", tenant=self.tenant, error=str(exc),
+                        effect="customers sync without Levels (Klaviyo's Levels property is left as it is) "
+                               f"until the level lookup works again; retried after {LEVELS_RETRY_AFTER_S:.0f}s")
+            return None
+        self._levels_failed_at = None
+        # An id the scheme's own level list does not hold (a deleted level) has no name to send.
+        return [names[lid] for lid in level_ids if lid in names]
+
+    # --- snapshot --------------------------------------------------------------------------------
+
     def snapshot(self, raw: Any) -> dict[str, Any]:
-        """The task payload for a customer: the mapped fields only, level ids resolved to names."""
-        if not isinstance(raw, dict):
-            return {"id": None}
-        payload = {key: raw[key] for key in SNAPSHOT_FIELDS if key in raw}
-        held = raw.get("Levels") or raw.get("levels") or []
-        level_ids = [str(lv.get("levelId")) for lv in (held if isinstance(held, list) else [])
-                     if isinstance(lv, dict) and lv.get("levelId")]
-        if level_ids:
-            names = self.level_names()
-            if any(lid not in names for lid in level_ids):
-                names = self.level_names(refresh=True)  # a level created since we cached
-            payload["levelNames"] = [names[lid] for lid in level_ids if lid in names]
-        balance = raw.get("balance")
-        if isinstance(balance, dict):
-            payload["points_balance"] = balance.get("pointsValue")
-            payload["monetary_balance"] = balance.get("monetaryValue")
-        fields = raw.get("additionalCustomerFields")
-        if isinstance(fields, list):
-            # Internal fields never leave the producer. A flag that is neither plainly public nor
-            # plainly internal ("true", 2, ...) travels without its value, for the worker to record
-            # a warning and not sync it (worker/models.py).
-            payload["additionalCustomerFields"] = [
-                {"key": f.get("key"), "value": f.get("value") if f.get("internal") in (None, False) else None,
-                 "internal": f.get("internal") or False}
-                for f in fields if isinstance(f, dict) and f.get("internal") is not True
-            ]
-        return payload
+        """The task payload for a customer (see `customer_snapshot`), with this scheme's level names."""
+        return customer_snapshot(raw, scheme_id=self.scheme_id, level_names=self._level_names_for)
+
+
+def customer_snapshot(raw: Any, *, scheme_id: str | None,
+                      level_names: Callable[[list[str]], list[str] | None]) -> dict[str, Any]:
+    """The task payload for a customer: the mapped fields only, level ids resolved to names.
+
+    `level_names(ids)` gives the names of those level ids, or None when they cannot be known.
+    Fields it adds to Loyale's (worker/models.py reads them):
+      levelNames     the names of the customer's levels; `[]` when Loyale lists no level for them
+      levelsUnknown  true when the levels could not be read (no `Levels` list on the customer, or the
+                     level lookup failed): Klaviyo's `Levels` is then left untouched
+      points_balance, monetary_balance
+                     only when Loyale's `balance` carries `pointsValue` / `monetaryValue` with a value
+      leftScheme     true when Loyale sends a non-empty `schemes` list without the tenant's scheme
+                     (`scheme_id`): the customer left it, and counts as opted out. An absent or
+                     empty list never counts as left.
+    """
+    if not isinstance(raw, dict):
+        return {"id": None}
+    payload = {key: raw[key] for key in SNAPSHOT_FIELDS if key in raw}
+    held = raw["Levels"] if "Levels" in raw else raw.get("levels")
+    if isinstance(held, list):
+        level_ids = [str(lv.get("levelId")) for lv in held if isinstance(lv, dict) and lv.get("levelId")]
+        names = level_names(level_ids) if level_ids else []
+        if names is None:
+            payload["levelsUnknown"] = True
+        else:
+            payload["levelNames"] = names
+    else:
+        payload["levelsUnknown"] = True   # not sent (or not a list): unknown, never "no levels"
+    balance = raw.get("balance")
+    if isinstance(balance, dict):
+        for source, target in (("pointsValue", "points_balance"), ("monetaryValue", "monetary_balance")):
+            if balance.get(source) is not None:
+                payload[target] = balance[source]
+    if scheme_id is not None and left_scheme(raw, scheme_id):
+        payload["leftScheme"] = True
+    fields = raw.get("additionalCustomerFields")
+    if isinstance(fields, list):
+        # Internal fields never leave the producer. A flag that is neither plainly public nor
+        # plainly internal ("true", 2, ...) travels without its value, for the worker to record
+        # a warning and not sync it (worker/models.py).
+        payload["additionalCustomerFields"] = [
+            {"key": f.get("key"), "value": f.get("value") if f.get("internal") in (None, False) else None,
+             "internal": f.get("internal") or False}
+            for f in fields if isinstance(f, dict) and f.get("internal") is not True
+        ]
+    return payload
+
+
+def left_scheme(raw: dict[str, Any], scheme_id: str) -> bool:
+    """True only when Loyale sends a non-empty `schemes` list that lacks the tenant's scheme.
+
+    A missing or empty list (Loyale's list route may not fill it) proves nothing, so it never counts."""
+    schemes = raw.get("schemes")
+    if not isinstance(schemes, list):
+        return False
+    ids = [str(s.get("id")).strip().lower() for s in schemes if isinstance(s, dict) and s.get("id")]
+    return bool(ids) and scheme_id.strip().lower() not in ids
 
 
 def _json(response: httpx.Response) -> Any:

@@ -21,7 +21,7 @@ from celery import Task
 
 from producers.backfill import run_backfill
 from producers.incremental import FilterIgnored, run_incremental
-from producers.loyale import CustomerNotFound, LoyaleClient
+from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing
 from producers.rescue import rescue_stalled_runs as rescue
 from worker.app import app
 from worker.errors import RetryableError, TenantFatalError
@@ -64,7 +64,7 @@ def incremental_pass(self: Task, tenant: str) -> dict[str, Any] | None:
         result = run_incremental(app=app, store=rt.store, loyale=loyale_for(tenant), tenant=tenant,
                                  overlap_s=rt.settings.incremental_overlap_s)
         return {"run": result.run_id, "enqueued": result.enqueued}
-    except (FilterIgnored, TenantFatalError) as exc:
+    except (FilterIgnored, TenantFatalError, LoyaleRouteMissing) as exc:
         log.error("incremental_pass_failed", tenant=tenant, error=str(exc))
         return None
     except RetryableError as exc:
@@ -86,7 +86,7 @@ def scheduled_backfill(self: Task, tenant: str) -> str | None:
         produced = run_backfill(app=app, store=rt.store, loyale=loyale_for(tenant), tenant=tenant,
                                 queue=QUEUE_BACKFILL, max_in_flight=rt.settings.max_queued_per_tenant)
         return produced.run_id
-    except (TenantFatalError, RetryableError) as exc:
+    except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
         log.error("scheduled_backfill_failed", tenant=tenant, error=str(exc))
         return None
     finally:
@@ -114,7 +114,7 @@ def customer_hint(self: Task, tenant: str, customer_id: str, run: str, attempt: 
             return None
         raise self.retry(kwargs={"tenant": tenant, "customer_id": customer_id, "run": run, "attempt": attempt + 1},
                          countdown=min(rt.settings.max_countdown_s, 2.0 ** attempt), max_retries=None) from exc
-    except TenantFatalError as exc:
+    except (TenantFatalError, LoyaleRouteMissing) as exc:
         log.error("hint_failed", tenant=tenant, customer_id=customer_id, error=str(exc))
         return None
     if rt.store.run(run) is None:

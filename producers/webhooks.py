@@ -6,8 +6,11 @@
 
 A post is only a hint: the customer is read again from Loyale before syncing (a forged or replayed
 post cannot put data into Klaviyo), the answer is 202 as soon as the hint is on the queue, and
-redeliveries are harmless (the sync is idempotent; the stale guard keeps order). Changes made by our
-own Loyale admin user are ignored, so our writes never loop back.
+redeliveries are harmless (the sync is idempotent; the stale guard keeps order). Events caused by our
+own Loyale admin login are synced like any other: this service never writes to Loyale, so they are
+staff edits made with the same login. A tenant may opt in to dropping them
+(`ignore_own_admin_webhooks = true`, compared with `loyale_own_admin_email`), e.g. when another tool of
+theirs writes to Loyale with that user and its changes must not be synced.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def create_app(tenants: dict[str, TenantConfig], enqueue: Enqueue) -> Starlette:
             # Loyale retries non-2xx posts for hours; a body we can never read would only come back
             log.warning("webhook_unreadable", tenant=tenant.id, bytes=len(body))
             return JSONResponse({"accepted": 0, "ignored": "body is not JSON"}, status_code=202)
-        if caused_by(payload) == tenant.own_admin_email:
+        if tenant.ignore_own_admin_webhooks and caused_by(payload) == tenant.own_admin_email:
             return JSONResponse({"accepted": 0, "ignored": "change made by this service's admin user"},
                                 status_code=202)
         ids = customer_ids(payload)

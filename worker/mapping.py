@@ -48,7 +48,10 @@ class InvalidCustomer(ValueError):
 class MappedProfile:
     fields: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
-    #: Owned properties Loyale holds empty: cleared in Klaviyo with merge on (never by sending null).
+    #: Owned properties Loyale confirms are empty now (`Levels` from a `levelNames: []`, `Tags` from a
+    #: `tags: []`): with Merge Customers on these may be unset in Klaviyo. An owned property that is
+    #: neither in `fields` nor here is unknown (levels that could not be read, a balance Loyale did not
+    #: send) and must be left untouched.
     cleared: frozenset[str] = frozenset()
 
     @property
@@ -161,11 +164,16 @@ def map_customer(customer: LoyaleCustomer, default_phone_region: str | None = No
         put("properties.LoyalePointBalance", _number(customer.points_balance))
     if customer.monetary_balance is not None:
         put("properties.LoyaleMonetaryBalance", _number(customer.monetary_balance))
-    if not customer.levels_unknown:
-        put("properties.Levels", [n for n in (clean_text(v, "level", warnings) for v in customer.level_names) if n])
-    else:
-        warnings.append("levels could not be read from Loyale: Levels left as it is in Klaviyo")
-    put("properties.Tags", [n for n in (clean_text(v, "tag", warnings) for v in customer.tags) if n])
+    cleared: set[str] = set()
+    if not customer.levels_unknown:   # unknown (the producer logged why): Levels stays as Klaviyo has it
+        levels = [n for n in (clean_text(v, "level", warnings) for v in customer.level_names) if n]
+        put("properties.Levels", levels)
+        if not customer.level_names:   # Loyale's own empty list, not names we cleaned away
+            cleared.add("properties.Levels")
+    tags = [n for n in (clean_text(v, "tag", warnings) for v in customer.tags) if n]
+    put("properties.Tags", tags)
+    if not customer.tags and "tags" in customer.model_fields_set:
+        cleared.add("properties.Tags")
 
     for extra in customer.additional_fields:
         if extra.internal:
@@ -188,7 +196,7 @@ def map_customer(customer: LoyaleCustomer, default_phone_region: str | None = No
         elif not isinstance(value, int | float | bool):
             value = None  # objects and lists from Loyale are not profile property values
         put(f"properties.{key}", value)
-    return MappedProfile(fields=fields, warnings=warnings, cleared=customer.emptied - fields.keys())
+    return MappedProfile(fields=fields, warnings=warnings, cleared=frozenset(cleared))
 
 
 def _number(value: float) -> int | float:

@@ -152,6 +152,8 @@ def _consent_reason(customer: LoyaleCustomer) -> str:
         return "deleted in Loyale"
     if customer.on_hold:
         return "suspended or on hold in Loyale"
+    if customer.left_scheme:
+        return "left the scheme in Loyale"
     if customer.marketing_sub is None:
         return "no marketing consent recorded in Loyale"
     return "opted out of marketing in Loyale"

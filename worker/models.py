@@ -11,7 +11,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 def _warn(info: ValidationInfo, message: str) -> None:
@@ -103,12 +103,21 @@ class LoyaleCustomer(BaseModel):
     points_balance: float | None = None
     monetary_balance: float | None = None
     level_names: list[str] = Field(default_factory=list, alias="levelNames")
-    #: The producer could not read the customer's levels: `Levels` is neither sent nor cleared.
+    #: The producer could not read the customer's levels (or the payload carries no `levelNames`):
+    #: Klaviyo's `Levels` is left as it is. False only when `levelNames` is a list Loyale confirmed.
     levels_unknown: bool = Field(default=False, alias="levelsUnknown")
-    #: Owned properties Loyale explicitly holds empty (see `told_empty`); only these may ever be cleared.
-    emptied: frozenset[str] = frozenset()
+    #: Loyale's `schemes` list no longer holds the tenant's scheme: the customer left it (opted out).
+    left_scheme: bool = Field(default=False, alias="leftScheme")
     tags: list[str] = Field(default_factory=list)
     additional_fields: list[AdditionalField] = Field(default_factory=list, alias="additionalCustomerFields")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _levels_known(cls, data: Any) -> Any:
+        # Fail safe: only a `levelNames` list means "these are all the levels" (an empty list: none).
+        if isinstance(data, dict) and not isinstance(data.get("levelNames", data.get("level_names")), list):
+            return {**data, "levelsUnknown": True}
+        return data
 
     @field_validator("id", mode="before")
     @classmethod
@@ -130,6 +139,16 @@ class LoyaleCustomer(BaseModel):
             return str(value)
         _warn(info, f"{info.field_name}: ignored a value of type {type(value).__name__}, expected text")
         return None
+
+    @field_validator("levels_unknown", "left_scheme", mode="before")
+    @classmethod
+    def _flag(cls, value: Any, info: ValidationInfo) -> bool:
+        # Each unreadable value reads as the safe side: levels unknown (touch nothing), not left (suppress no one).
+        if value is None or value is False or (isinstance(value, str) and value.strip().lower() == "false"):
+            return False
+        if value is True or (isinstance(value, str) and value.strip().lower() == "true"):
+            return True
+        return info.field_name == "levels_unknown"
 
     @field_validator("marketing_sub", "deleted", "on_hold", mode="before")
     @classmethod
@@ -187,31 +206,14 @@ class LoyaleCustomer(BaseModel):
 
     @property
     def opted_in(self) -> bool:
-        """Consent as DESIGN.md defines it: opted in, and not deleted, suspended or on hold."""
-        return self.marketing_sub is True and not self.deleted and not self.on_hold
-
-
-#: Snapshot key -> the owned Klaviyo property it feeds, for the keys whose emptiness may clear it.
-CLEARABLE = {"levelNames": "properties.Levels", "tags": "properties.Tags",
-             "points_balance": "properties.LoyalePointBalance",
-             "monetary_balance": "properties.LoyaleMonetaryBalance"}
-
-
-def told_empty(raw: dict[str, Any]) -> frozenset[str]:
-    """Owned properties the snapshot says are empty: the key is present and holds `[]` or null. An
-    absent key, an unreadable value or levels that could not be read never count (fail safe)."""
-    emptied = {prop for key, prop in CLEARABLE.items() if key in raw and raw[key] in (None, [])}
-    if raw.get("levelsUnknown") is True:
-        emptied.discard("properties.Levels")
-    return frozenset(emptied)
+        """Consent as DESIGN.md defines it: opted in, and not deleted, suspended, on hold or gone from the scheme."""
+        return self.marketing_sub is True and not self.deleted and not self.on_hold and not self.left_scheme
 
 
 def parse_customer(raw: dict[str, Any]) -> tuple[LoyaleCustomer, list[str]]:
     """Validate a task payload; returns the customer and the warnings about dropped values."""
     context: dict[str, list[str]] = {"warnings": []}
     customer = LoyaleCustomer.model_validate(raw, context=context)
-    if isinstance(raw, dict) and (emptied := told_empty(raw)):
-        customer = customer.model_copy(update={"emptied": emptied})
     return customer, context["warnings"]
 
 

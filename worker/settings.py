@@ -48,7 +48,11 @@ class TenantConfig(BaseModel):
     default_phone_region: str | None = None
     #: Optional nightly full backfill, cron syntax ("0 3 * * *"); None = no scheduled backfill.
     backfill_cron: str | None = None
-    #: Email of our Loyale admin user: webhook events caused by it are ignored (loop avoidance).
+    #: Opt-in: drop webhook events whose `updatedBy`/`createdBy` is our own Loyale admin user. Off by
+    #: default: this service never writes to Loyale, so such events are staff edits made with the same
+    #: login (an admin account shared with the back office), and dropping them loses changes.
+    ignore_own_admin_webhooks: bool = False
+    #: The admin email that filter compares with (default: loyale_admin_email).
     loyale_own_admin_email: str | None = None
     #: Secret token in the webhook URL (Loyale does not sign webhooks): /webhooks/loyale/<token>.
     webhook_token: SecretStr | None = None
@@ -114,6 +118,8 @@ class Settings(BaseSettings):
     tenant_default_phone_region: str | None = None
     tenant_backfill_cron: str | None = None
     tenant_webhook_token: SecretStr | None = None
+    tenant_ignore_own_admin_webhooks: bool = False
+    tenant_loyale_own_admin_email: str | None = None
 
     klaviyo_revision: str = "2026-07-15"
     #: Klaviyo's OpenAPI spec, read for the `x-klaviyo-ratelimit` numbers (built-in table if absent).
@@ -207,6 +213,8 @@ class Settings(BaseSettings):
             "default_phone_region": self.tenant_default_phone_region,
             "backfill_cron": self.tenant_backfill_cron,
             "webhook_token": _secret(self.tenant_webhook_token),
+            "ignore_own_admin_webhooks": self.tenant_ignore_own_admin_webhooks,
+            "loyale_own_admin_email": self.tenant_loyale_own_admin_email,
         }
         if self.tenant_loyale_base_url:
             raw["loyale_base_url"] = self.tenant_loyale_base_url

@@ -43,6 +43,11 @@ Modelling choices where the reference says UNCONFIRMED (guesses, chosen to be us
   `{sourceCustomerId: view, targetCustomerId: view, ...}`, the other customer topics the customer view;
 - Sieve paging: `PageSize` above the cap (100) returns 100 rows but skips `(Page-1)*PageSize` rows, as
   Sieve does (knob `clamp_page_size` switches to a consistent clamp).
+- knob `missing_routes` (e.g. `["/api/Level"]`) answers those routes 404 "No route", as a Loyale
+  without them would (the docs name a level route but never spell it out);
+- knobs `paging_drift_per_page` / `paging_drift_max`: after each page of `GET /api/Customer`, that many of
+  its customers are updated (updatedDate bumped, updatedBy `staff-edit@loyale.test`, no webhook), so a
+  reader paging by number over `updatedDate` skips the customers that move up a page.
 """
 
 from __future__ import annotations

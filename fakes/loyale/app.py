@@ -105,6 +105,9 @@ class ApiGate:
                                else f"Injected fault ({fault})")
                     await envelope(fault, [message], extra)(scope, receive, send_and_watch)
                     return
+            if fake.route_missing(scope["path"]):
+                await envelope(404, [f"No route {scope['method']} {scope['path']}."])(scope, receive, send_and_watch)
+                return
             await self.app(scope, receive, send_and_watch)
         finally:
             fake.record_request(scope["method"], label, scope["path"], scope.get("query_string", b"").decode(),
@@ -213,9 +216,12 @@ class LoyaleApp:
             raise ApiError(400, str(exc)) from None
         window = page_window(len(records), page, page_size, self.fake.knobs.max_page_size,
                              clamp=self.fake.knobs.clamp_page_size)
-        return json_response(records[window.start : window.stop],
-                             headers={"X-Total-Count": str(len(records)),
-                                      "X-Total-Pages": str(window.total_pages)})
+        served = records[window.start : window.stop]
+        response = json_response(served, headers={"X-Total-Count": str(len(records)),
+                                                  "X-Total-Pages": str(window.total_pages)})
+        if resource == "customers" and self.fake.knobs.paging_drift_per_page:
+            self.fake.drift_after_page(scheme, served)   # after the answer is rendered: the next page sees it
+        return response
 
     async def list_customers(self, request: Request) -> Response:
         scheme, _ = self.authorize(request)

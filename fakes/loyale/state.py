@@ -31,6 +31,8 @@ from fakes.loyale.sieve import (
 from fakes.loyale_data import format_datetime, generate_customers, generate_levels, parse_datetime
 
 DEFAULT_ACTOR = "fake-admin@loyale.test"
+#: `updatedBy` of the customers that knob `paging_drift_per_page` moves.
+PAGING_DRIFT_ACTOR = "staff-edit@loyale.test"
 DEFAULT_ADMIN_EMAIL = "admin@loyale.test"
 
 # Webhook topics (reference §3 B); 6 and 10 have two names in Loyale's docs.
@@ -103,6 +105,15 @@ class Knobs:
     webhook_max_retries: int = 10  # after the first attempt
     webhook_duplicate_rate: float = 0.0  # share of deliveries sent twice
     webhook_timeout_s: float = 5.0
+    #: Routes answered 404 "No route" as if this Loyale did not have them, e.g. ["/api/Level"] (a path
+    #: covers everything under it). Loyale's docs name a level route but do not spell it out.
+    missing_routes: list[str] = field(default_factory=list)
+    #: Records moving under a reader who pages by number: after each page of GET /api/Customer that
+    #: holds customers, this many of them (the first not moved yet) are updated as a staff edit would
+    #: (updatedDate bumped to now, updatedBy PAGING_DRIFT_ACTOR, no webhook), so they sort to the end.
+    paging_drift_per_page: int = 0
+    #: How many customers paging drift moves in all (each at most once) until the next /_fake/reset.
+    paging_drift_max: int = 0
 
     def update(self, changes: Mapping[str, Any]) -> None:
         """Apply a partial update, validating names and types; raises ValueError."""
@@ -120,6 +131,10 @@ class Knobs:
 
 
 def _coerce_knob(name: str, current: Any, value: Any) -> Any:
+    if name == "missing_routes":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith("/api/") for v in value):
+            raise ValueError("missing_routes must be a list of paths starting with /api/")
+        return [v.rstrip("/") for v in value]
     if name == "fail_next":
         if not isinstance(value, list) or not all(isinstance(v, int) and 100 <= v <= 599 for v in value):
             raise ValueError("fail_next must be a list of HTTP statuses")
@@ -270,6 +285,7 @@ class FakeLoyale:
         self.requests_by_route: Counter[str] = Counter()
         self.requests_by_status: Counter[str] = Counter()
         self.recent_requests: deque[dict[str, Any]] = deque(maxlen=500)
+        self.drifted: list[str] = []   # customers moved by paging drift, in order
         for scheme_config in self.config.schemes:
             self.create_scheme(scheme_config)
 
@@ -283,6 +299,23 @@ class FakeLoyale:
         if "ignore_unknown_filters" in changes:
             for scheme in self.schemes.values():
                 scheme.changed()
+
+    def route_missing(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in self.knobs.missing_routes)
+
+    def drift_after_page(self, scheme: Scheme, served: list[dict[str, Any]]) -> None:
+        """Knob paging_drift_*: move some customers of the page just served to the end of the sort."""
+        budget = min(self.knobs.paging_drift_per_page, self.knobs.paging_drift_max - len(self.drifted))
+        moved = set(self.drifted)
+        for customer in served:
+            if budget <= 0:
+                return
+            key = str(customer.get("id"))
+            if key in moved:
+                continue
+            self._touch(scheme, customer, PAGING_DRIFT_ACTOR)
+            self.drifted.append(key)
+            budget -= 1
 
     def record_request(self, method: str, label: str, path: str, query: str, status: int,
                        scheme_id: str | None) -> None:

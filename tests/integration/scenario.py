@@ -14,7 +14,7 @@ from typing import Any
 
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.loyale_control import FakeLoyaleControl
-from producers.loyale import LoyaleClient
+from producers.loyale import customer_snapshot
 from worker.mapping import InvalidCustomer, MappedProfile, map_customer
 from worker.merge import is_empty, same
 from worker.models import KlaviyoProfile, parse_customer
@@ -29,10 +29,10 @@ def private_key() -> str:
 
 def mapped_fields(customer: dict[str, Any], level_names: dict[str, str]) -> MappedProfile | None:
     """The fields our mapping gives a raw Loyale customer, or None if it is invalid."""
-    snapshot = LoyaleClient.__new__(LoyaleClient)
-    snapshot._levels = level_names  # snapshot() only needs the level names
     try:
-        parsed, _ = parse_customer(snapshot.snapshot(customer))
+        payload = customer_snapshot(customer, scheme_id=None,
+                                    level_names=lambda ids: [level_names[i] for i in ids if i in level_names])
+        parsed, _ = parse_customer(payload)
         return map_customer(parsed)
     except (InvalidCustomer, ValueError):
         return None

@@ -22,9 +22,9 @@ from worker.tasks import QUEUE_INCREMENTAL
 class FilterDroppingLoyale(LoyaleClient):
     """Loyale as Sieve behaves with a filter it does not know: the filter is silently ignored."""
 
-    def pages(self, **kw):
+    def page(self, number, **kw):
         kw.pop("filters", None)
-        return super().pages(**kw)
+        return super().page(number, **kw)
 
 
 @pytest.fixture
@@ -47,11 +47,13 @@ def world(loyale, redis_url):
 class FailingAfterFirstPage(LoyaleClient):
     """Loyale answering the first page, then failing longer than the client retries."""
 
-    def pages(self, **kw):
-        for number, page in enumerate(super().pages(**kw)):
-            if number == 1:
-                raise RetryableError("Loyale answered 500 five times")
-            yield page
+    answered = 0
+
+    def page(self, number, **kw):
+        if self.answered == 1:
+            raise RetryableError("Loyale answered 500 five times")
+        self.answered += 1
+        return super().page(number, **kw)
 
 
 def customers(n: int, start: int = 0) -> list[dict]:

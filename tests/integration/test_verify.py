@@ -70,7 +70,8 @@ def test_a_good_tenant_passes_every_check_and_nothing_is_written(loyale, klaviyo
     for scope in ("profiles:read", "profiles:write", "subscriptions:write", "lists:write", "lists:read"):
         line(good, f"✓ scope {scope}: held")
     assert not any(entry.startswith(("✗", "!", "-")) for entry in good)
-    assert "all 9 checks passed" in result.stdout
+    assert line(good, "✓ loyale levels:").startswith("✓ loyale levels: GET /api/Level answers (")
+    assert "all 10 checks passed" in result.stdout
     assert klaviyo.profiles(account_id=scenario.account_id) == before
     writes = [e for e in klaviyo.request_log() if e["method"] in ("POST", "PATCH")]
     assert writes and all(400 <= e["status"] < 500 for e in writes), writes
@@ -130,6 +131,24 @@ def test_each_broken_credential_fails_with_its_own_clear_line(loyale, klaviyo, r
 
     assert "check loyale_admin_email and loyale_admin_password" in line(out["bad-password"], "✗ loyale:")
     assert "checks failed" in result.stdout
+
+
+def test_a_loyale_without_the_level_route_is_reported_as_a_warning_that_names_it(loyale, klaviyo, redis_url):
+    """Given a Loyale that answers 404 to GET /api/Level, when verify runs, then a warning line says the level
+    route is missing and what that means (customers sync without Levels); the customer list was not read
+    as a missing customer, the other checks pass and the exit code is 0."""
+    loyale.set_knobs(missing_routes=["/api/Level"])
+    env = sync_env(redis_url, write_tenants_file({"nolevels": brand(loyale, klaviyo)}))
+
+    result = cli(env, "verify")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = sections(result.stdout)["nolevels"]
+    line(lines, "✓ loyale:")
+    warning = line(lines, "! loyale levels:")
+    assert "no level route (404 to GET /api/Level)" in warning and "sync without Levels" in warning
+    assert not any(entry.startswith("✗") for entry in lines)
+    assert "(1 warning)" in result.stdout
 
 
 def test_tenant_option_and_exit_codes(loyale, klaviyo, redis_url, store):
