@@ -37,9 +37,16 @@ def loyale(fake_loyale_server: ServerProcess) -> Iterator[FakeLoyaleControl]:
 
 @pytest.fixture
 def klaviyo(fake_klaviyo_server: ServerProcess) -> Iterator[FakeKlaviyoControl]:
+    """The fake Klaviyo, as slow and eventually consistent as the real one (scaled so a bulk job
+    takes about a second): the sync is tested against the worst the API documents, not the best."""
     control = FakeKlaviyoControl(fake_klaviyo_server.url)
     control.reset()
+    control.realistic(time_scale=REALISTIC_TIME_SCALE)
     yield control
+
+
+#: Klaviyo's real delays times this: jobs of about a second, read lag 0.15 s, suppressions 1.8 s.
+REALISTIC_TIME_SCALE = 0.03
 
 
 @pytest.fixture
