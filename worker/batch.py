@@ -24,9 +24,9 @@ customer); the worker groups the ones it holds when it talks to Klaviyo:
 
 External ids: the per-customer path also looks a customer up by external id when email finds no
 profile (or one without our id). With merge off the batch does the same, so an existing profile is
-never touched. With merge on it skips that lookup (it would cost a request per hundred customers) and
-reads the profile id remembered from the customer's last sync instead, so an email change updates
-the customer's profile rather than creating a second one.
+never touched. With merge on it does so only for customers it synced before (an email change): for a
+first sync it would cost a request per hundred customers for nothing. A profile id remembered from
+the customer's last sync is read by id where the filters show nothing (they lag behind writes).
 
 Customers without an email (opted in) and plans that must unset a property go to the per-customer
 path: a bulk row cannot unset, and a row keyed only by phone could merge two people.
@@ -400,10 +400,12 @@ class BatchSync:
                 if profile.external_id:
                     by_id[profile.external_id] = profile
 
-        # With merge on, the remembered profile id covers an email change (module docstring);
-        # customers without an email can only be found by our id.
+        # With merge on, only customers synced before can hold a profile under another email (an email
+        # change): they are looked up by our id, the rest would cost a request per hundred for nothing.
+        # Customers without an email can only be found by our id.
         unknown = [w for w in works if w.open and w.by_external_id is None
-                   and (w.mapped.email is None or not self.deps.policy.merge_customers)]
+                   and (w.mapped.email is None or not self.deps.policy.merge_customers
+                        or w.memory.last_synced is not None)]
         self._each_chunk(works, unknown, MAX_FILTER_VALUES, by_external_id)
         for w in unknown:
             w.by_external_id = by_id.get(w.customer.id)

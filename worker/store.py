@@ -307,6 +307,10 @@ class Store:
         self.redis.hset(keys.pending_suppressions(tenant), email, json.dumps(
             {"action": "unsuppress", "job": job_id, "customer_id": customer_id, "at": time.time()}))
 
+    def profile_ids_of(self, tenant: str) -> dict[str, str]:
+        """customer id -> the Klaviyo profile id remembered for it."""
+        return dict(self.redis.hgetall(keys.profile_ids(tenant)))
+
     def pending_suppressions(self, tenant: str) -> dict[str, dict[str, Any]]:
         return {email: json.loads(raw) for email, raw in self.redis.hgetall(keys.pending_suppressions(tenant)).items()}
 

@@ -11,6 +11,13 @@ from worker.errors import DuplicateProfile, RecordRejected, RetryableError, Tena
 from worker.klaviyo import KlaviyoClient
 
 
+@pytest.fixture(autouse=True)
+def kind_klaviyo(klaviyo) -> None:
+    """The client's own contract, request by request: against the kind fake (jobs done on the next
+    read, no lags); the sync's handling of the realistic one is tested in test_realism.py."""
+    klaviyo.kind()
+
+
 @pytest.fixture
 def account(klaviyo) -> tuple[str, str]:
     key = private_key()

@@ -107,6 +107,7 @@ def test_a_customer_gone_from_loyale_is_still_suppressed(loyale, klaviyo, redis_
     env = sync_env(redis_url, write_tenants_file({"gone": world["config"]}))
     outcomes = hint_and_wait(redis_url, store, env, "gone", ["c-gone"], "webhook-gone-1")
     assert outcomes == {"c-gone": "suppressed"}
+    klaviyo.advance_clock(3600)                    # Klaviyo applies suppressions late
     assert reasons(profile_of(klaviyo, world["account_id"], "gone@example.com")) == ["USER_SUPPRESSED"]
 
 
@@ -142,6 +143,7 @@ def test_leaving_the_scheme_suppresses_only_when_schemes_proves_it(loyale, klavi
     outcomes = hint_and_wait(redis_url, store, env, "left", ids, "webhook-left-1")
 
     assert outcomes[ids[0]] == "suppressed"
+    klaviyo.advance_clock(3600)
     assert reasons(profile_of(klaviyo, account_id, "two@example.com")) == ["USER_SUPPRESSED"]
     assert outcomes[ids[1]] in ("updated", "unchanged")
     assert reasons(profile_of(klaviyo, account_id, "one@example.com")) == []

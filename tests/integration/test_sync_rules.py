@@ -44,9 +44,11 @@ def test_opt_out_suppresses_and_opt_in_lifts_only_our_suppression(world, klaviyo
     assert sync(rt, "r1", updatedDate="2026-01-01T00:00:00Z").outcome == Outcome.CREATED
     result = sync(rt, "r2", marketingSub=False, updatedDate="2026-01-02T00:00:00Z")
     assert result.outcome == Outcome.SUPPRESSED
+    klaviyo.advance_clock(3600)                    # Klaviyo applies suppressions late
     assert reasons(profile_of(klaviyo, account)) == ["USER_SUPPRESSED"]
     assert profile_of(klaviyo, account)["attributes"]["first_name"] == "Jane"   # never deleted, not cleared
     assert sync(rt, "r3", updatedDate="2026-01-03T00:00:00Z").outcome == Outcome.UNSUPPRESSED
+    klaviyo.advance_clock(3600)
     assert reasons(profile_of(klaviyo, account)) == []
 
 
