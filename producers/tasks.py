@@ -4,6 +4,9 @@
   sync.scheduled_backfill beat, the tenant's `backfill_cron` (queue sync.producers)
   sync.rescue_stalled_runs beat, every SYNC_RESCUE_INTERVAL_S: re-enqueue customers of runs whose
                           broker messages were lost (producers/rescue.py; queue sync.producers)
+  sync.recheck_suppressions beat, every SYNC_SUPPRESSION_RECHECK_INTERVAL_S: suppressions Klaviyo has
+                          not applied yet are checked, and sent again if they did not land
+                          (worker/suppressions.py; queue sync.producers)
   sync.customer_hint      the webhook intake: re-read one customer from Loyale and sync it now
                           (queue sync.incremental)
 
@@ -25,6 +28,7 @@ from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing
 from producers.rescue import rescue_stalled_runs as rescue
 from worker.app import app
 from worker.errors import RetryableError, TenantFatalError
+from worker.suppressions import recheck_suppressions as recheck
 from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL, get_runtime, task_repr
 
 log = structlog.get_logger("producer_tasks")
@@ -139,3 +143,29 @@ def rescue_stalled_runs() -> int:
         return sum(r.enqueued for r in rescued)
     finally:
         rt.store.release_pass_lock("*", "rescue", token)
+
+
+@app.task(name="sync.recheck_suppressions", ignore_result=True, queue=QUEUE_PRODUCERS)
+def recheck_suppressions() -> dict[str, int]:
+    """Every tenant's pending suppressions, checked once (one checker at a time, fleet-wide)."""
+    rt = get_runtime()
+    token = uuid.uuid4().hex
+    if not rt.store.try_pass_lock("*", "suppressions", token,
+                                  ttl_s=max(60.0, rt.settings.suppression_recheck_interval_s)):
+        return {}
+    totals = {"settled": 0, "resent": 0, "waiting": 0}
+    try:
+        for tenant in rt.tenants:
+            if rt.store.tenant_paused(tenant) is not None:
+                continue
+            try:
+                done = recheck(rt.store, rt.deps(tenant).klaviyo, tenant,
+                               overdue_s=rt.settings.suppression_recheck_max_s)
+            except (RetryableError, TenantFatalError) as exc:
+                log.warning("suppression_recheck_postponed", tenant=tenant, error=str(exc))
+                continue
+            for name in totals:
+                totals[name] += getattr(done, name)
+        return totals
+    finally:
+        rt.store.release_pass_lock("*", "suppressions", token)

@@ -35,11 +35,13 @@ def cron(expression: str) -> crontab:
 
 
 def beat_schedule(settings: Settings, tenants: dict[str, TenantConfig]) -> dict[str, dict]:
-    """An incremental pass per tenant every interval, each tenant's nightly backfill if it has one, and
-    the rescue of runs whose broker messages were lost."""
+    """An incremental pass per tenant every interval, each tenant's nightly backfill if it has one, the
+    rescue of runs whose broker messages were lost, and the re-check of suppressions not yet applied."""
     schedule: dict[str, dict] = {
         "rescue": {"task": "sync.rescue_stalled_runs", "schedule": settings.rescue_interval_s,
                    "options": {"queue": QUEUE_PRODUCERS, "expires": settings.rescue_interval_s}},
+        "suppressions": {"task": "sync.recheck_suppressions", "schedule": settings.suppression_recheck_interval_s,
+                         "options": {"queue": QUEUE_PRODUCERS, "expires": settings.suppression_recheck_interval_s}},
     }
     for tenant in tenants.values():
         schedule[f"incremental:{tenant.id}"] = {

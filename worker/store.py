@@ -284,9 +284,11 @@ class Store:
             pipe.hget(keys.pending_suppressions(tenant), email or "")
         raw = pipe.execute()
         memories = []
-        for i, (_, email) in enumerate(customers):
+        for i, (customer_id, email) in enumerate(customers):
             last, ours, profile_id, pending = raw[4 * i:4 * i + 4]
-            action = json.loads(pending).get("action") if pending and email else None
+            entry = json.loads(pending) if pending and email else {}
+            # Only this customer's own pending job counts (two customers may share an email by case).
+            action = entry.get("action") if entry.get("customer_id") in (customer_id, "", None) else None
             memories.append(Memory(
                 last_synced=datetime.fromtimestamp(int(last) / 1_000_000, UTC) if last else None,
                 suppressed_by_us=bool(email) and bool(ours), profile_id=profile_id or None,

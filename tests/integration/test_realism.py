@@ -19,6 +19,7 @@ from worker.batch import Again, BatchSettings, BatchSync, Done, Item
 from worker.klaviyo import KlaviyoClient, filter_value
 from worker.runtime import Runtime
 from worker.settings import Settings, TenantConfig
+from worker.suppressions import recheck_suppressions
 from worker.sync import sync_customer
 
 LONG_S = 600.0   # a lag that outlasts any test
@@ -389,3 +390,39 @@ def test_levels_loyale_emptied_are_unset_with_merge_on_and_kept_with_merge_off(w
         assert properties["Levels"] == ["Gold"] and properties["Tags"] == ["vip"]
     sent = str(klaviyo.request_log())
     assert '"Levels":null' not in sent.replace(" ", "") and "'Levels': None" not in sent
+
+
+def test_pending_suppressions_are_rechecked_until_klaviyo_shows_them_and_resent_if_they_did_not_land(world, klaviyo):
+    """Jobs for one email may land in either order: the re-check reads the profile once the job is done
+    and sends Loyale's last wish again where Klaviyo does not show it."""
+    make, account = world
+    klaviyo.set_suppression_lag(LONG_S)
+    rt, _ = make(merge_customers=True)
+    deps = rt.deps("t")
+    assert sync_customer(deps, "r1", loyale_payload(id="c-0", email="p@example.com")).outcome.value == "created"
+    out = loyale_payload(id="c-0", email="p@example.com", marketingSub=False, updatedDate="2026-02-01T00:00:00Z")
+    assert sync_customer(deps, "r2", out).outcome.value == "suppressed"
+
+    waiting = recheck_suppressions(rt.store, deps.klaviyo, "t", overdue_s=LONG_S * 10)
+    assert (waiting.waiting, waiting.settled, waiting.resent) == (1, 0, 0)      # the job is still running
+
+    klaviyo.advance_clock(LONG_S + 1)
+    deps.klaviyo.unsuppress(["p@example.com"])          # an older opt-in's job landing after ours
+    klaviyo.advance_clock(LONG_S + 1)
+    assert not _suppressed(klaviyo, account, "p@example.com")
+    resent = recheck_suppressions(rt.store, deps.klaviyo, "t", overdue_s=LONG_S * 10)
+    assert resent.resent == 1
+    klaviyo.advance_clock(LONG_S + 1)
+    settled = recheck_suppressions(rt.store, deps.klaviyo, "t", overdue_s=LONG_S * 10)
+    assert settled.settled == 1 and rt.store.pending_suppressions("t") == {}
+    assert _suppressed(klaviyo, account, "p@example.com")
+
+
+def test_the_beat_schedule_rechecks_pending_suppressions(redis_url):
+    from worker.app import beat_schedule
+    schedule = beat_schedule(Settings(redis_url=redis_url, suppression_recheck_interval_s=42), {})
+    assert schedule["suppressions"]["task"] == "sync.recheck_suppressions"
+    assert schedule["suppressions"]["schedule"] == 42
+    import producers.tasks  # noqa: F401  (registers the task on the app)
+    from worker.app import app
+    assert "sync.recheck_suppressions" in app.tasks
