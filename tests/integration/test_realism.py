@@ -15,8 +15,11 @@ import pytest
 
 from tests.builders import loyale_payload
 from tests.integration.scenario import private_key, reasons
-from worker.batch import Again, BatchSettings, BatchSync, Done, Item
-from worker.klaviyo import KlaviyoClient, filter_value
+from worker.batch import Again, BatchSettings, BatchSync, Done, Item, Work
+from worker.klaviyo import ImportError_, KlaviyoClient, filter_value
+from worker.merge import FieldChange, Plan
+from worker.models import parse_customer
+from worker.outcomes import Outcome
 from worker.runtime import Runtime
 from worker.settings import Settings, TenantConfig
 from worker.suppressions import recheck_suppressions
@@ -187,20 +190,22 @@ def test_two_batches_at_once_never_send_one_phone_for_two_customers(world, klavi
 
 
 def test_a_not_found_row_is_treated_like_a_duplicate_not_a_rejection(world, klaviyo):
-    """A profile merged away answers its row with `not_found`: the customer is looked up again."""
-    make, account = world
+    """Klaviyo answers a row carrying a profile `id` that was merged away with `not_found`: the customer
+    goes to the per-customer path, which looks again, instead of being recorded `rejected`; any other
+    refusal of the row stands as the customer's rejection."""
+    make, _ = world
     rt, sync = make(merge_customers=True)
-    assert outcomes(sync.run(customers(1))) == {"c-0": "created"}
-    profile_id = of(klaviyo, account, email="person0@example.com")[0]["id"]
-    rt.store.record_outcome(run_id="run-0", tenant="t", customer_id="c-0", outcome=__import__(
-        "worker.outcomes", fromlist=["Outcome"]).Outcome.UPDATED, profile_id="01GONE000000000000000000ZZ")
-    item = customers(1, email="new-address@example.com", updatedDate="2026-02-01T00:00:00Z")[0]
-    item.run = "run-2"
-    got = outcomes(sync.run([item]))
-    assert got["c-0"] in ("updated", "created")
-    assert got["c-0"] != "rejected"
-    assert profile_id  # the original profile is still there
-    assert klaviyo.merges() == []
+    merged_away, invalid = (Work(item) for item in customers(2))
+    for w in (merged_away, invalid):
+        w.plan = Plan(Outcome.UPDATED, "1 field(s) written", profile_id="01GONE", write="update",
+                      changes=(FieldChange("first_name", "Old", "Jane", "overwrite"),))
+        w.customer = parse_customer(w.item.customer)[0]
+    payload = {"type": "profile", "id": "01GONE", "attributes": {"first_name": "Jane"}}
+    assert not sync._refused_row(merged_away, ImportError_("not_found", "A profile with id 01GONE does not exist.",
+                                                           "/data", payload))
+    assert merged_away.solo and merged_away.result is None
+    assert not sync._refused_row(invalid, ImportError_("invalid", "Invalid input.", "/data", payload))
+    assert invalid.result is not None and invalid.result.outcome == Outcome.REJECTED
 
 
 # --- 2.6 a phone Klaviyo refuses is dropped; the rest of the customer syncs -------------------------
