@@ -579,6 +579,8 @@ class BatchSync:
         to minutes). The customers' locks are refreshed all along, so an incremental sync of one of
         them waits for the job instead of being overtaken by this older snapshot."""
         delay_s, waited_s = self.settings.poll_first_s, 0.0
+        # Refresh several times per lock TTL, however slowly the job is polled.
+        poll_max_s = min(self.settings.poll_max_s, self.settings.lock_ttl_s / 3)
         while True:
             running = [entry for entry in jobs if not entry.job.done]
             if not running or waited_s > self.settings.job_timeout_s:
@@ -606,7 +608,7 @@ class BatchSync:
             if any(not entry.job.done for entry in jobs):
                 self.sleep(delay_s)
                 waited_s += delay_s
-                delay_s = min(self.settings.poll_max_s, delay_s * 2)
+                delay_s = min(poll_max_s, delay_s * 2)
 
     def _suppressions(self, works: list[Work]) -> None:
         suppress = [w for w in works if w.open and w.plan and w.plan.suppress_email]
