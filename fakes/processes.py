@@ -87,17 +87,22 @@ class RedisServer:
              "--appendfsync", "always", "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL,
         )
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(self.url, decode_responses=True)
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
+        try:
+            while True:
+                try:
+                    # ours, not another test process's server that took the port first
+                    if client.config_get("dir").get("dir") == os.path.realpath(self.workdir):
+                        break
+                except redis.ConnectionError:
+                    pass
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                    self.stop()
+                    raise RuntimeError(f"redis-server on port {self.port} did not start")
                 time.sleep(0.02)
-        client.close()
+        finally:
+            client.close()
         return self
 
     def stop(self) -> None:

@@ -57,35 +57,60 @@ def test_headroom_leaves_a_share_of_each_window_to_other_integrations():
 
 
 def test_grants_are_spaced_at_the_steady_rate_after_a_short_burst(limiter):
-    assert [limiter.acquire("acct", "t", "GET /api/profiles", SMALL) for _ in range(3)] == [0.0] * 3
-    wait_s = limiter.acquire("acct", "t", "GET /api/profiles", SMALL)
-    assert 0.05 < wait_s <= SMALL.pace_ms / 1000      # 12 per second: one every 83 ms
+    first, first_before, first_after = timed(lambda: limiter.acquire("acct", "t", "GET /api/profiles", SMALL))
+    assert [first] + [limiter.acquire("acct", "t", "GET /api/profiles", SMALL) for _ in range(2)] == [0.0] * 3
+    wait_s, before, after = timed(lambda: limiter.acquire("acct", "t", "GET /api/profiles", SMALL))
+    # 12 per second: one every 83 ms, three back to back allowed; the fourth is due 83 ms after the
+    # first, so it waits 83 ms less the time since the first (each moment known to within its call)
+    pace_s = SMALL.pace_ms / 1000
+    assert 0 < wait_s <= pace_s or (wait_s == 0 and after - first_before >= pace_s - MS)
+    assert pace_s - (after - first_before) - MS <= wait_s <= pace_s - (before - first_after) + MS
     time.sleep(wait_s)
     assert limiter.acquire("acct", "t", "GET /api/profiles", SMALL) == 0.0
+
+
+#: Redis's TIME is read in whole milliseconds inside the script; the tests time calls with time.time().
+MS = 0.002
+
+
+def timed(call):
+    """(value, wall time before the call, wall time after it): the limiter's `now` lies in between."""
+    before = time.time()
+    value = call()
+    return value, before, time.time()
 
 
 def test_waiting_callers_are_given_successive_slots(limiter):
     for _ in range(3):
         limiter.acquire("acct", "t", "GET /api/profiles", SMALL)
-    waits = [limiter.acquire("acct", "t", "GET /api/profiles", SMALL) for _ in range(4)]
-    gaps = [round(b - a, 3) for a, b in zip(waits, waits[1:], strict=False)]
-    assert all(abs(g - SMALL.pace_ms / 1000) < 0.01 for g in gaps), waits
+    calls = [timed(lambda: limiter.acquire("acct", "t", "GET /api/profiles", SMALL)) for _ in range(4)]
+    pace_s = SMALL.pace_ms / 1000
+    # Each caller is told to come back at now + wait; now is somewhere in its call, so a slot is known
+    # to within the call's duration, however slow the machine. Successive slots are one pace apart.
+    for (w1, b1, a1), (w2, b2, a2) in zip(calls, calls[1:], strict=False):
+        assert w1 > 0 and w2 > 0
+        assert (b2 + w2) - (a1 + w1) - MS <= pace_s <= (a2 + w2) - (b1 + w1) + MS, calls
 
 
 def test_a_full_steady_window_says_when_its_oldest_request_leaves(limiter):
     limit = EndpointLimit(burst=Window(100, 1000), steady=Window(3, 900))   # paced every 300 ms
 
-    def take() -> float:
-        while (wait_s := limiter.acquire("acct", "t", "GET /api/profiles", limit)) > 0:
+    def take() -> tuple[float, float]:
+        """When the granted call ran (before, after)."""
+        while True:
+            wait_s, before, after = timed(lambda: limiter.acquire("acct", "t", "GET /api/profiles", limit))
+            if wait_s == 0:
+                return before, after
             time.sleep(wait_s)
-        return time.monotonic()
 
-    first = take()
+    first_before, first_after = take()
     take()
     take()
     # three back to back (the pacing tolerance); the window is full until the first is 900 ms old
-    wait_s = limiter.acquire("acct", "t", "GET /api/profiles", limit)
-    assert wait_s > 0 and abs((time.monotonic() + wait_s) - (first + 0.9)) < 0.05
+    wait_s, before, after = timed(lambda: limiter.acquire("acct", "t", "GET /api/profiles", limit))
+    assert wait_s > 0
+    # now + wait_s = the first grant + 0.9 s, each moment known to within its call
+    assert first_before - MS <= after + wait_s - 0.9 and before + wait_s - 0.9 <= first_after + MS
 
 
 def test_accounts_and_endpoints_are_limited_separately(limiter):
@@ -97,16 +122,20 @@ def test_accounts_and_endpoints_are_limited_separately(limiter):
 
 
 def test_a_429_back_off_holds_every_request_of_the_tenant(limiter):
+    started = time.time()
     limiter.back_off("t", 0.3)
-    wait_s = limiter.acquire("acct", "t", "POST /api/profiles", SMALL)
-    assert 0.2 < wait_s <= 0.3
+    wait_s, _, after = timed(lambda: limiter.acquire("acct", "t", "POST /api/profiles", SMALL))
+    # what is left of the 0.3 s: at most all of it, at least all but the time the two calls took
+    assert 0 < wait_s <= 0.3 and wait_s >= 0.3 - (after - started) - MS
     assert limiter.acquire("acct", "other-tenant", "POST /api/profiles", SMALL) == 0.0
 
 
-def _hammer(url: str, start_at: float, until: float, out: multiprocessing.Queue) -> None:
+def _hammer(url: str, ready, span_s: float, out: multiprocessing.Queue) -> None:
     limiter = RateLimiter(redis.Redis.from_url(url, decode_responses=True))
+    limiter.redis.ping()   # connected before the start, like a running worker
     granted = []
-    time.sleep(max(0.0, start_at - time.time()))
+    ready.wait()           # every process has started: they hammer together
+    until = time.time() + span_s
     while time.time() < until:
         wait_s = limiter.acquire("acct", "t", "GET /api/profiles", SMALL)
         if wait_s == 0:
@@ -120,19 +149,21 @@ def test_four_processes_together_never_exceed_either_window_anywhere(redis_url):
     """Sliding logs: no interval of a window's length, wherever it starts, holds more than the limit."""
     spawn = multiprocessing.get_context("spawn")   # no fork of a test process that holds threads and locks
     out = spawn.Queue()
-    start_at = time.time() + 6.0   # spawned interpreters take a few seconds to start; all begin together
-    procs = [spawn.Process(target=_hammer, args=(redis_url, start_at, start_at + 3.0, out)) for _ in range(4)]
+    ready = spawn.Barrier(4)   # spawned interpreters take seconds to start, and not the same seconds
+    procs = [spawn.Process(target=_hammer, args=(redis_url, ready, 3.0, out)) for _ in range(4)]
     for p in procs:
         p.start()
-    granted = sorted(t for _ in procs for t in out.get(timeout=60))
+    granted = sorted(t for _ in procs for t in out.get(timeout=120))
     for p in procs:
         p.join()
     slack_s = 0.005  # grants are timed in the clients, a little after Redis decided
+    worst = {}
     for window_s, limit in ((0.2, SMALL.burst.limit), (1.0, SMALL.steady.limit)):
-        worst = max(sum(1 for u in granted if t <= u < t + window_s - slack_s) for t in granted)
-        assert worst <= limit, f"{worst} grants within {window_s}s"
-    # and the limit is used: the 3 s of hammering hold three full steady windows
-    assert len(granted) >= 0.9 * 3 * SMALL.steady.limit
+        worst[window_s] = max(sum(1 for u in granted if t <= u < t + window_s - slack_s) for t in granted)
+        assert worst[window_s] <= limit, f"{worst[window_s]} grants within {window_s}s"
+    # and the limit is reached, not undercut: some second holds the full steady limit. (Not a count over
+    # the whole 3 s: on a busy machine the hammering processes themselves are not always running.)
+    assert worst[1.0] == SMALL.steady.limit, worst
 
 
 def test_redis_down_means_nothing_is_granted():

@@ -11,6 +11,10 @@ flushes only when
 So batch size follows the backlog, up to `flush_every`, and a lone customer still waits at most
 about two `flush_interval`s.
 
+After a lost broker connection, the flush timer is started again (celery's event loop clears every
+timer on a reconnect; celery-batches would keep a dead one and flush only every `flush_every`
+arrivals, so a shorter tail waited in the worker until something else arrived).
+
 Also: a batch whose pool process died (SIGKILL, out of memory) has its messages rejected back to the
 queue at once instead of staying unacknowledged in this worker until it exits.
 """
@@ -38,6 +42,18 @@ class AdaptiveBatches(Batches):
         self._in_flight = 0
         self._last_size = 0
         self._waiting_since: float | None = None
+
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 - celery's name
+        # Built again each time the consumer (re)connects. On a connection loss celery's event loop
+        # clears the consumer's timer (`hub.timer.clear()` in celery.worker.loops.asynloop), which drops
+        # the flush timer while `_tref` still names it, so celery-batches would never start another.
+        handler = super().Strategy(task, app, consumer)
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        if self._buffer.qsize() or self._pending.qsize():
+            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
+        return handler
 
     def _busy(self) -> bool:
         slots = getattr(self._pool, "num_processes", None) or getattr(self._pool, "limit", None) or 1

@@ -111,7 +111,10 @@ def test_metrics_show_queue_depths_outcomes_requests_and_the_oldest_unsynced_cha
     worker = WorkerProcess(env, concurrency=2, queues="sync.backfill,sync.incremental", name="both",
                            prefetch_multiplier=500).start().wait_ready()
     try:
-        wait_for(lambda: all(store.run(r).done for r in (backfill_run, pass_run)), 60, what="both runs to finish")
+        # Done, and every message acknowledged: a worker stopped between a batch's outcomes and its acks
+        # puts the batch's messages back on the queue (harmless duplicates, but not an empty queue).
+        wait_for(lambda: all(store.run(r).done for r in (backfill_run, pass_run)) and not store.redis.hlen("unacked"),
+                 60, what="both runs to finish and their messages to be acknowledged")
     finally:
         worker.stop()
 

@@ -6,14 +6,26 @@ import threading
 import time
 
 import redis
+from celery import Celery
 
-from fakes.processes import RedisServer
+from fakes.processes import ChildProcess, RedisServer, cli_command
 from tests.harness import WorkerProcess, sync_env, wait_for, write_tenants_file
-from tests.integration.scenario import build_scenario
+from tests.integration.scenario import build_scenario, mapped_fields
 from tests.integration.test_backfill import cli, run_id_from
 from worker.store import Store
 
 PROFILES = "GET /api/profiles"
+
+
+def tasks_executed(env: dict[str, str], worker_name: str) -> int:
+    """How many `sync.customer` executions the worker started (Celery's own count, `inspect stats`)."""
+    probe = Celery(broker=env["SYNC_REDIS_URL"], set_as_current=False)
+    try:
+        stats = probe.control.inspect(timeout=5).stats() or {}
+    finally:
+        probe.close()
+    [totals] = [reply["total"] for name, reply in stats.items() if name.startswith(f"{worker_name}@")]
+    return int(totals.get("sync.customer", 0))
 
 
 def store_for(url: str) -> Store:
@@ -69,17 +81,19 @@ def test_waiting_for_the_limit_is_a_deferral_not_a_spent_attempt(loyale, klaviyo
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
                    SYNC_MAX_ATTEMPTS="1", SYNC_LIMITER_RATE_SCALE="0.1", SYNC_LIMITER_WINDOW_SCALE="0.05")
     worker = WorkerProcess(env, concurrency=2).start().wait_ready()
-    started = time.monotonic()
     try:
         result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait", "--per-customer")
+        executions = tasks_executed(env, worker.name)
     finally:
         worker.stop()
     info = store_for(redis_url).run(run_id_from(result.stdout))
     assert "failed" not in info.counts and info.completed == info.expected
     assert info.deferrals >= 50
     assert klaviyo.requests()["by_status"].get("429", 0) == 0
-    # 2 processes, each deferral a countdown: had they slept, 2 sleepers would serialise the waits
-    assert time.monotonic() - started < 120
+    # Each deferral is a countdown: the task ends and its customer comes back as a new execution (a
+    # process that slept would hold the customer and run it once). One execution per customer plus
+    # one per deferral; a task that only asked and slept would count deferrals but run 120 times.
+    assert executions == info.completed + info.deferrals, (executions, info.completed, info.deferrals)
 
 
 def test_the_backfill_producer_keeps_at_most_its_bound_on_the_queue(loyale, klaviyo, redis_url):
@@ -112,42 +126,97 @@ def test_the_backfill_producer_keeps_at_most_its_bound_on_the_queue(loyale, klav
     assert store.run(run_id_from(result.stdout)).completed == store.run(run_id_from(result.stdout)).expected
 
 
+#: The fairness test's knobs; the bound below is derived from them.
+FAIR_IN_FLIGHT = 300     # SYNC_MAX_QUEUED_PER_TENANT
+FAIR_PAGE = 100          # the producer enqueues a page of Loyale's 100 customers at a time
+FAIR_BATCH = 100         # SYNC_BATCH_SIZE
+#: The batching worker's reservation: prefetch multiplier 2 x batch / concurrency, times concurrency 1.
+FAIR_RESERVED = 2 * FAIR_BATCH
+#: A customers that can complete while one of B's customers waits (see the derivation in the test).
+FAIR_BOUND = (FAIR_IN_FLIGHT + FAIR_PAGE - 1) + (FAIR_RESERVED - 1)
+
+
 def test_two_tenants_backfilling_at_once_share_the_workers_fairly(loyale, klaviyo, redis_url):
-    """Brand A starts a 3,000-customer backfill, brand B a 600-customer one while A runs: from the moment
-    B's customers are on the queue until B is done, B gets a fair share of the work (it is not stuck
-    behind A's queue), and neither account sees a 429."""
+    """Brand A starts a 3,000-customer backfill, brand B a 600-customer one while A runs: B is never stuck
+    behind A's queue. Each of B's customers waits for at most a bounded number of A's customers, a
+    number set by the backpressure bound, not by the size of A's backfill (and neither account sees a 429).
+
+    How fairness works: there is one FIFO queue (`sync.backfill`); each producer keeps at most
+    SYNC_MAX_QUEUED_PER_TENANT of its run's customers enqueued without an outcome (`wait_for_room`, checked
+    before each page of 100). So when a customer b of B is put on the queue, at most
+    FAIR_IN_FLIGHT + FAIR_PAGE - 1 = 399 of A's customers are ahead of it without an outcome. The worker
+    (concurrency 1, so batches run one after another in the order they were taken) can complete an A
+    customer that is behind b only if that one is in b's own batch, and a batch is at most what the worker
+    holds, FAIR_RESERVED = 200 messages (199 besides b). Hence, with no timing assumption at all:
+
+        A's completions between b's enqueue and b's outcome <= 399 + 199 = FAIR_BOUND (598).
+
+    (Without the backpressure, A puts all 3,000 on the queue at once and B's first page waits behind
+    about 2,500 of them.) A customer of B moved to a later batch (two of B's customers sharing an email,
+    a deferral) waits again and is not covered: those are counted and left out (`requeued` below).
+
+    The test samples three counters, in this order: B's enqueued, A's completed, B's completed. For each
+    full page of B (b_1..b_E on the queue: B's producer has started on the next page, or has finished),
+    from the first sample that shows it to the last sample in which B has fewer than E - requeued outcomes,
+    A's completions can only be fewer than A's completions while some b_k (k <= E, not requeued) waited:
+    the first sample reads A after b_E's page was sent, the last reads A before B's count moved past
+    E - requeued, which happens at the latest when every b_k that was not requeued has its outcome.
+    Sampling less often only shortens the measured intervals, so it can hide unfairness but never invent it.
+    """
     klaviyo.set_knobs(rate_limit_scale=50, latency_s=0.01)
     a = build_scenario(loyale, klaviyo, "brand-a", customers=3000, merge_customers=True, seed=54)
     b = build_scenario(loyale, klaviyo, "brand-b", customers=600, merge_customers=True, seed=55)
     env = sync_env(redis_url, write_tenants_file({s.tenant_id: s.tenant_config() for s in (a, b)}),
-                   SYNC_MAX_QUEUED_PER_TENANT="300", SYNC_BATCH_SIZE="100", SYNC_LIMITER_RATE_SCALE="50")
+                   SYNC_MAX_QUEUED_PER_TENANT=str(FAIR_IN_FLIGHT), SYNC_BATCH_SIZE=str(FAIR_BATCH),
+                   SYNC_LIMITER_RATE_SCALE="50")
+    # B's customers whose email another B customer shares: each may be moved to a later batch once.
+    emails = [m.email.lower() for c in loyale.customers(b.scheme_id)
+              if (m := mapped_fields(c, b.level_names)) is not None and m.email]
+    shared_emails = sum(1 for e in emails if emails.count(e) > 1)
     store = store_for(redis_url)
-    worker = WorkerProcess.backfill(env).start().wait_ready()
-    samples: list[tuple[int, int, int]] = []   # (A completed, B enqueued, B completed)
+    worker = WorkerProcess.backfill(env, concurrency=1, name="fair").start().wait_ready()
+    assert worker.prefetch_multiplier == FAIR_RESERVED
+    producers = [ChildProcess(env, argv=cli_command("backfill", "--tenant", s.tenant_id), name=f"produce-{s.tenant_id}")
+                 for s in (a, b)]
 
     def latest(tenant: str):
         runs = store.runs(tenant, limit=1)
         return runs[0] if runs else None
 
-    threads = [threading.Thread(target=cli, args=(env, "backfill", "--tenant", s.tenant_id)) for s in (a, b)]
+    #: (B enqueued, B's producer finished, A completed, B completed, B deferrals), read in that order
+    samples: list[tuple[int, bool, int, int, int]] = []
     try:
-        threads[0].start()
+        producers[0].start()
         wait_for(lambda: (r := latest("brand-a")) and r.completed > 0, 60, what="brand A to start")
-        threads[1].start()
-        while not ((rb := latest("brand-b")) and rb.done):
-            ra = latest("brand-a")
-            samples.append((ra.completed, store.enqueued_count(rb.id) if rb else 0, rb.completed if rb else 0))
-            time.sleep(0.1)
-        samples.append((latest("brand-a").completed, 600, 600))
-        for t in threads:
-            t.join()
-        wait_for(lambda: latest("brand-a").done, 300, what="brand A to finish")
+        producers[1].start()
+        rb = wait_for(lambda: latest("brand-b"), 60, what="brand B's run", diagnose=producers[1].log)
+        while True:
+            if producers[1].proc.poll() not in (None, 0):
+                producers[1].check_alive()   # B's producer failed: say why
+            b_enqueued = store.enqueued_count(rb.id)
+            b_produced = store.run(rb.id).expected is not None
+            a_completed = latest("brand-a").completed
+            b_now = store.run(rb.id)
+            samples.append((b_enqueued, b_produced, a_completed, b_now.completed, b_now.deferrals))
+            if b_now.done:
+                break
+            time.sleep(0.02)   # sampling pace only: the assertion holds for any sampling
     finally:
         worker.stop()
-    a_at_b_start = next(sa for sa, b_enqueued, _ in samples if b_enqueued > 0)
-    a_share = samples[-1][0] - a_at_b_start
-    b_share = 600
-    assert b_share / (a_share + b_share) >= 0.35, f"while both ran A did {a_share}, B {b_share}"
+        for p in producers:
+            p.stop()
+    requeued = shared_emails + FAIR_RESERVED * samples[-1][4]
+    waits = {}
+    for e in range(FAIR_PAGE, 600 + 1, FAIR_PAGE):
+        target = e - requeued
+        sent = next((i for i, s in enumerate(samples) if s[0] > e or s[1]), None)
+        done = next((i for i, s in enumerate(samples) if s[3] >= target), None)
+        if target <= 0 or sent is None or done is None or done - 1 < sent:
+            continue
+        waits[e] = samples[done - 1][2] - samples[sent][2]
+    print(f"A's completions while B's first E waited: {waits} (bound {FAIR_BOUND}, {requeued} of B requeued at most)")
+    assert waits, f"nothing measured: {samples[:3]} ... {samples[-3:]}"
+    assert max(waits.values()) <= FAIR_BOUND, f"B waited behind {waits} of A's customers, bound {FAIR_BOUND}"
     assert klaviyo.requests()["by_status"].get("429", 0) == 0
 
 
