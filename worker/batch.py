@@ -28,8 +28,9 @@ never touched. With merge on it does so only for customers it synced before (an 
 first sync it would cost a request per hundred customers for nothing. A profile id remembered from
 the customer's last sync is read by id where the filters show nothing (they lag behind writes).
 
-Customers without an email (opted in) and plans that must unset a property go to the per-customer
-path: a bulk row cannot unset, and a row keyed only by phone could merge two people.
+A customer without an email is keyed by its phone, looked up and claimed like any other; if the
+phone cannot be used, nothing is created (a profile whose only identifier is our id would be an
+orphan). Plans that must unset a property go to the per-customer path: a bulk row cannot unset.
 
 Customers that collide inside one batch (two with the same email, the same customer twice) cannot
 share a bulk job: the later one is sent on to a later batch (and synced on its own after the batch if
@@ -71,7 +72,15 @@ from worker.merge import Match, Memory, Plan, plan_sync, stale_plan
 from worker.models import KlaviyoProfile, LoyaleCustomer
 from worker.outcomes import Outcome, after_interruption
 from worker.store import Store
-from worker.sync import PHONE_CLAIM_TTL_S, SyncDeps, customer_id_of, phone_of, prepare, sync_customer
+from worker.sync import (
+    PHONE_CLAIM_TTL_S,
+    SyncDeps,
+    customer_id_of,
+    phone_of,
+    prepare,
+    sync_customer,
+    without_refused_phone,
+)
 
 log = structlog.get_logger("batch")
 
@@ -325,17 +334,16 @@ class BatchSync:
         """Parse, map and check order; set aside customers that need the per-customer path."""
         batch: list[Work] = []
         seen: set[str] = set()
-        for w in works:
-            prepared = prepare(w.item.customer, self.deps.tenant.default_phone_region)
+        prepared_all = [prepare(w.item.customer, self.deps.tenant.default_phone_region) for w in works]
+        phones = [p.mapped.fields["phone_number"] for p in prepared_all
+                  if p.mapped is not None and "phone_number" in p.mapped.fields]
+        refused = self.store.refused_phones(self.tenant, phones)
+        for w, prepared in zip(works, prepared_all, strict=True):
+            prepared = without_refused_phone(prepared, refused)
             w.customer, w.mapped, w.warnings = prepared.customer, prepared.mapped, prepared.warnings
             if prepared.early is not None or w.customer is None or w.mapped is None:
                 self.finish(w, prepared.early.outcome if prepared.early else Outcome.INVALID,
                             prepared.early.reason if prepared.early else "unreadable")
-                continue
-            if w.mapped.email is None and w.customer.opted_in:
-                # Only a phone to key it by: the per-customer path creates it (a bulk row could merge
-                # it into whoever holds the phone) and never leaves a profile with only our id.
-                w.solo = True
                 continue
             identities = {f"id:{w.customer.id}"}
             if w.mapped.email is not None:
@@ -551,6 +559,8 @@ class BatchSync:
         customer ends here or goes to the per-customer path."""
         code = error.code
         if w.plan.sends_phone and (error.about_phone or code == "duplicate_profile"):
+            if code != "duplicate_profile":
+                self.store.remember_refused_phone(self.tenant, phone_of(w.plan))
             w.warnings.append(f"phone not sent: Klaviyo refused it ({error.detail[:120]})")
             w.plan = w.plan.without_phone()
             if w.plan.write is None or not w.plan.changes:

@@ -57,6 +57,11 @@ def pending_suppressions(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:pending-suppressions"
 
 
+def refused_phones(tenant: str) -> str:
+    """Hash phone -> time: phones Klaviyo refused (an unsupported region, invalid); not sent again."""
+    return f"{PREFIX}:tenant:{tenant}:refused-phones"
+
+
 def phone_claim(tenant: str, phone: str) -> str:
     """String customer id, with a TTL: this customer sent the phone to Klaviyo recently, while a
     lookup may not see it yet. Another customer's row carrying it would merge two people."""

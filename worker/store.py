@@ -429,6 +429,21 @@ class Store:
             self._acquire(keys=[keys.phone_claim(tenant, phone)], args=[customer_id, int(ttl_s * 1000)], client=pipe)
         return [bool(granted) for granted in pipe.execute()]
 
+    def refused_phones(self, tenant: str, phones: list[str]) -> set[str]:
+        """The phones among `phones` that Klaviyo refused before (see `remember_refused_phone`)."""
+        if not phones:
+            return set()
+        return {p for p, seen in zip(phones, self.redis.hmget(keys.refused_phones(tenant), phones), strict=True)
+                if seen}
+
+    def remember_refused_phone(self, tenant: str, phone: str) -> None:
+        """Klaviyo refused this phone for what it is (its region, its format): later syncs leave it out
+        at once instead of sending it, being refused and resending every time."""
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.refused_phones(tenant), phone, repr(time.time()))
+        pipe.expire(keys.refused_phones(tenant), self.ttl_s)
+        pipe.execute()
+
     def unlock_customers(self, tenant: str, locks: list[tuple[str, str]]) -> None:
         if not locks:
             return

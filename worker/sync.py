@@ -107,6 +107,23 @@ def prepare(payload: dict[str, Any], default_phone_region: str | None) -> Prepar
     return Prepared(customer, mapped, warnings + mapped.warnings)
 
 
+def without_refused_phone(prepared: Prepared, refused: set[str]) -> Prepared:
+    """Leave out a phone Klaviyo refused before; a customer left with nothing to key a profile by is
+    rejected (opted in) or looked up by our id only (to suppress it)."""
+    mapped, customer = prepared.mapped, prepared.customer
+    phone = mapped.fields.get("phone_number") if mapped is not None else None
+    if phone is None or phone not in refused or mapped is None or customer is None:
+        return prepared
+    warnings = [*prepared.warnings, "phone not sent: Klaviyo refused it before (unsupported region or invalid)"]
+    fields = {k: v for k, v in mapped.fields.items() if k != "phone_number"}
+    if mapped.email is None:
+        if customer.opted_in:
+            return Prepared(customer, None, warnings, Plan(
+                Outcome.REJECTED, "no email, and Klaviyo refuses the phone: nothing to create"))
+        fields = {"external_id": customer.id}
+    return Prepared(customer, replace(mapped, fields=fields), warnings)
+
+
 def plan_customer(deps: SyncDeps, payload: dict[str, Any], *, memory: Memory | None = None
                   ) -> tuple[LoyaleCustomer | None, Plan, list[str]]:
     """Parse, map, look up and plan one customer. Reads Klaviyo, writes nothing."""
@@ -117,6 +134,8 @@ def plan_customer(deps: SyncDeps, payload: dict[str, Any], *, memory: Memory | N
 def _plan(deps: SyncDeps, payload: dict[str, Any], memory: Memory | None
           ) -> tuple[LoyaleCustomer | None, Plan, list[str], MappedProfile | None, Memory]:
     prepared = prepare(payload, deps.tenant.default_phone_region)
+    if prepared.mapped is not None and (phone := prepared.mapped.fields.get("phone_number")):
+        prepared = without_refused_phone(prepared, deps.store.refused_phones(deps.tenant.id, [phone]))
     customer, mapped, warnings = prepared.customer, prepared.mapped, prepared.warnings
     if prepared.early is not None or customer is None or mapped is None:
         return customer, prepared.early or Plan(Outcome.INVALID, "unreadable"), warnings, None, Memory()
@@ -189,6 +208,7 @@ def execute(deps: SyncDeps, run_id: str, customer: LoyaleCustomer, plan: Plan, w
                 # such a PATCH with 404): look it up again.
                 raise RetryableError(f"Klaviyo no longer shows profile {plan.profile_id}; re-planning") from exc
             if plan.sends_phone and exc.status == 400 and exc.about_phone:
+                store.remember_refused_phone(tenant, phone_of(plan))
                 warnings.append(f"phone not sent: Klaviyo refused it ({exc.detail[:120]})")
                 plan = plan.without_phone()
                 continue
