@@ -79,7 +79,7 @@ from worker.sync import (
     phone_of,
     prepare,
     sync_customer,
-    without_refused_phone,
+    without_unusable_phone,
 )
 
 log = structlog.get_logger("batch")
@@ -337,9 +337,9 @@ class BatchSync:
         prepared_all = [prepare(w.item.customer, self.deps.tenant.default_phone_region) for w in works]
         phones = [p.mapped.fields["phone_number"] for p in prepared_all
                   if p.mapped is not None and "phone_number" in p.mapped.fields]
-        refused = self.store.refused_phones(self.tenant, phones)
+        unusable = self.store.unusable_phones(self.tenant, phones)
         for w, prepared in zip(works, prepared_all, strict=True):
-            prepared = without_refused_phone(prepared, refused)
+            prepared = without_unusable_phone(prepared, unusable)
             w.customer, w.mapped, w.warnings = prepared.customer, prepared.mapped, prepared.warnings
             if prepared.early is not None or w.customer is None or w.mapped is None:
                 self.finish(w, prepared.early.outcome if prepared.early else Outcome.INVALID,
@@ -444,6 +444,7 @@ class BatchSync:
         for w in senders:
             owner = owners.get(phone_of(w.plan))
             if owner is not None and owner.id != w.plan.profile_id:
+                self.store.remember_taken_phone(self.tenant, owner.phone)
                 w.warnings.append(f"phone not sent: it belongs to Klaviyo profile {owner.id}")
                 w.plan = w.plan.without_phone()
         senders = [w for w in senders if w.plan.sends_phone]

@@ -62,6 +62,11 @@ def refused_phones(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:refused-phones"
 
 
+def phone_taken(tenant: str, phone: str) -> str:
+    """String, with a TTL: the phone belongs to another Klaviyo profile; not offered again until it expires."""
+    return f"{PREFIX}:phone-taken:{tenant}:{phone}"
+
+
 def phone_claim(tenant: str, phone: str) -> str:
     """String customer id, with a TTL: this customer sent the phone to Klaviyo recently, while a
     lookup may not see it yet. Another customer's row carrying it would merge two people."""

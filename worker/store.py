@@ -25,6 +25,8 @@ REMEMBERED = frozenset({Outcome.CREATED, Outcome.UPDATED, Outcome.UNCHANGED, Out
 #: A customer lock outlives the longest write it protects; a batch refreshes its locks while its
 #: bulk jobs run (`refresh_locks`), so a slow job never lets an older snapshot overtake a newer one.
 LOCK_TTL_S = 120.0
+#: A phone found on another profile is not offered again for this long (the owner may change).
+PHONE_TAKEN_TTL_S = 86_400
 
 RECORD_OUTCOME = """
 -- KEYS: 1 run outcomes, 2 run hash, 3 run problems, 4 customer ledger, 5 tenant synced, 6 metrics outcomes,
@@ -429,12 +431,19 @@ class Store:
             self._acquire(keys=[keys.phone_claim(tenant, phone)], args=[customer_id, int(ttl_s * 1000)], client=pipe)
         return [bool(granted) for granted in pipe.execute()]
 
-    def refused_phones(self, tenant: str, phones: list[str]) -> set[str]:
-        """The phones among `phones` that Klaviyo refused before (see `remember_refused_phone`)."""
+    def unusable_phones(self, tenant: str, phones: list[str]) -> set[str]:
+        """The phones among `phones` that Klaviyo refused before, or that another profile held when
+        last looked up (for `PHONE_TAKEN_TTL_S`): left out without spending a lookup or a write."""
         if not phones:
             return set()
-        return {p for p, seen in zip(phones, self.redis.hmget(keys.refused_phones(tenant), phones), strict=True)
-                if seen}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(keys.refused_phones(tenant), phones)
+        pipe.mget([keys.phone_taken(tenant, p) for p in phones])
+        refused, taken = pipe.execute()
+        return {p for p, r, t in zip(phones, refused, taken, strict=True) if r or t}
+
+    def remember_taken_phone(self, tenant: str, phone: str) -> None:
+        self.redis.set(keys.phone_taken(tenant, phone), "1", ex=PHONE_TAKEN_TTL_S)
 
     def remember_refused_phone(self, tenant: str, phone: str) -> None:
         """Klaviyo refused this phone for what it is (its region, its format): later syncs leave it out

@@ -107,19 +107,19 @@ def prepare(payload: dict[str, Any], default_phone_region: str | None) -> Prepar
     return Prepared(customer, mapped, warnings + mapped.warnings)
 
 
-def without_refused_phone(prepared: Prepared, refused: set[str]) -> Prepared:
-    """Leave out a phone Klaviyo refused before; a customer left with nothing to key a profile by is
-    rejected (opted in) or looked up by our id only (to suppress it)."""
+def without_unusable_phone(prepared: Prepared, unusable: set[str]) -> Prepared:
+    """Leave out a phone Klaviyo refused before, or that another profile holds; a customer left with
+    nothing to key a profile by is rejected (opted in) or looked up by our id only (to suppress it)."""
     mapped, customer = prepared.mapped, prepared.customer
     phone = mapped.fields.get("phone_number") if mapped is not None else None
-    if phone is None or phone not in refused or mapped is None or customer is None:
+    if phone is None or phone not in unusable or mapped is None or customer is None:
         return prepared
-    warnings = [*prepared.warnings, "phone not sent: Klaviyo refused it before (unsupported region or invalid)"]
+    warnings = [*prepared.warnings, "phone not sent: Klaviyo refused it, or another profile held it, lately"]
     fields = {k: v for k, v in mapped.fields.items() if k != "phone_number"}
     if mapped.email is None:
         if customer.opted_in:
             return Prepared(customer, None, warnings, Plan(
-                Outcome.REJECTED, "no email, and Klaviyo refuses the phone: nothing to create"))
+                Outcome.REJECTED, "no email, and the phone cannot be used: nothing to create"))
         fields = {"external_id": customer.id}
     return Prepared(customer, replace(mapped, fields=fields), warnings)
 
@@ -135,7 +135,7 @@ def _plan(deps: SyncDeps, payload: dict[str, Any], memory: Memory | None
           ) -> tuple[LoyaleCustomer | None, Plan, list[str], MappedProfile | None, Memory]:
     prepared = prepare(payload, deps.tenant.default_phone_region)
     if prepared.mapped is not None and (phone := prepared.mapped.fields.get("phone_number")):
-        prepared = without_refused_phone(prepared, deps.store.refused_phones(deps.tenant.id, [phone]))
+        prepared = without_unusable_phone(prepared, deps.store.unusable_phones(deps.tenant.id, [phone]))
     customer, mapped, warnings = prepared.customer, prepared.mapped, prepared.warnings
     if prepared.early is not None or customer is None or mapped is None:
         return customer, prepared.early or Plan(Outcome.INVALID, "unreadable"), warnings, None, Memory()
@@ -171,6 +171,7 @@ def _replan_on_duplicate(deps: SyncDeps, customer: LoyaleCustomer, mapped: Mappe
     if plan.sends_phone and not ours and duplicate.phone == phone_of(plan) and duplicate.id != plan.profile_id:
         # The phone is an identifier in Klaviyo and belongs to another profile; the rest of the
         # customer still syncs, and the warning says why the phone is missing.
+        deps.store.remember_taken_phone(deps.tenant.id, duplicate.phone)
         warnings.append(f"phone not sent: it belongs to Klaviyo profile {duplicate.id}")
         return plan.without_phone()
     if plan.write == "create" and (ours or duplicate.external_id == customer.id):
