@@ -408,12 +408,12 @@ class BatchSync:
                 if profile.external_id:
                     by_id[profile.external_id] = profile
 
-        # With merge on, only customers synced before can hold a profile under another email (an email
-        # change): they are looked up by our id, the rest would cost a request per hundred for nothing.
-        # Customers without an email can only be found by our id.
+        # With merge on, only customers whose profile an earlier sync wrote can hold it under another
+        # email (an email change): they are looked up by our id, the rest would cost a request per
+        # hundred for nothing. Customers without an email can only be found by our id.
         unknown = [w for w in works if w.open and w.by_external_id is None
                    and (w.mapped.email is None or not self.deps.policy.merge_customers
-                        or w.memory.last_synced is not None)]
+                        or (w.by_email is None and w.memory.has_profile))]
         self._each_chunk(works, unknown, MAX_FILTER_VALUES, by_external_id)
         for w in unknown:
             w.by_external_id = by_id.get(w.customer.id)

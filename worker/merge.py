@@ -55,6 +55,13 @@ class Memory:
     profile_id: str | None = None
     #: A suppress/unsuppress this service sent that Klaviyo has not confirmed applied yet.
     pending_suppression: SuppressionAction | None = None
+    #: The customer's last outcome (any run), e.g. "created": whether it has a profile of ours.
+    last_outcome: str | None = None
+
+    @property
+    def has_profile(self) -> bool:
+        """An earlier sync created or wrote the customer's profile (it may carry an older email now)."""
+        return self.profile_id is not None or self.last_outcome in ("created", "updated", "unchanged", "unsuppressed")
 
 
 @dataclass(frozen=True)

@@ -284,17 +284,19 @@ class Store:
             pipe.hexists(keys.suppressed_by_us(tenant), email or "")
             pipe.hget(keys.profile_ids(tenant), customer_id)
             pipe.hget(keys.pending_suppressions(tenant), email or "")
+            pipe.lindex(keys.ledger(tenant, customer_id), 0)
         raw = pipe.execute()
         memories = []
         for i, (customer_id, email) in enumerate(customers):
-            last, ours, profile_id, pending = raw[4 * i:4 * i + 4]
+            last, ours, profile_id, pending, latest = raw[5 * i:5 * i + 5]
             entry = json.loads(pending) if pending and email else {}
             # Only this customer's own pending job counts (two customers may share an email by case).
             action = entry.get("action") if entry.get("customer_id") in (customer_id, "", None) else None
             memories.append(Memory(
                 last_synced=datetime.fromtimestamp(int(last) / 1_000_000, UTC) if last else None,
                 suppressed_by_us=bool(email) and bool(ours), profile_id=profile_id or None,
-                pending_suppression=action if action in ("suppress", "unsuppress") else None))
+                pending_suppression=action if action in ("suppress", "unsuppress") else None,
+                last_outcome=json.loads(latest).get("outcome") if latest else None))
         return memories
 
     def mark_suppressed(self, tenant: str, email: str, job_id: str = "", customer_id: str = "") -> None:

@@ -290,5 +290,6 @@ def test_a_backfill_through_real_workers_is_synced_in_few_large_batches(loyale, 
     second = store_for(redis_url).run(run_id_from(again.stdout))
     assert second.completed == second.expected == 3000 and "failed" not in second.counts
     log = [e for e in klaviyo.request_log() if e["account_id"] == scenario.account_id and e["ts"] >= since]
-    print(f"again: {len(log)} requests: {dict(Counter(e['endpoint'] for e in log))}")
+    print(f"again: {len(log)} requests: {dict(Counter(e['endpoint'] for e in log))}",
+          Counter((e["query"].get("filter", "")[:12], e["query"].get("filter", "").count(",")) for e in log))
     assert len(log) <= 0.015 * 3000, f"{len(log)} requests for 3,000 customers synced before"
