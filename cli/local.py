@@ -103,6 +103,8 @@ def serve_fakes(loyale_port: int, klaviyo_port: int, customers: int, klaviyo_key
 
 #: The demo's fake Klaviyo: realistic, with its durations scaled so that a bulk job takes about a second.
 DEMO_TIME_SCALE = 0.03
+#: The demo's scheme: a fixed id, so that with `--seed 1` every demo shows the same customers.
+DEMO_SCHEME_ID = "0de70000-0000-4000-8000-000000000001"
 #: Names a pre-existing Klaviyo profile carries instead of the customer's own.
 KLAVIYO_NAMES = ("Alex", "Sam", "Robin", "Charlie", "Jo", "Kim")
 #: Profile fields shown before → after: (column, path in the profile's attributes).
@@ -271,7 +273,8 @@ def run_demo(customers: int, existing_profiles: str, keep_running: bool,
         except RuntimeError as exc:
             raise fail(str(exc)) from None
         processes.append(redis_server)
-        loyale_proc = ServerProcess("fakes.loyale", args=["--customers", str(customers), "--seed", "1"],
+        loyale_proc = ServerProcess("fakes.loyale", args=[
+            "--customers", str(customers), "--seed", "1", "--scheme-id", DEMO_SCHEME_ID],
                                     quiet=True).start()
         processes.append(loyale_proc)
         klaviyo_proc = ServerProcess("fakes.klaviyo", quiet=True, args=[
