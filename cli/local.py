@@ -220,14 +220,13 @@ def side_by_side(columns: dict[str, dict[str, int]]) -> Table:
     return table
 
 
-def pick_profiles(seeded: dict[str, dict[str, Any]], outcomes_off: dict[str, str | None],
-                  outcomes_on: dict[str, str | None], after_on: dict[str, dict[str, Any]],
-                  count: int = 3) -> list[str]:
-    """Emails of seeded customers the two modes treated differently (left alone with merge off, written
-    with merge on): one whose phone merge on filled, one whose phone Klaviyo refused for its region,
-    then any other, preferring customers with points (their balance shows the overwrite too)."""
-    differ = [e for e, c in seeded.items()
-              if outcomes_off.get(c["id"]) == "skipped_existing" and outcomes_on.get(c["id"]) == "updated"]
+def pick_profiles(seeded: dict[str, dict[str, Any]], after_off: dict[str, dict[str, Any]],
+                  after_on: dict[str, dict[str, Any]], count: int = 3) -> list[str]:
+    """Emails of seeded customers the two modes treated differently (merge off kept Klaviyo's first name,
+    merge on wrote Loyale's): one whose phone merge on filled, one whose phone Klaviyo refused for its
+    region, then any other, preferring customers with points (their balance shows the overwrite too)."""
+    differ = [e for e, c in seeded.items() if _value(after_off.get(e), "first_name") != c.get("firstName")
+              and _value(after_on.get(e), "first_name") == c.get("firstName")]
     differ.sort(key=lambda e: not _loyale_value(seeded[e], "points"))
     filled = [e for e in differ if _value(after_on.get(e), "phone_number")]
     refused = [e for e in differ if not _value(after_on.get(e), "phone_number")
@@ -267,7 +266,7 @@ def run_demo(customers: int, existing_profiles: str, keep_running: bool,
     processes: list[Any] = []
     off_label = "off" if existing_profiles == "skip" else "off, fill_empty"
     try:
-        console.print("[bold]1.[/] starting a private Redis, a fake Loyale and a realistic fake Klaviyo…")
+        console.print("[bold]1.[/] starting a private Redis, a fake Loyale and a fake Klaviyo…")
         try:
             redis_server = RedisServer().start()
         except RuntimeError as exc:
@@ -287,11 +286,15 @@ def run_demo(customers: int, existing_profiles: str, keep_running: bool,
         seeded = seed_existing_profiles(all_customers, klaviyo)
         console.print(f"   Loyale has {len(all_customers)} customers; {len(seeded)} of them are already in Klaviyo, "
                       "with another first name, 0 points, no phone and a FavouriteColour of the brand's own")
-        console.print(f"   the fake Klaviyo is realistic at time scale {time_scale:g}: a bulk job takes "
-                      f"{knobs['job_seconds']:g} s + {knobs['job_seconds_per_1000_rows']:g} s per 1,000 rows, lists "
-                      f"lag writes by {knobs['read_lag_s']:g} s, suppressions by {knobs['suppression_lag_s']:g} s, "
-                      f"phones of {', '.join(knobs['unsupported_phone_regions'])} are refused, and a bulk row "
-                      "joining two profiles merges them", highlight=False)
+        if time_scale:
+            console.print(f"   the fake Klaviyo is realistic at time scale {time_scale:g}: a bulk job takes "
+                          f"{knobs['job_seconds']:g} s + {knobs['job_seconds_per_1000_rows']:g} s per 1,000 rows, "
+                          f"lists lag writes by {knobs['read_lag_s']:g} s, suppressions by "
+                          f"{knobs['suppression_lag_s']:g} s, phones of "
+                          f"{', '.join(knobs['unsupported_phone_regions'])} are refused, and a bulk row joining two "
+                          "profiles merges them", highlight=False)
+        else:
+            console.print("   the fake Klaviyo is kind (time scale 0): jobs end at once, nothing lags or is refused")
         before = _profiles_by_email(klaviyo)
         tenant = {"loyale_base_url": loyale.base_url, "loyale_scheme_id": scheme["scheme_id"],
                   "loyale_admin_email": scheme["admin_email"], "loyale_admin_password": scheme["admin_password"],
@@ -329,11 +332,7 @@ def run_demo(customers: int, existing_profiles: str, keep_running: bool,
                           "; the merge-on run starts where the merge-off run ended, so the customers it created "
                           "are now unchanged", highlight=False)
 
-            emails = list(seeded)
-            ids = [seeded[e]["id"] for e in emails]
-            outcomes_off = dict(zip(ids, rt.store.outcomes_of(run_off.id, ids), strict=True))
-            outcomes_on = dict(zip(ids, rt.store.outcomes_of(run_on.id, ids), strict=True))
-            picks = pick_profiles(seeded, outcomes_off, outcomes_on, after_on)
+            picks = pick_profiles(seeded, after_off, after_on)
 
             console.print(f"[bold]6.[/] undo the merge-on run (loyale-sync undo {run_on.id}): put back what it "
                           "overwrote, unless it changed since")
@@ -351,10 +350,10 @@ def run_demo(customers: int, existing_profiles: str, keep_running: bool,
             console.print(profile_table(email, seeded[email], {
                 "Klaviyo before": before.get(email), f"after merge {off_label}": after_off.get(email),
                 "after merge on": after_on.get(email), "after undo": after_undo.get(email)}))
-        console.print("   merge off leaves Klaviyo's values alone; merge on writes Loyale's and fills empty fields (a "
-                      "phone Klaviyo refuses for its region is left out, the rest still syncs); the undo puts back "
-                      "what was overwritten (a filled field had no value to put back); FavouriteColour is not a "
-                      "Loyale field: never touched")
+        console.print("   merge off leaves Klaviyo's non-empty values alone; merge on writes Loyale's and fills "
+                      "empty fields (a phone Klaviyo refuses for its region is left out, the rest still syncs); "
+                      "the undo puts back what was overwritten (a filled field had no value to put back); "
+                      "FavouriteColour is not a Loyale field: never touched")
         console.print(f"   profiles Klaviyo merged during the demo: {len(klaviyo.merges())}", highlight=False)
         console.print(f"done in {time.monotonic() - started:.1f}s")
         if keep_running:
