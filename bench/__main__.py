@@ -2,7 +2,10 @@
 
 Each scenario starts a private Redis, the fake Loyale and the fake Klaviyo (real HTTP on loopback)
 and real Celery worker processes, runs `loyale-sync backfill`, and prints a table plus one JSON line
-per scenario. See bench/README.md.
+per scenario. The fake Klaviyo is in its realistic mode at Klaviyo's own orders of magnitude (time
+scale 1: bulk jobs take 30 s + 10 s per 1,000 rows, lists lag writes by 5 s, suppressions by 60 s)
+unless `--kind` (the kind fake: jobs end on the next GET) or `--time-scale` says otherwise. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -96,11 +99,22 @@ class Stack:
     servers: list[ServerProcess]
 
 
+#: The fake Klaviyo of every scenario: None = kind, else the realistic mode at this time scale.
+TIME_SCALE: float | None = 1.0
+
+
+def fake_klaviyo_label(time_scale: float | None) -> str:
+    return "kind" if time_scale is None else f"realistic x{time_scale:g}"
+
+
 @contextmanager
-def stack() -> Iterator[Stack]:
+def stack(time_scale: float | None = None) -> Iterator[Stack]:
+    """Redis and both fakes; `time_scale` (default: `TIME_SCALE`) as for `--time-scale`."""
+    time_scale = TIME_SCALE if time_scale is None else time_scale
+    realism = [] if time_scale is None else ["--realistic", "--time-scale", str(time_scale)]
     redis_server = RedisServer().start()
     loyale_server = ServerProcess("fakes.loyale", quiet=True).start()
-    klaviyo_server = ServerProcess("fakes.klaviyo", quiet=True).start(timeout_s=60)
+    klaviyo_server = ServerProcess("fakes.klaviyo", args=realism, quiet=True).start(timeout_s=60)
     try:
         yield Stack(redis_server, FakeLoyaleControl(loyale_server.url, timeout_s=300),
                     FakeKlaviyoControl(klaviyo_server.url, timeout_s=300), [loyale_server, klaviyo_server])
@@ -164,7 +178,8 @@ def account_requests(klaviyo: FakeKlaviyoControl, account: str) -> list[dict[str
 
 
 def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: int, per_customer: bool,
-                 env_extra: dict[str, str], limiter: dict[str, float]) -> list[Result]:
+                 env_extra: dict[str, str], limiter: dict[str, float], time_scale: float | None = None
+                 ) -> list[Result]:
     env = sync_env(s.redis_server.url, write_tenants_file({b["tenant"]: b["config"] for b in brands}),
                    SYNC_LOG_LEVEL="WARNING", **env_extra)
     store = Store(redis.Redis.from_url(s.redis_server.url, decode_responses=True))
@@ -201,6 +216,7 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
                     customers_per_second=round(info.completed / seconds, 1),
                     peak_rss_mb=round(max(rss.peak_mb.values()), 1),
                     extra={"path": "per-customer" if per_customer else "batched",
+                           "fake_klaviyo": fake_klaviyo_label(TIME_SCALE if time_scale is None else time_scale),
                            "outcomes": info.counts, "max_queue_depth": max(depth or [0]),
                            "producer_peak_rss_mb": round(rss.peak_mb.get("producer", 0.0), 1),
                            "limiter_deferrals": info.deferrals,
@@ -240,6 +256,39 @@ def real_limits(customers: int, workers: int, per_customer_customers: int) -> li
     return results
 
 
+def bulk_jobs(log: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rows per bulk import job (from the POSTs) and, per job, the seconds between its first and last
+    status GET: how long our workers waited on Klaviyo's jobs."""
+    rows = [len(((e["body"] or {}).get("data", {}).get("attributes", {}).get("profiles", {}).get("data")) or [])
+            for e in log if e["endpoint"] == "POST /api/profile-bulk-import-jobs" and e["status"] == 202]
+    polls: dict[str, list[float]] = {}
+    for e in log:
+        if e["endpoint"] == "GET /api/profile-bulk-import-jobs/{job_id}":
+            polls.setdefault(e["path"].rsplit("/", 1)[-1], []).append(e["received_ts"])
+    spans = sorted(round(max(ts) - min(ts), 1) for ts in polls.values())
+    return {"bulk_job_rows": rows, "bulk_job_poll_span_s": spans}
+
+
+def realistic(customers: int, workers: int, time_scale: float) -> list[Result]:
+    """Klaviyo's job latency and read lag: the realistic fake at `time_scale` (1 = Klaviyo's orders of
+    magnitude: a job of 1,000 rows takes 40 s), Klaviyo's real limits, a batched backfill with Merge
+    Customers on and a third of the customers already in Klaviyo with conflicting data."""
+    scale = {"rate": 1.0, "window": 1.0}
+    with stack(time_scale) as s:
+        b = brand(s, "realistic", customers, seed=7)
+        knobs = s.klaviyo.knobs()
+        results = run_scenario(s, "realistic", [b], workers=workers, per_customer=False, limiter=scale,
+                               time_scale=time_scale, env_extra={"SYNC_BATCH_SIZE": "1000"})
+        log = account_requests(s.klaviyo, b["account"])
+        merges = len(s.klaviyo.merges())
+    for r in results:
+        r.extra.update({name: knobs[name] for name in (
+            "job_seconds", "job_seconds_per_1000_rows", "read_lag_s", "suppression_lag_s")})
+        r.extra.update(bulk_jobs(log))
+        r.extra["profiles_merged_by_klaviyo"] = merges
+    return results
+
+
 def producer_memory(workers: int, sizes: tuple[int, ...] = (10_000, 100_000)) -> list[Result]:
     """The producer's memory does not grow with the scheme (it streams and is held back by the bound)."""
     results = []
@@ -270,14 +319,24 @@ def print_table(results: list[Result]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["quota-bound", "real-limits", "producer-memory", "all"],
+    parser.add_argument("--scenario", choices=["quota-bound", "real-limits", "producer-memory", "realistic", "all"],
                         default="all")
     parser.add_argument("--customers", type=int, default=None,
-                        help="customers (quota-bound: 600, real-limits: 20000)")
+                        help="customers (quota-bound: 600, real-limits: 20000, realistic: 5000)")
+    parser.add_argument("--kind", action="store_true",
+                        help="the kind fake Klaviyo (jobs end on the next GET, nothing lags) for every scenario but "
+                             "realistic")
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="durations of the realistic fake Klaviyo (default 1: Klaviyo's orders of magnitude, "
+                             "tens of seconds per bulk job; 0.03: about a second)")
     parser.add_argument("--per-customer-customers", type=int, default=2000,
                         help="real-limits: customers synced on the per-customer path for comparison")
     parser.add_argument("--workers", type=int, default=4, help="Celery worker processes (default 4)")
     args = parser.parse_args(argv)
+    if args.time_scale < 0:
+        parser.error("--time-scale must be at least 0")
+    global TIME_SCALE
+    TIME_SCALE = None if args.kind else args.time_scale
     results: list[Result] = []
     if args.scenario in ("quota-bound", "all"):
         results += quota_bound(args.customers or 600, args.workers)
@@ -285,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         results += real_limits(args.customers or 20_000, args.workers, args.per_customer_customers)
     if args.scenario in ("producer-memory", "all"):
         results += producer_memory(args.workers)
+    if args.scenario in ("realistic", "all"):
+        results += realistic(args.customers or 5000, args.workers, args.time_scale)
     print_table(results)
     for r in results:
         print(r.line())

@@ -6,14 +6,21 @@ import asyncio
 import contextlib
 import json
 import secrets
+import shutil
+import signal
 import tempfile
 import time
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from rich.table import Table
 
+from cli import context as cli_context
 from cli.context import console, fail
-from cli.render import outcome_table, short, wait_for_run
+from cli.render import short, wait_for_run
+from cli.safety import preview_scheme, undo_run
 from fakes.klaviyo import AccountSpec, FakeKlaviyoConfig, KeySpec, Knobs
 from fakes.klaviyo import create_app as klaviyo_app
 from fakes.klaviyo.config import realistic_knobs
@@ -24,9 +31,10 @@ from fakes.loyale_control import FakeLoyaleControl
 from fakes.processes import RedisServer, WorkerProcess, sync_env, write_tenants_file
 from fakes.serving import ServerProcess
 from producers.backfill import run_backfill
-from worker.app import create_app
+from worker.merge import Policy
+from worker.outcomes import Outcome
 from worker.runtime import Runtime
-from worker.settings import Settings
+from worker.store import RunInfo
 
 DEMO_TENANT = "demo"
 
@@ -93,98 +101,274 @@ def serve_fakes(loyale_port: int, klaviyo_port: int, customers: int, klaviyo_key
         asyncio.run(both())
 
 
-def seed_existing_profiles(loyale: FakeLoyaleControl, klaviyo: FakeKlaviyoControl, scheme_id: str,
-                           every: int = 3) -> list[dict[str, Any]]:
-    """Put every `every`-th customer into Klaviyo already, with data that conflicts with Loyale's."""
-    seeds = []
-    for index, customer in enumerate(loyale.customers(scheme_id)):
+#: The demo's fake Klaviyo: realistic, with its durations scaled so that a bulk job takes about a second.
+DEMO_TIME_SCALE = 0.03
+#: The demo's scheme: a fixed id, so that with `--seed 1` every demo shows the same customers.
+DEMO_SCHEME_ID = "0de70000-0000-4000-8000-000000000001"
+#: Names a pre-existing Klaviyo profile carries instead of the customer's own.
+KLAVIYO_NAMES = ("Alex", "Sam", "Robin", "Charlie", "Jo", "Kim")
+#: Profile fields shown before → after: (column, path in the profile's attributes).
+SHOWN_FIELDS = (("first name", "first_name"), ("phone", "phone_number"), ("points", "properties.LoyalePointBalance"),
+                ("FavouriteColour", "properties.FavouriteColour"))
+
+
+def seed_existing_profiles(customers: list[dict[str, Any]], klaviyo: FakeKlaviyoControl,
+                           every: int = 8) -> dict[str, dict[str, Any]]:
+    """Put every `every`-th customer with a usable email into Klaviyo already, as a brand's Klaviyo holds
+    them: another first name, a points balance of 0, no phone, and a property of the brand's own.
+    Returns email -> the Loyale customer."""
+    from fakes.klaviyo.profiles import is_valid_email
+
+    seeded: dict[str, dict[str, Any]] = {}
+    profiles = []
+    for index, customer in enumerate(customers):
         email = (customer.get("email") or "").strip().lower()
-        if index % every or "@" not in email:
+        if index % every or not is_valid_email(email) or email in seeded:
             continue
-        seeds.append({"email": email, "first_name": f"Klaviyo-{index}", "properties": {
-            "FavouriteColour": "blue", "LoyalePointBalance": 0}, "_customer": customer["id"]})
-    unique = list({s["email"]: s for s in seeds}.values())
-    klaviyo.seed_profiles([{k: v for k, v in s.items() if not k.startswith("_")} for s in unique])
-    return unique
+        names = [n for n in KLAVIYO_NAMES if n != customer.get("firstName")]
+        seeded[email] = customer
+        profiles.append({"email": email, "first_name": names[index % len(names)],
+                         "last_name": customer.get("lastName"),
+                         "properties": {"FavouriteColour": "blue", "LoyalePointBalance": 0}})
+    klaviyo.seed_profiles(profiles)
+    return seeded
 
 
-def run_demo(customers: int, merge_customers: bool, existing_profiles: str, keep_running: bool) -> None:
+def _value(profile: dict[str, Any] | None, path: str) -> Any:
+    value: Any = (profile or {}).get("attributes") or {}
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _profiles_by_email(klaviyo: FakeKlaviyoControl) -> dict[str, dict[str, Any]]:
+    return {p["attributes"]["email"].lower(): p for p in klaviyo.profiles() if p["attributes"].get("email")}
+
+
+def _loyale_value(customer: dict[str, Any], column: str) -> Any:
+    """What Loyale holds for a shown field, as Loyale holds it (the phone before normalisation)."""
+    if column == "first name":
+        return customer.get("firstName")
+    if column == "phone":
+        return " ".join(p for p in (customer.get("areaCode"), customer.get("mobileNumber")) if p) or None
+    if column == "points":
+        return (customer.get("balance") or {}).get("pointsValue")
+    return None
+
+
+def _progress(label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn(f"   {label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console)
+
+
+def _configure(workdir: str, redis_url: str, tenant: dict[str, Any]) -> dict[str, str]:
+    """Write the demo's tenants file and point this process at it, as an operator's shell would be
+    (the commands' own code then runs here unchanged); returns the environment for a worker."""
+    import os
+
+    from worker.settings import get_settings
+
+    tenants_file = write_tenants_file({DEMO_TENANT: tenant}, directory=workdir)
+    env = sync_env(redis_url, tenants_file)
+    for name in ("SYNC_REDIS_URL", "SYNC_TENANTS_FILE"):
+        os.environ[name] = env[name]
+    get_settings.cache_clear()
+    return env
+
+
+def _start_worker(env: dict[str, str], processes: list[Any], workdir: str, label: str) -> WorkerProcess:
+    number = sum(isinstance(p, WorkerProcess) for p in processes) + 1
+    with console.status(f"   starting a Celery worker ({label})…"):
+        worker = WorkerProcess.backfill(env, name="demo", log_path=Path(workdir) / f"worker-{number}.log").start()
+        processes.append(worker)
+        worker.wait_ready()
+    return worker
+
+
+def _backfill(rt: Runtime, label: str) -> RunInfo:
+    from worker.app import app as celery_app  # built from this process's settings, now the demo's
+
+    tenant = rt.tenants[DEMO_TENANT]
+    loyale_client = cli_context.loyale_client(rt.http, tenant)
+    with _progress(f"enqueue ({label})") as bar:
+        task = bar.add_task("enqueue", total=None)
+        produced = run_backfill(app=celery_app, store=rt.store, loyale=loyale_client, tenant=tenant.id,
+                                max_in_flight=rt.settings.max_queued_per_tenant,
+                                on_progress=lambda n, total: bar.update(task, completed=n, total=total))
+    return wait_for_run(rt.store, produced.run_id, console=console)
+
+
+def _preview(rt: Runtime, policy: Policy, total: int, label: str) -> Counter[str]:
+    with _progress(f"preview ({label})") as bar:
+        task = bar.add_task("preview", total=total)
+        items = preview_scheme(rt, rt.tenants[DEMO_TENANT], policy,
+                               on_progress=lambda n: bar.update(task, completed=n))
+    return Counter(item.plan.outcome.value for item in items)
+
+
+def side_by_side(columns: dict[str, dict[str, int]]) -> Table:
+    table = Table(title="customers per outcome: the same scheme and Klaviyo account, merge off then on")
+    table.add_column("outcome", no_wrap=True)
+    for name in columns:
+        table.add_column(name, justify="right")
+    for outcome in Outcome:
+        if any(counts.get(outcome.value) for counts in columns.values()):
+            table.add_row(outcome.value, *(str(c.get(outcome.value, 0)) for c in columns.values()))
+    table.add_row("[bold]total[/]", *(f"[bold]{sum(c.values())}[/]" for c in columns.values()))
+    return table
+
+
+def pick_profiles(seeded: dict[str, dict[str, Any]], after_off: dict[str, dict[str, Any]],
+                  after_on: dict[str, dict[str, Any]], count: int = 3) -> list[str]:
+    """Emails of seeded customers the two modes treated differently (merge off kept Klaviyo's first name,
+    merge on wrote Loyale's): one whose phone merge on filled, one whose phone Klaviyo refused for its
+    region, then any other, preferring customers with points (their balance shows the overwrite too)."""
+    differ = [e for e, c in seeded.items() if _value(after_off.get(e), "first_name") != c.get("firstName")
+              and _value(after_on.get(e), "first_name") == c.get("firstName")]
+    differ.sort(key=lambda e: not _loyale_value(seeded[e], "points"))
+    filled = [e for e in differ if _value(after_on.get(e), "phone_number")]
+    refused = [e for e in differ if not _value(after_on.get(e), "phone_number")
+               and (seeded[e].get("areaCode") or "").lstrip("+") == "39"]
+    picks: list[str] = []
+    for group in (filled, refused, differ):
+        for email in group:
+            if len(picks) < count and email not in picks:
+                picks.append(email)
+                if group is not differ:
+                    break
+    return picks
+
+
+def profile_table(email: str, customer: dict[str, Any], states: dict[str, dict[str, Any] | None]) -> Table:
+    table = Table(title=email)
+    table.add_column("", no_wrap=True)
+    for column, _ in SHOWN_FIELDS:
+        table.add_column(column)
+    table.add_row("Loyale", *(short(_loyale_value(customer, column), 20) for column, _ in SHOWN_FIELDS))
+    for name, profile in states.items():
+        table.add_row(name, *(short(_value(profile, path), 20) for _, path in SHOWN_FIELDS))
+    return table
+
+
+def _terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_demo(customers: int, existing_profiles: str, keep_running: bool,
+             time_scale: float = DEMO_TIME_SCALE) -> None:
     started = time.monotonic()
+    # Stopped by SIGTERM (a supervisor, a test's timeout) as by Ctrl-C: the finally below stops everything.
+    signal.signal(signal.SIGTERM, _terminated)
     workdir = tempfile.mkdtemp(prefix="loyale-sync-demo-")
     key = "pk_" + secrets.token_hex(17)
     processes: list[Any] = []
+    off_label = "off" if existing_profiles == "skip" else "off, fill_empty"
     try:
-        console.print("[bold]1.[/] starting a private Redis, fake Loyale and fake Klaviyo…")
+        console.print("[bold]1.[/] starting a private Redis, a fake Loyale and a fake Klaviyo…")
         try:
             redis_server = RedisServer().start()
         except RuntimeError as exc:
             raise fail(str(exc)) from None
         processes.append(redis_server)
-        loyale_proc = ServerProcess("fakes.loyale", args=["--customers", str(customers), "--seed", "1"],
+        loyale_proc = ServerProcess("fakes.loyale", args=[
+            "--customers", str(customers), "--seed", "1", "--scheme-id", DEMO_SCHEME_ID],
                                     quiet=True).start()
         processes.append(loyale_proc)
-        klaviyo_proc = ServerProcess("fakes.klaviyo", args=["--key", key], quiet=True).start()
+        klaviyo_proc = ServerProcess("fakes.klaviyo", quiet=True, args=[
+            "--key", key, "--realistic", "--time-scale", str(time_scale)]).start()
         processes.append(klaviyo_proc)
         loyale, klaviyo = FakeLoyaleControl(loyale_proc.url), FakeKlaviyoControl(klaviyo_proc.url)
+        knobs = klaviyo.knobs()
         scheme = loyale.schemes()[0]
-        seeded = seed_existing_profiles(loyale, klaviyo, scheme["scheme_id"])
-        console.print(f"   Loyale has {customers} customers; {len(seeded)} of them are already in Klaviyo "
-                      "with different data")
+        all_customers = loyale.customers(scheme["scheme_id"])
+        seeded = seed_existing_profiles(all_customers, klaviyo)
+        console.print(f"   Loyale has {len(all_customers)} customers; {len(seeded)} of them are already in Klaviyo, "
+                      "with another first name, 0 points, no phone and a FavouriteColour of the brand's own")
+        if time_scale:
+            console.print(f"   the fake Klaviyo is realistic at time scale {time_scale:g}: a bulk job takes "
+                          f"{knobs['job_seconds']:g} s + {knobs['job_seconds_per_1000_rows']:g} s per 1,000 rows, "
+                          f"lists lag writes by {knobs['read_lag_s']:g} s, suppressions by "
+                          f"{knobs['suppression_lag_s']:g} s, phones of "
+                          f"{', '.join(knobs['unsupported_phone_regions'])} are refused, and a bulk row joining two "
+                          "profiles merges them", highlight=False)
+        else:
+            console.print("   the fake Klaviyo is kind (time scale 0): jobs end at once, nothing lags or is refused")
+        before = _profiles_by_email(klaviyo)
+        tenant = {"loyale_base_url": loyale.base_url, "loyale_scheme_id": scheme["scheme_id"],
+                  "loyale_admin_email": scheme["admin_email"], "loyale_admin_password": scheme["admin_password"],
+                  "klaviyo_base_url": klaviyo.base_url, "klaviyo_private_key": key,
+                  "merge_customers": False, "existing_profiles": existing_profiles}
+        env = _configure(workdir, redis_server.url, tenant)
+        worker = _start_worker(env, processes, workdir, f"merge customers {off_label}")
+        columns: dict[str, dict[str, int]] = {}
 
-        tenants_file = write_tenants_file({DEMO_TENANT: {
-            "loyale_base_url": loyale.base_url, "loyale_scheme_id": scheme["scheme_id"],
-            "loyale_admin_email": scheme["admin_email"], "loyale_admin_password": scheme["admin_password"],
-            "klaviyo_base_url": klaviyo.base_url, "klaviyo_private_key": key,
-            "merge_customers": merge_customers, "existing_profiles": existing_profiles,
-        }}, directory=workdir)
-        env = sync_env(redis_server.url, tenants_file)
-        console.print(f"[bold]2.[/] starting a Celery worker (merge customers: {'on' if merge_customers else 'off'}"
-                      + ("" if merge_customers else f", existing profiles: {existing_profiles}") + ")…")
-        worker = WorkerProcess.backfill(env, name="demo").start()
-        processes.append(worker)
-        worker.wait_ready()
+        with cli_context.runtime() as rt:
+            console.print(f"[bold]2.[/] preview (loyale-sync preview --all): what a backfill with merge "
+                          f"customers {off_label} would do; writes nothing")
+            columns[f"preview {off_label}"] = _preview(rt, Policy(False, existing_profiles), len(all_customers),
+                                                        off_label)
+            console.print(f"[bold]3.[/] backfill with merge customers {off_label} (Klaviyo is the source of truth)")
+            run_off = _backfill(rt, off_label)
+            columns[f"backfill {off_label}"] = dict(run_off.counts)
+            after_off = _profiles_by_email(klaviyo)
+            console.print("[bold]4.[/] preview with merge customers on, against Klaviyo as it is now")
+            columns["preview on"] = _preview(rt, Policy(True, existing_profiles), len(all_customers), "on")
 
-        settings = Settings(redis_url=redis_server.url, tenants_file=tenants_file)
-        rt = Runtime.build(settings)
-        from producers.loyale import LoyaleClient
+        console.print("[bold]5.[/] the brand turns Merge Customers on (Loyale is the source of truth): the tenants "
+                      "file changes and the worker restarts")
+        with console.status("   stopping the worker…"):
+            worker.stop()
+            processes.remove(worker)
+        env = _configure(workdir, redis_server.url, {**tenant, "merge_customers": True})
+        worker = _start_worker(env, processes, workdir, "merge customers on")
+        with cli_context.runtime() as rt:
+            run_on = _backfill(rt, "on")
+            columns["backfill on"] = dict(run_on.counts)
+            after_on = _profiles_by_email(klaviyo)
+            console.print(side_by_side(columns))
+            console.print(f"   runs: {run_off.id} ({run_off.duration_s:.1f} s), {run_on.id} ({run_on.duration_s:.1f} s)"
+                          "; the merge-on run starts where the merge-off run ended, so the customers it created "
+                          "are now unchanged", highlight=False)
 
-        tenant = rt.tenants[DEMO_TENANT]
-        loyale_client = LoyaleClient(rt.http, tenant=tenant.id, base_url=tenant.loyale_base_url,
-                                     scheme_id=tenant.loyale_scheme_id, admin_email=tenant.loyale_admin_email,
-                                     admin_password=tenant.loyale_admin_password)
-        console.print("[bold]3.[/] backfill: one task per customer…")
-        produced = run_backfill(app=create_app(settings), store=rt.store, loyale=loyale_client, tenant=tenant.id)
-        info = wait_for_run(rt.store, produced.run_id, console=console)
-        console.print(outcome_table(info))
+            picks = pick_profiles(seeded, after_off, after_on)
 
-        if seeded:
-            first = seeded[0]
-            after = next(p for p in klaviyo.profiles() if p["attributes"].get("email") == first["email"])
-            console.print(f"[bold]4.[/] an existing Klaviyo profile ({first['email']}), before → after:")
-            props = after["attributes"].get("properties") or {}
-            name = short(after["attributes"].get("first_name"))
-            console.print(f"   first_name          {first['first_name']} → {name}")
-            console.print(f"   LoyalePointBalance  0 → {short(props.get('LoyalePointBalance'))}")
-            colour = short(props.get("FavouriteColour"))
-            console.print(f"   FavouriteColour     blue → {colour} (not ours: never touched)")
-        problems = rt.store.problems(produced.run_id)
-        if problems:
-            console.print(f"[bold]5.[/] {len(problems)} customers need a look, e.g.:")
-            for cid, entry in list(problems.items())[:5]:
-                console.print(f"   {cid}: {entry['outcome']} — {short(entry['reason'], 100)}", markup=False)
-        console.print(f"done in {time.monotonic() - started:.1f}s. Try the other merge modes: "
-                      "loyale-sync demo --merge-customers / --existing-profiles fill_empty")
+            console.print(f"[bold]6.[/] undo the merge-on run (loyale-sync undo {run_on.id}): put back what it "
+                          "overwrote, unless it changed since")
+            with _progress("undo") as bar:
+                task = bar.add_task("undo", total=None)
+                undone = undo_run(rt, run_on.id, on_start=lambda n: bar.update(task, total=n),
+                                  on_profile=lambda _: bar.advance(task))
+            counts = ", ".join(f"{n} {o}" for o, n in undone.counts.most_common()) or "nothing to restore"
+            console.print(f"   undo run {undone.run_id} of {run_on.id}: {counts}"
+                          + (f", {undone.info.duration_s:.1f} s" if undone.info is not None else ""), highlight=False)
+            after_undo = _profiles_by_email(klaviyo)
+
+        console.print(f"[bold]7.[/] {len(picks)} profiles that were in Klaviyo before, where the two modes differ:")
+        for email in picks:
+            console.print(profile_table(email, seeded[email], {
+                "Klaviyo before": before.get(email), f"after merge {off_label}": after_off.get(email),
+                "after merge on": after_on.get(email), "after undo": after_undo.get(email)}))
+        console.print("   merge off leaves Klaviyo's non-empty values alone; merge on writes Loyale's and fills "
+                      "empty fields (a phone Klaviyo refuses for its region is left out, the rest still syncs); "
+                      "the undo puts back what was overwritten (a filled field had no value to put back); "
+                      "FavouriteColour is not a Loyale field: never touched")
+        console.print(f"   profiles Klaviyo merged during the demo: {len(klaviyo.merges())}", highlight=False)
+        console.print(f"done in {time.monotonic() - started:.1f}s")
         if keep_running:
             console.print("\nStill running; in another shell:")
             for name in ("SYNC_REDIS_URL", "SYNC_TENANTS_FILE"):
                 console.print(f"  export {name}={env[name]}", markup=False, highlight=False)
-            console.print("  loyale-sync sync-one <customer id> --dry-run\nCtrl-C stops everything.")
+            console.print(f"  loyale-sync report {run_on.id}\n  loyale-sync sync-one <customer id> --dry-run\n"
+                          f"(the worker's log is in {workdir}) "
+                          "Ctrl-C stops everything.")
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(3600)
-        rt.close()
     finally:
         for process in reversed(processes):
             process.stop()
         if processes and isinstance(processes[0], RedisServer):
             processes[0].cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -175,18 +175,22 @@ def fakes(
 
 @app.command()
 def demo(
-    customers: Annotated[int, typer.Option(help="Synthetic customers in the Loyale scheme.")] = 300,
-    merge_customers: Annotated[bool, typer.Option(
-        "--merge-customers/--no-merge-customers", help="Loyale overwrites conflicting Klaviyo data.")] = False,
-    existing_profiles: Annotated[str, typer.Option(help="With merge off: skip or fill_empty.")] = "skip",
+    customers: Annotated[int, typer.Option(help="Synthetic customers in the Loyale scheme.")] = 2000,
+    existing_profiles: Annotated[str, typer.Option(
+        help="The merge-off run: skip existing profiles, or fill_empty (set only their empty fields).")] = "skip",
+    time_scale: Annotated[float, typer.Option(
+        "--time-scale", min=0, help="Durations of the realistic fake Klaviyo (1 = Klaviyo's: tens of seconds per "
+        "bulk job; 0.03 = about a second).")] = 0.03,
     keep_running: Annotated[bool, typer.Option(help="Leave Redis, the fakes and the worker up afterwards.")] = False,
 ) -> None:
-    """The whole product on this machine: private Redis, both fakes, a worker, and a backfill."""
+    """The whole product on this machine, against a realistic fake Klaviyo: a private Redis, both fakes, a
+    worker. The same scheme is previewed, backfilled with Merge Customers off, then on (outcomes side by
+    side, profiles before -> after), and the merge-on run is undone. Everything is stopped at the end."""
     from cli.local import run_demo
 
     if existing_profiles not in ("skip", "fill_empty"):
         raise ctx.fail("--existing-profiles is skip or fill_empty")
-    run_demo(customers, merge_customers, existing_profiles, keep_running)
+    run_demo(customers, existing_profiles, keep_running, time_scale)
 
 
 @app.command()

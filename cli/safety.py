@@ -6,7 +6,8 @@ import csv
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
@@ -20,7 +21,9 @@ from worker.errors import RetryableError, TenantFatalError
 from worker.merge import Policy
 from worker.outcomes import Outcome
 from worker.preview import Previewed, preview
-from worker.runtime import current_run
+from worker.runtime import Runtime, current_run
+from worker.settings import TenantConfig
+from worker.store import RunInfo
 from worker.undo import group_journal, plan_undo
 
 TenantOpt = Annotated[str | None, typer.Option("--tenant", "-t", help="Tenant id (default: the only tenant).")]
@@ -34,6 +37,102 @@ def _preview_table(item: Previewed) -> Table:
     for row in item.rows():
         table.add_row(row["field"], short(row["klaviyo"]), short(row["loyale"]), row["action"])
     return table
+
+
+def preview_scheme(rt: Runtime, chosen: TenantConfig, policy: Policy, *, limit: int | None = None,
+                   on_progress: Callable[[int], None] | None = None) -> list[Previewed]:
+    """What a backfill would do for the first `limit` customers of the scheme (None: all of them), read
+    the way a backfill reads them. Writes nothing; raises TenantFatalError / RetryableError."""
+    loyale = ctx.loyale_client(rt.http, chosen)
+
+    def payloads() -> Iterator[dict[str, Any]]:
+        taken = 0
+        for page in loyale.pages(filters=BACKFILL_FILTERS, sorts=BACKFILL_SORTS):
+            for raw in page.customers:
+                if limit is not None and taken >= limit:
+                    return
+                taken += 1
+                yield loyale.snapshot(raw)
+
+    items: list[Previewed] = []
+    for item in preview(rt.klaviyo(chosen.id), policy, payloads(), region=chosen.default_phone_region):
+        items.append(item)
+        if on_progress is not None:
+            on_progress(len(items))
+    return items
+
+
+@dataclass(frozen=True)
+class Undone:
+    """What the undo did (or, in a dry run, would do) to one profile."""
+    customer_id: str
+    profile_id: str
+    outcome: Outcome
+    reason: str
+
+
+@dataclass
+class UndoResult:
+    #: The undo's own run (None for a dry run), its counts per outcome and its report.
+    run_id: str | None
+    counts: Counter[str] = field(default_factory=Counter)
+    info: RunInfo | None = None
+
+
+def undo_run(rt: Runtime, run: str, *, dry_run: bool = False,
+             on_profile: Callable[[Undone], None] | None = None,
+             on_start: Callable[[int], None] | None = None) -> UndoResult:
+    """Put back the values `run` overwrote, profile by profile, as a run of kind `undo` (`loyale-sync
+    undo`). `on_start` gets the number of profiles, `on_profile` each profile's result. Raises
+    typer.Exit (with a message on stderr) when the run is unknown or Klaviyo keeps failing."""
+    entries = rt.store.journal(run)
+    source = rt.store.run(run)
+    # The journal outlives the run's report (SYNC_JOURNAL_RETENTION_DAYS) and names its tenant.
+    tenant = source.tenant if source is not None else entries[0]["tenant"] if entries else None
+    if tenant is None:
+        raise ctx.fail(f"no run {run!r} in Redis (a typo, or older than the retention period)")
+    if tenant not in rt.tenants:
+        raise ctx.fail(f"run {run} belongs to tenant {tenant!r}, which is not configured")
+    journal = group_journal(entries)
+    if on_start is not None:
+        on_start(len(journal))
+    klaviyo = rt.klaviyo(tenant)
+    result = UndoResult(None if dry_run else rt.store.create_run(tenant, "undo", source=run))
+    undo = result.run_id
+    if undo:
+        rt.store.mark_enqueued(undo, [e[0]["customer_id"] for e in journal.values()])
+    token = current_run.set(undo)
+    try:
+        for profile_id, profile_entries in journal.items():
+            found = klaviyo.find_one("id", profile_id)
+            plan = plan_undo(profile_entries, found)
+            if plan.missing:
+                outcome, reason = Outcome.REJECTED, "the profile is no longer in Klaviyo"
+            elif plan.conflicts:
+                outcome = Outcome.CONFLICT
+                reason = (f"changed in Klaviyo since the run, kept: {', '.join(sorted(plan.conflicts))}"
+                          + (f"; restored: {', '.join(sorted(plan.restore))}" if plan.restore else ""))
+            elif plan.restore:
+                outcome, reason = Outcome.UPDATED, f"restored: {', '.join(sorted(plan.restore))}"
+            else:
+                outcome, reason = Outcome.UNCHANGED, "already holds the old values"
+            if plan.restore and not dry_run:
+                klaviyo.update_profile(profile_id, plan.attributes)
+            result.counts[outcome.value] += 1
+            if undo:
+                rt.store.record_outcome(run_id=undo, tenant=tenant, customer_id=plan.customer_id,
+                                        outcome=outcome, reason=reason, profile_id=profile_id)
+            if on_profile is not None:
+                on_profile(Undone(plan.customer_id, profile_id, outcome, reason))
+    except (TenantFatalError, RetryableError) as exc:
+        raise ctx.fail(f"{exc}; run `loyale-sync undo {run}` again: values already restored are "
+                       "recognised and not written twice") from None
+    finally:
+        current_run.reset(token)
+    if undo:
+        rt.store.finish_producing(undo, len(journal))
+        result.info = rt.store.run(undo)
+    return result
 
 
 def register(app: typer.Typer) -> None:
@@ -61,19 +160,8 @@ def register(app: typer.Typer) -> None:
             chosen = ctx.pick_tenant(rt.tenants, tenant)
             policy = Policy(ON_OFF[merge_customers] if merge_customers else chosen.merge_customers,
                             existing_profiles or chosen.existing_profiles)
-            loyale = ctx.loyale_client(rt.http, chosen)
-
-            def payloads() -> Iterator[dict[str, Any]]:
-                taken = 0
-                for page in loyale.pages(filters=BACKFILL_FILTERS, sorts=BACKFILL_SORTS):
-                    for raw in page.customers:
-                        if not all_customers and taken >= sample:
-                            return
-                        taken += 1
-                        yield loyale.snapshot(raw)
-
             try:
-                items = list(preview(rt.klaviyo(chosen.id), policy, payloads(), region=chosen.default_phone_region))
+                items = preview_scheme(rt, chosen, policy, limit=None if all_customers else sample)
             except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
                 raise ctx.fail(f"{exc}; nothing was written") from None
         counts = Counter(item.plan.outcome.value for item in items)
@@ -117,54 +205,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Restore the Klaviyo values a run overwrote (from its journal), except where a value changed in
         Klaviyo after our write: those are reported as conflicts and left alone. The undo is a run too."""
-        with ctx.runtime() as rt:
-            entries = rt.store.journal(run)
-            source = rt.store.run(run)
-            # The journal outlives the run's report (SYNC_JOURNAL_RETENTION_DAYS) and names its tenant.
-            tenant = source.tenant if source is not None else entries[0]["tenant"] if entries else None
-            if tenant is None:
-                raise ctx.fail(f"no run {run!r} in Redis (a typo, or older than the retention period)")
-            if tenant not in rt.tenants:
-                raise ctx.fail(f"run {run} belongs to tenant {tenant!r}, which is not configured")
-            journal = group_journal(entries)
-            klaviyo = rt.klaviyo(tenant)
-            undo_run = None if dry_run else rt.store.create_run(tenant, "undo", source=run)
-            if undo_run:
-                rt.store.mark_enqueued(undo_run, [e[0]["customer_id"] for e in journal.values()])
-            token = current_run.set(undo_run)
-            counts: Counter[str] = Counter()
-            try:
-                for profile_id, entries in journal.items():
-                    found = klaviyo.find_one("id", profile_id)
-                    plan = plan_undo(entries, found)
-                    if plan.missing:
-                        outcome, reason = Outcome.REJECTED, "the profile is no longer in Klaviyo"
-                    elif plan.conflicts:
-                        outcome = Outcome.CONFLICT
-                        reason = (f"changed in Klaviyo since the run, kept: {', '.join(sorted(plan.conflicts))}"
-                                  + (f"; restored: {', '.join(sorted(plan.restore))}" if plan.restore else ""))
-                    elif plan.restore:
-                        outcome, reason = Outcome.UPDATED, f"restored: {', '.join(sorted(plan.restore))}"
-                    else:
-                        outcome, reason = Outcome.UNCHANGED, "already holds the old values"
-                    if plan.restore and not dry_run:
-                        klaviyo.update_profile(profile_id, plan.attributes)
-                    counts[outcome.value] += 1
-                    if dry_run:
-                        ctx.console.print(f"{plan.customer_id} ({profile_id}): would be {outcome.value} — {reason}")
-                    elif undo_run:
-                        rt.store.record_outcome(run_id=undo_run, tenant=tenant, customer_id=plan.customer_id,
-                                                outcome=outcome, reason=reason, profile_id=profile_id)
-            except (TenantFatalError, RetryableError) as exc:
-                raise ctx.fail(f"{exc}; run `loyale-sync undo {run}` again: values already restored are "
-                               "recognised and not written twice") from None
-            finally:
-                current_run.reset(token)
+        def show(item: Undone) -> None:
             if dry_run:
-                ctx.console.print(f"dry run: {dict(counts)}; nothing was written")
+                ctx.console.print(f"{item.customer_id} ({item.profile_id}): would be {item.outcome.value} — "
+                                  f"{item.reason}")
+
+        with ctx.runtime() as rt:
+            result = undo_run(rt, run, dry_run=dry_run, on_profile=show)
+            if dry_run:
+                ctx.console.print(f"dry run: {dict(result.counts)}; nothing was written")
                 return
-            rt.store.finish_producing(undo_run, len(journal))
-            info = rt.store.run(undo_run)
-            ctx.console.print(f"undo run [bold]{undo_run}[/] of {run}")
-            if info is not None:
-                ctx.console.print(outcome_table(info))
+            ctx.console.print(f"undo run [bold]{result.run_id}[/] of {run}")
+            if result.info is not None:
+                ctx.console.print(outcome_table(result.info))

@@ -11,14 +11,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from worker.klaviyo import KlaviyoClient
-from worker.mapping import InvalidCustomer, MappedProfile, map_customer
 from worker.merge import Match, Memory, Plan, Policy, plan_sync
-from worker.models import KlaviyoProfile, LoyaleCustomer, parse_customer
+from worker.models import KlaviyoProfile
 from worker.outcomes import Outcome
-from worker.sync import customer_id_of
+from worker.sync import customer_id_of, prepare
 
 CHUNK = 100
 
@@ -35,28 +32,11 @@ class Previewed:
                 for c in (*self.plan.changes, *self.plan.kept)]
 
 
-Parsed = tuple[LoyaleCustomer | None, MappedProfile | None, Plan | None, list[str]]
-
-
-def _parse(payload: dict[str, Any], region: str | None) -> Parsed:
-    try:
-        customer, warnings = parse_customer(payload)
-    except ValidationError as exc:
-        problem = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors())
-        return None, None, Plan(Outcome.INVALID, f"unreadable Loyale record: {problem}"), []
-    try:
-        mapped = map_customer(customer, region)
-    except InvalidCustomer as exc:
-        if customer.opted_in:
-            return customer, None, Plan(Outcome.INVALID, str(exc)), warnings
-        mapped = MappedProfile(fields={"external_id": customer.id})
-    return customer, mapped, None, warnings + mapped.warnings
-
-
 def preview_chunk(klaviyo: KlaviyoClient, policy: Policy, payloads: list[dict[str, Any]], *,
                   region: str | None = None, memories: dict[str, Memory] | None = None) -> list[Previewed]:
     """Plans for up to 100 customers with two batched lookups; reads Klaviyo, writes nothing."""
-    parsed = [(payload, *_parse(payload, region)) for payload in payloads]
+    parsed = [(payload, p.customer, p.mapped, p.early, p.warnings)
+              for payload in payloads for p in [prepare(payload, region)]]
     emails = sorted({m.email for _, _, m, _, _ in parsed if m is not None and m.email})
     ids = sorted({c.id for _, c, m, _, _ in parsed if c is not None and m is not None})
     by_email: dict[str, KlaviyoProfile] = {}
