@@ -91,6 +91,9 @@ MAX_THROTTLES = 200
 #: A customer colliding with another in its batch waits this long for a later batch, at most this often.
 COLLISION_DELAY_S = 1.0
 MAX_COLLISIONS = 2
+#: A failed Klaviyo call of a batch is tried again in place this often, after about this long.
+INLINE_RETRIES = 3
+INLINE_RETRY_BASE_S = 0.2
 
 
 @dataclass
@@ -372,10 +375,21 @@ class BatchSync:
         return [w for w in batch if w.open]
 
     def _call(self, works: list[Work], fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except (RetryableError, TenantFatalError) as exc:
-            self.fail_open(works, exc)
+        """One Klaviyo call for the batch. A passing failure (5xx, timeout, dropped connection) is tried
+        again in place a few times: a batch makes a dozen calls, and sending thousands of customers
+        back to the queue for one of them would rarely let a batch through a flaky minute. Every call
+        here is safe to repeat (reads; upserts; suppressions). A 429 or our own limiter's wait is not
+        retried here: the tenant backs off and the customers wait on the queue."""
+        for attempt in range(INLINE_RETRIES + 1):
+            try:
+                return fn()
+            except (Throttled, Deferred, TenantFatalError) as exc:
+                self.fail_open(works, exc)
+            except RetryableError as exc:
+                if attempt == INLINE_RETRIES:
+                    self.fail_open(works, exc)
+                self.sleep(backoff.exponential_s(attempt + 1, INLINE_RETRY_BASE_S, INLINE_RETRY_BASE_S * 8))
+        raise AssertionError("unreachable")   # the last failure above raises StageFailed
 
     def _each_chunk(self, works: list[Work], group: list[Work], size: int,
                     fn: Callable[[list[Work]], Any]) -> None:
