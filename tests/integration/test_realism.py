@@ -230,11 +230,12 @@ def test_a_phone_of_an_unsupported_region_is_dropped_with_a_warning(world, klavi
 # --- 2.7 locks outlive the slow jobs they protect ---------------------------------------------------
 
 def test_a_customers_lock_is_held_for_as_long_as_its_bulk_job_runs(world, klaviyo, redis_url):
-    """The job runs longer than the lock's TTL: the lock is refreshed, so an incremental sync of the
+    """The job runs far longer than the lock's TTL: the lock is refreshed, so an incremental sync of the
     customer waits for it instead of writing under an older backfill snapshot still in flight."""
     make, account = world
     klaviyo.set_job_timing(job_seconds=LONG_S)
-    rt, sync = make(BatchSettings(poll_first_s=0.05, poll_max_s=0.2, lock_ttl_s=0.6), merge_customers=True)
+    # A TTL ten times the refresh interval (0.2 s): only a lock that is never refreshed lapses.
+    rt, sync = make(BatchSettings(poll_first_s=0.05, poll_max_s=0.2, lock_ttl_s=2.0), merge_customers=True)
     results: list = []
     runner = threading.Thread(target=lambda: results.extend(sync.run(customers(1))))
     runner.start()
@@ -244,7 +245,7 @@ def test_a_customers_lock_is_held_for_as_long_as_its_bulk_job_runs(world, klaviy
             assert time.monotonic() < deadline, "the batch never submitted its job"
             time.sleep(0.05)
         for _ in range(4):                                  # > 3 TTLs in all: an unrefreshed lock expires
-            time.sleep(0.6)
+            time.sleep(1.6)
             assert not rt.store.lock_customer("t", "c-0", "incremental-sync"), "the lock lapsed mid-job"
     finally:
         klaviyo.advance_clock(LONG_S)
