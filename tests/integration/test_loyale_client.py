@@ -82,11 +82,13 @@ def test_snapshot_never_forwards_a_field_whose_internal_flag_is_not_plainly_fals
     """A flag of "true" (text) or 2 is not `false`: the value does not travel, and the worker does not
     sync the field; odd shapes of `Levels` do not break the snapshot."""
     lc = client(loyale, scheme)
-    raw = {**loyale.customers(scheme["scheme_id"])[0], "Levels": 7, "additionalCustomerFields": [
-        {"key": "Notes", "value": "owes us money", "internal": "true"},
-        {"key": "Odd", "value": "x", "internal": 2},
-        {"key": "Colour", "value": "red", "internal": None},
-    ]}
+    # a plain email: the fake's generated customers include hostile ones, and this test is about the flags
+    raw = {**loyale.customers(scheme["scheme_id"])[0], "email": "flags@example.com", "Levels": 7,
+           "additionalCustomerFields": [
+               {"key": "Notes", "value": "owes us money", "internal": "true"},
+               {"key": "Odd", "value": "x", "internal": 2},
+               {"key": "Colour", "value": "red", "internal": None},
+           ]}
     snapshot = lc.snapshot(raw)
     assert "levelNames" not in snapshot
     assert "owes us money" not in json.dumps(snapshot)
