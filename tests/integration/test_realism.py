@@ -297,14 +297,22 @@ def test_an_email_change_updates_the_same_profile(world, klaviyo, path):
 
 # --- 2.10 consent under suppression lag -----------------------------------------------------------
 
-def test_an_opt_out_then_opt_in_inside_the_lag_ends_marketable(world, klaviyo):
-    make, account = world
+def created_then_opted_out(world, klaviyo):
+    """Customer c-0 (p@example.com) created, then opted out: its suppression is sent and, with the lag
+    set to minutes, not applied yet."""
+    make, _ = world
     klaviyo.set_suppression_lag(LONG_S)
     rt, _ = make(merge_customers=True)
     deps = rt.deps("t")
     assert sync_customer(deps, "r1", loyale_payload(id="c-0", email="p@example.com")).outcome.value == "created"
     out = loyale_payload(id="c-0", email="p@example.com", marketingSub=False, updatedDate="2026-02-01T00:00:00Z")
     assert sync_customer(deps, "r2", out).outcome.value == "suppressed"
+    return rt, deps
+
+
+def test_an_opt_out_then_opt_in_inside_the_lag_ends_marketable(world, klaviyo):
+    account = world[1]
+    rt, deps = created_then_opted_out(world, klaviyo)
     back = loyale_payload(id="c-0", email="p@example.com", updatedDate="2026-03-01T00:00:00Z")
     assert sync_customer(deps, "r3", back).outcome.value == "unsuppressed"   # the pending suppression is lifted
     klaviyo.advance_clock(LONG_S + 1)
@@ -401,13 +409,8 @@ def test_levels_loyale_emptied_are_unset_with_merge_on_and_kept_with_merge_off(w
 def test_pending_suppressions_are_rechecked_until_klaviyo_shows_them_and_resent_if_they_did_not_land(world, klaviyo):
     """Jobs for one email may land in either order: the re-check reads the profile once the job is done
     and sends Loyale's last wish again where Klaviyo does not show it."""
-    make, account = world
-    klaviyo.set_suppression_lag(LONG_S)
-    rt, _ = make(merge_customers=True)
-    deps = rt.deps("t")
-    assert sync_customer(deps, "r1", loyale_payload(id="c-0", email="p@example.com")).outcome.value == "created"
-    out = loyale_payload(id="c-0", email="p@example.com", marketingSub=False, updatedDate="2026-02-01T00:00:00Z")
-    assert sync_customer(deps, "r2", out).outcome.value == "suppressed"
+    account = world[1]
+    rt, deps = created_then_opted_out(world, klaviyo)
 
     waiting = recheck_suppressions(rt.store, deps.klaviyo, "t", overdue_s=LONG_S * 10)
     assert (waiting.waiting, waiting.settled, waiting.resent) == (1, 0, 0)      # the job is still running
