@@ -295,7 +295,12 @@ class BatchSync:
                 if w.solo and w.result is None:
                     self._one_by_one(w)
         finally:
-            self.store.unlock_customers(self.tenant, self._locks)
+            # Also every lock an earlier run of these same messages took (same task id as token) and
+            # could not release: its pool process died mid-batch. A customer that leaves this batch
+            # another way (collided, synced on its own) would otherwise keep it until the TTL.
+            earlier = [(w.item.customer_id, w.item.task_id) for w in works]
+            earlier += [(email_lock(w.mapped.email), w.item.task_id) for w in works if w.mapped and w.mapped.email]
+            self.store.unlock_customers(self.tenant, list(dict.fromkeys(self._locks + earlier)))
         return [w.result for w in works if w.result]
 
     def _remember_plans(self, works: list[Work]) -> None:
