@@ -19,6 +19,9 @@ def writes(klaviyo, account_id: str) -> list[str]:
 
 def test_preview_shows_what_a_merge_would_do_and_writes_nothing(loyale, klaviyo, redis_url, store):
     klaviyo.set_knobs(rate_limit_scale=50, request_log_size=10_000)
+    # A phone Klaviyo refuses for its region is known only once Klaviyo refused it (then remembered):
+    # a preview cannot foresee the first refusal (README, "Safety"), so this comparison runs without.
+    klaviyo.set_unsupported_phone_regions([])
     scenario = build_scenario(loyale, klaviyo, "pre", customers=120, merge_customers=False, seed=81)
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
                    SYNC_LIMITER_RATE_SCALE="50")
