@@ -71,7 +71,6 @@ def profile_tables(out: str) -> dict[str, dict[str, list[str]]]:
     return tables
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_shows_both_merge_modes_undoes_the_merge_on_run_and_leaves_nothing_running():
     marker = uuid.uuid4().hex
