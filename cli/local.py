@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from rich.table import Table
@@ -31,10 +31,13 @@ from fakes.loyale_control import FakeLoyaleControl
 from fakes.processes import RedisServer, WorkerProcess, sync_env, write_tenants_file
 from fakes.serving import ServerProcess
 from producers.backfill import run_backfill
-from worker.merge import Policy
+from worker.merge import ExistingProfiles, Policy
 from worker.outcomes import Outcome
 from worker.runtime import Runtime
 from worker.store import RunInfo
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 DEMO_TENANT = "demo"
 
@@ -156,7 +159,7 @@ def _loyale_value(customer: dict[str, Any], column: str) -> Any:
     return None
 
 
-def _progress(label: str):
+def _progress(label: str) -> Progress:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn(f"   {label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -256,7 +259,7 @@ def _terminated(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def run_demo(customers: int, existing_profiles: str, keep_running: bool,
+def run_demo(customers: int, existing_profiles: ExistingProfiles, keep_running: bool,
              time_scale: float = DEMO_TIME_SCALE) -> None:
     started = time.monotonic()
     # Stopped by SIGTERM (a supervisor, a test's timeout) as by Ctrl-C: the finally below stops everything.

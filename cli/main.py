@@ -14,7 +14,8 @@ from producers.loyale import CustomerNotFound, LoyaleRouteMissing
 from worker.errors import RetryableError, TenantFatalError
 from worker.logs import configure_logging
 from worker.outcomes import Outcome
-from worker.runtime import current_run
+from worker.runtime import Runtime, current_run
+from worker.settings import TenantConfig
 from worker.sync import plan_customer, sync_customer
 from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL
 
@@ -70,7 +71,8 @@ def resume(
         _produce(rt, chosen, run, wait=wait, per_customer=per_customer, resume=True)
 
 
-def _produce(rt, chosen, run_id: str, *, wait: bool, per_customer: bool, resume: bool = False) -> None:
+def _produce(rt: Runtime, chosen: TenantConfig, run_id: str, *, wait: bool, per_customer: bool,
+             resume: bool = False) -> None:
     from worker.app import app as celery_app
 
     loyale = ctx.loyale_client(rt.http, chosen)
@@ -187,10 +189,11 @@ def demo(
     worker. The same scheme is previewed, backfilled with Merge Customers off, then on (outcomes side by
     side, profiles before -> after), and the merge-on run is undone. Everything is stopped at the end."""
     from cli.local import run_demo
+    from worker.merge import EXISTING_PROFILES
 
-    if existing_profiles not in ("skip", "fill_empty"):
+    if existing_profiles not in EXISTING_PROFILES:
         raise ctx.fail("--existing-profiles is skip or fill_empty")
-    run_demo(customers, existing_profiles, keep_running, time_scale)
+    run_demo(customers, EXISTING_PROFILES[existing_profiles], keep_running, time_scale)
 
 
 @app.command()

@@ -18,7 +18,7 @@ from cli.render import outcome_table, short
 from producers.backfill import BACKFILL_FILTERS, BACKFILL_SORTS
 from producers.loyale import LoyaleRouteMissing
 from worker.errors import RetryableError, TenantFatalError
-from worker.merge import Policy
+from worker.merge import EXISTING_PROFILES, Policy
 from worker.outcomes import Outcome
 from worker.preview import Previewed, preview
 from worker.runtime import Runtime, current_run
@@ -152,14 +152,14 @@ def register(app: typer.Typer) -> None:
         """Show what a backfill would do, field by field, under the chosen settings. Writes nothing."""
         if merge_customers is not None and merge_customers not in ON_OFF:
             raise ctx.fail("--merge-customers is on or off")
-        if existing_profiles is not None and existing_profiles not in ("skip", "fill_empty"):
+        if existing_profiles is not None and existing_profiles not in EXISTING_PROFILES:
             raise ctx.fail("--existing-profiles is skip or fill_empty")
         if sample < 1 and not all_customers:
             raise ctx.fail("--sample must be at least 1 (or use --all)")
         with ctx.runtime() as rt:
             chosen = ctx.pick_tenant(rt.tenants, tenant)
             policy = Policy(ON_OFF[merge_customers] if merge_customers else chosen.merge_customers,
-                            existing_profiles or chosen.existing_profiles)
+                            EXISTING_PROFILES[existing_profiles] if existing_profiles else chosen.existing_profiles)
             try:
                 items = preview_scheme(rt, chosen, policy, limit=None if all_customers else sample)
             except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:

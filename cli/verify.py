@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Annotated, TypeVar
 
 import redis
@@ -187,7 +188,7 @@ def check_scopes(klaviyo: KlaviyoClient, tenant: TenantConfig) -> list[Check]:
             checks.append(Check(name, Status.SKIPPED, f"not checked: its probe also needs {', '.join(lacking)}"))
             continue
         try:
-            held[probe.scope] = _klaviyo_call(lambda probe=probe: klaviyo.permitted(probe.endpoint))
+            held[probe.scope] = _klaviyo_call(partial(klaviyo.permitted, probe.endpoint))
         except TenantFatalError as exc:
             checks.append(Check(name, Status.FAILED, exc.reason))
             break

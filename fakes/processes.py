@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import redis
 from celery import Celery
@@ -133,7 +133,7 @@ class ChildProcess:
     def command(self) -> list[str]:
         return self.argv
 
-    def start(self):
+    def start(self) -> Self:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen(self.command(), env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

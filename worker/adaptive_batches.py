@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from time import monotonic
-from typing import Any
+from typing import Any, Protocol
 
 from celery.utils.log import get_logger
 from celery.worker.request import Request
@@ -32,8 +32,15 @@ from celery_batches import Batches, SimpleRequest, apply_batches_task, partition
 logger = get_logger(__name__)
 
 
-class AdaptiveBatches(Batches):
+class _Timer(Protocol):
+    """A timer entry of celery's event loop (kombu's `Entry`, which has no type information)."""
+
+    def cancel(self) -> None: ...
+
+
+class AdaptiveBatches(Batches):  # type: ignore[misc]  # celery-batches ships no type information
     abstract = True
+    _tref: _Timer | None  # celery-batches' flush timer
     #: Longest a growing buffer waits for more customers before it is flushed anyway.
     max_wait_s = 30.0
 

@@ -67,8 +67,9 @@ class BulkImportJob:
     @property
     def counts_add_up(self) -> bool:
         """Every row is accounted for as completed or failed (only then can rows be confirmed)."""
-        return (self.status == "complete" and None not in (self.total_count, self.completed_count, self.failed_count)
-                and self.completed_count + self.failed_count == self.total_count)
+        total, completed, failed = self.total_count, self.completed_count, self.failed_count
+        return (self.status == "complete" and total is not None and completed is not None and failed is not None
+                and completed + failed == total)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,11 @@ def row_identifiers(attributes: dict[str, Any], profile_id: str | None = None) -
     return found
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one (for members Klaviyo may leave out)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _first_error(body: Any) -> dict[str, Any]:
     if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
         first = body["errors"][0]
@@ -162,7 +168,7 @@ def raise_for_klaviyo(response: httpx.Response, tenant: str) -> None:
     error = _first_error(body)
     code = str(error.get("code") or "")
     detail = str(error.get("detail") or error.get("title") or response.reason_phrase or "")
-    source = error.get("source") if isinstance(error.get("source"), dict) else {}
+    source = _object(error.get("source"))
     pointer = source.get("pointer") or source.get("parameter")
     if status == 429:
         wait = retry_after_s(response)
@@ -190,12 +196,12 @@ def raise_for_klaviyo(response: httpx.Response, tenant: str) -> None:
         raise TenantFatalError(tenant, f"Klaviyo retired the API revision in use (410): {detail}; "
                                        "set SYNC_KLAVIYO_REVISION to a current revision")
     if status == 409 and code == "duplicate_profile":
-        meta = error.get("meta") if isinstance(error.get("meta"), dict) else {}
+        meta = _object(error.get("meta"))
         raise DuplicateProfile(detail, meta.get("duplicate_profile_id"), pointer)
-    items = body.get("errors") if isinstance(body, dict) and isinstance(body.get("errors"), list) else []
+    items = _object(body).get("errors")
     every = [RecordRejected(status, str(e.get("code") or status), str(e.get("detail") or "")[:500],
-                            (e.get("source") or {}).get("pointer") if isinstance(e.get("source"), dict) else None)
-             for e in items if isinstance(e, dict)]
+                            _object(e.get("source")).get("pointer"))
+             for e in (items if isinstance(items, list) else []) if isinstance(e, dict)]
     raise RecordRejected(status, code or str(status), detail[:500], pointer, every or None)
 
 
@@ -277,7 +283,7 @@ class KlaviyoClient:
     def _resource(data: Any, kind: str) -> dict[str, Any]:
         """A JSON:API resource object with an id (and, if any, attributes that are an object)."""
         ident = data.get("id") if isinstance(data, dict) else None
-        if not isinstance(ident, str | int) or isinstance(ident, bool) or ident == "":
+        if not isinstance(data, dict) or not isinstance(ident, str | int) or isinstance(ident, bool) or ident == "":
             raise RetryableError(f"Klaviyo answered with a {kind} without an id")
         if not isinstance(data.get("attributes"), dict | None):
             raise RetryableError(f"Klaviyo answered with a {kind} {data['id']} whose attributes are not an object")
@@ -405,8 +411,8 @@ class KlaviyoClient:
             for item in self._list(self._data(body)):
                 if not isinstance(item, dict):
                     continue
-                attrs = item.get("attributes") if isinstance(item.get("attributes"), dict) else {}
-                source = attrs.get("source") if isinstance(attrs.get("source"), dict) else {}
+                attrs = _object(item.get("attributes"))
+                source = _object(attrs.get("source"))
                 payload = attrs.get("original_payload")
                 errors.append(ImportError_(
                     code=str(attrs.get("code") or ""), detail=str(attrs.get("detail") or attrs.get("title") or ""),

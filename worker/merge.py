@@ -27,13 +27,16 @@ from worker.models import SUPPRESSION_USER, KlaviyoProfile, LoyaleCustomer
 from worker.outcomes import Outcome
 
 ChangeKind = Literal["set", "overwrite", "fill", "keep", "clear"]
+ExistingProfiles = Literal["skip", "fill_empty"]
+#: The ExistingProfiles choices by their spelling on a command line.
+EXISTING_PROFILES: dict[str, ExistingProfiles] = {"skip": "skip", "fill_empty": "fill_empty"}
 SuppressionAction = Literal["suppress", "unsuppress"]
 
 
 @dataclass(frozen=True)
 class Policy:
     merge_customers: bool = False
-    existing_profiles: Literal["skip", "fill_empty"] = "skip"
+    existing_profiles: ExistingProfiles = "skip"
 
 
 @dataclass(frozen=True)
@@ -204,8 +207,8 @@ def plan_sync(
         return Plan(Outcome.SUPPRESSED, reason, profile_id=profile.id, suppress_email=email)
 
     if profile is None:
-        changes = tuple(FieldChange(k, None, v, "set") for k, v in mapped.fields.items())
-        return Plan(Outcome.CREATED, "new profile", write="create", changes=changes)
+        return Plan(Outcome.CREATED, "new profile", write="create",
+                    changes=tuple(FieldChange(k, None, v, "set") for k, v in mapped.fields.items()))
 
     unsuppress = None
     notes: list[str] = []
@@ -232,7 +235,7 @@ def plan_sync(
         changes.extend(FieldChange(path, profile.value(path), None, "clear")
                        for path in sorted(mapped.cleared) if not is_empty(profile.value(path)))
 
-    write = "update" if changes else None
+    write: Literal["update"] | None = "update" if changes else None
     if unsuppress:
         outcome, reason = Outcome.UNSUPPRESSED, "opted in again; lifting the suppression this service set"
     elif changes:

@@ -228,7 +228,7 @@ class Settings(BaseSettings):
         when no tenant can be read at all: nothing configured, or a tenants file that cannot be parsed."""
         if self.tenants_file is None:
             if not self.tenant_loyale_scheme_id:
-                return self.load_tenants()  # raises the "no tenants configured" error
+                return dict(self.load_tenants())  # raises the "no tenants configured" error
             try:
                 return dict(self.load_tenants())
             except ConfigError as exc:
