@@ -19,8 +19,8 @@ from rich.table import Table
 
 from cli import context as cli_context
 from cli.context import console, fail
+from cli.preview_undo import preview_scheme, undo_run
 from cli.render import short, wait_for_run
-from cli.safety import preview_scheme, undo_run
 from fakes.klaviyo import AccountSpec, FakeKlaviyoConfig, KeySpec, Knobs
 from fakes.klaviyo import create_app as klaviyo_app
 from fakes.klaviyo.config import realistic_knobs

@@ -271,9 +271,9 @@ def subscribe_webhooks(
             ctx.console.print(f"{chosen.id}: subscribed to topics {', '.join(map(str, WEBHOOK_TOPICS))}")
 
 
-from cli import safety  # noqa: E402
+from cli import preview_undo  # noqa: E402
 
-safety.register(app)
+preview_undo.register(app)
 
 from cli import ops  # noqa: E402
 

@@ -31,7 +31,7 @@ from cli.render import outcome_table, short, wait_for_run
 from producers.backfill import wait_for_room
 from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing
 from worker.errors import RetryableError, TenantFatalError
-from worker.outcomes import PROBLEMS, RETRYABLE, Outcome
+from worker.outcomes import PROBLEMS, REDRIVABLE, Outcome
 from worker.runtime import Runtime, make_redis
 from worker.settings import Settings, TenantConfig
 from worker.store import RunInfo, Store
@@ -98,8 +98,8 @@ def when(epoch_s: float | None) -> str:
     return "—" if not epoch_s else datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def loyale_time(value: str | None) -> str:
-    """The ledger's ISO `updatedDate`, to the second."""
+def readable_loyale_time(value: str | None) -> str:
+    """The ledger's ISO `updatedDate` (Loyale's text), for people: to the second, in UTC."""
     try:
         return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
     except ValueError:
@@ -183,7 +183,7 @@ def open_failures(store: Store, runs: list[RunInfo]) -> list[Failure]:
     candidates: dict[tuple[str, str], Failure] = {}
     for info in sorted(runs, key=lambda r: r.started_at, reverse=True):
         for cid, entry in store.problems(info.id).items():
-            if entry.get("outcome") in RETRYABLE and (info.tenant, cid) not in candidates:
+            if entry.get("outcome") in REDRIVABLE and (info.tenant, cid) not in candidates:
                 candidates[(info.tenant, cid)] = Failure(info.tenant, cid, entry["outcome"], entry.get("reason", ""),
                                                          info.id, entry.get("at"))
     found: list[Failure] = []
@@ -195,7 +195,7 @@ def open_failures(store: Store, runs: list[RunInfo]) -> list[Failure]:
             now = latest.get(failure.customer_id)
             if now is None:  # the ledger expired or was trimmed: the run's record is all we know
                 found.append(failure)
-            elif now.get("outcome") in RETRYABLE:
+            elif now.get("outcome") in REDRIVABLE:
                 found.append(Failure(tenant, failure.customer_id, now["outcome"], now.get("reason", ""),
                                      now.get("run") or failure.run, now.get("at")))
     return sorted(found, key=lambda f: (f.tenant, f.outcome, f.customer_id))
@@ -350,7 +350,7 @@ def customer(
         reason = escape(entry.get("reason") or "")
         reason += "".join(f"\n[yellow]warning:[/] {escape(w)}" for w in entry.get("warnings") or [])
         if entry.get("updated_date"):
-            reason += f"\n[dim]Loyale updatedDate {loyale_time(entry['updated_date'])}[/]"
+            reason += f"\n[dim]Loyale updatedDate {readable_loyale_time(entry['updated_date'])}[/]"
         table.add_row(f"{when(entry.get('at')).removesuffix(' UTC')}\n{entry.get('run', '')}",
                       str(entry.get("outcome", "")), reason, escape(entry.get("profile_id") or "—"))
     ctx.console.print(table)

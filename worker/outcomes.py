@@ -22,7 +22,9 @@ class Outcome(StrEnum):
 
 #: Outcomes an operator has to look at; `loyale-sync failures` lists FAILED and REJECTED.
 PROBLEMS = frozenset({Outcome.INVALID, Outcome.REJECTED, Outcome.CONFLICT, Outcome.FAILED})
-RETRYABLE = frozenset({Outcome.FAILED, Outcome.REJECTED})
+#: Outcomes `loyale-sync retry-failures` re-drives: FAILED, and REJECTED, which the task never retries
+#: (Klaviyo refused the data) but which is worth another try once the data or the account is fixed.
+REDRIVABLE = frozenset({Outcome.FAILED, Outcome.REJECTED})
 #: Outcomes after which the snapshot counts as synced (a later, older snapshot is stale).
 SETTLED = frozenset(Outcome) - {Outcome.FAILED, Outcome.STALE}
 
