@@ -14,6 +14,9 @@ import pytest
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.serving import ServerProcess, free_port, wait_until_healthy
 
+#: Each test talks to a fake served on a loopback port (a child process): the integration layer.
+pytestmark = pytest.mark.integration
+
 KEY = "pk_" + "c0ffee00" * 4 + "01"
 ACCOUNT = "CtrL01"
 

@@ -11,6 +11,9 @@ import pytest
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.serving import ServerProcess
 
+#: Each test talks to a fake served on a loopback port (a child process): the integration layer.
+pytestmark = pytest.mark.integration
+
 KEY = "pk_" + "5ca1ab1e" * 4 + "01"
 SECOND_KEY = "pk_" + "5ca1ab1e" * 4 + "02"
 ACCOUNT = "LimT01"

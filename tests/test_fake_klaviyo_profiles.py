@@ -13,6 +13,9 @@ import pytest
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.serving import ServerProcess
 
+#: Each test talks to a fake served on a loopback port (a child process): the integration layer.
+pytestmark = pytest.mark.integration
+
 KEY = "pk_" + "0123456789abcdef" * 2 + "01"
 ACCOUNT = "AcmE01"
 JSONAPI = "application/vnd.api+json"

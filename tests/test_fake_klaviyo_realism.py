@@ -17,6 +17,9 @@ from fakes.klaviyo.config import KIND_REALISM, Knobs, realistic_knobs
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.serving import ServerProcess
 
+#: Each test talks to a fake served on a loopback port (a child process): the integration layer.
+pytestmark = pytest.mark.integration
+
 KEY = "pk_" + "5ea1" * 8 + "01"
 ACCOUNT = "ReAl01"
 IT_PHONE = "+393331234567"

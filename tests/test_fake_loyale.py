@@ -20,6 +20,9 @@ from fakes.loyale import FakeLoyaleConfig, Knobs, SchemeConfig, create_app
 from fakes.loyale_control import FakeLoyaleControl, FakeLoyaleError
 from fakes.serving import ServerProcess, free_port, wait_until_healthy
 
+#: Each test talks to a fake served on a loopback port (a child process): the integration layer.
+pytestmark = pytest.mark.integration
+
 SCHEME = "8f4089bc-91b6-4078-8403-cfd07b285cdb"
 EMAIL = "admin@loyale.test"
 PASSWORD = "correct-horse"

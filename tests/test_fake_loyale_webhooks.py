@@ -15,6 +15,9 @@ import pytest
 from fakes.loyale_control import FakeLoyaleControl
 from fakes.serving import ServerProcess, free_port
 
+#: Each test talks to a fake served on a loopback port (a child process): the integration layer.
+pytestmark = pytest.mark.integration
+
 SCHEME = "5d0c6f64-3f3c-4d5e-9a51-0b5a4c1b2e77"
 EMAIL = "admin@loyale.test"
 PASSWORD = "hook-pass"

@@ -23,6 +23,9 @@ from fakes.klaviyo.spec import BUILTIN, build_openapi
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.serving import ServerProcess
 
+#: Each test talks to a fake served on a loopback port (a child process): the integration layer.
+pytestmark = pytest.mark.integration
+
 SPEC = default_spec_path()
 pytestmark = pytest.mark.skipif(not SPEC.exists(), reason=f"Klaviyo's OpenAPI spec is not at {SPEC}")
 
