@@ -1,4 +1,6 @@
-"""KlaviyoClient against the fake Klaviyo over real HTTP: every answer maps to what the caller should do."""
+"""KlaviyoClient against the fake Klaviyo over real HTTP: what the fake really does with the requests
+(round trips, paging, jobs, suppression, a real stall and a real dropped connection). Which status
+means what is the unit table in tests/test_klaviyo_statuses.py."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.integration.scenario import private_key
-from worker.errors import DuplicateProfile, RecordRejected, RetryableError, TenantFatalError, Throttled
+from worker.errors import DuplicateProfile, RetryableError
 from worker.klaviyo import KlaviyoClient
 
 
@@ -75,42 +77,9 @@ def test_duplicate_identifier_is_a_duplicate_profile_with_the_owner(klaviyo, key
     assert caught.value.duplicate_profile_id == owner.id
 
 
-def test_invalid_data_is_a_per_customer_rejection_with_klaviyos_pointer(klaviyo, key):
-    with pytest.raises(RecordRejected) as caught:
-        client(klaviyo, key).create_profile({"email": "josé@example.com"})
-    assert caught.value.status == 400 and caught.value.pointer == "/data/attributes/email"
-    assert "Invalid email address" in str(caught.value)
-
-
-def test_unknown_key_stops_the_tenant_with_the_fix(klaviyo, key):
-    klaviyo.revoke_key(key)
-    with pytest.raises(TenantFatalError, match="rejected the private API key.*Settings > API Keys"):
-        client(klaviyo, key).find_one("email", "a@example.com")
-
-
-def test_missing_scope_stops_the_tenant_and_names_the_scopes(klaviyo):
-    key = private_key()
-    klaviyo.add_account(keys=[{"key": key, "scopes": ["profiles:read"]}])
-    kc = client(klaviyo, key)
-    assert kc.find_one("email", "a@example.com") is None
-    with pytest.raises(TenantFatalError, match="lacks a scope.*profiles:write"):
-        kc.create_profile({"email": "a@example.com"})
-
-
-@pytest.mark.parametrize("omit_header", [False, True])
-def test_throttled_carries_the_wait_from_the_header_or_the_detail(klaviyo, key, omit_header):
-    klaviyo.set_knobs(rate_limit_scale=0.001, omit_retry_after=omit_header)  # 1 request per window
-    kc = client(klaviyo, key)
-    kc.find_one("email", "a@example.com")
-    with pytest.raises(Throttled) as caught:
-        kc.find_one("email", "a@example.com")
-    assert caught.value.retry_after_s is not None and 0 <= caught.value.retry_after_s <= 60
-
-
-@pytest.mark.parametrize("knob", [{"error_rate": 1.0}, {"drop_rate": 1.0}, {"non_json_403_rate": 1.0}])
-def test_server_errors_dropped_connections_and_cdn_pages_are_retryable(klaviyo, key, knob):
-    klaviyo.set_knobs(**knob)
-    with pytest.raises(RetryableError):
+def test_a_dropped_connection_is_retryable(klaviyo, key):
+    klaviyo.set_knobs(drop_rate=1.0)
+    with pytest.raises(RetryableError, match="connection to Klaviyo failed"):
         client(klaviyo, key).find_one("email", "a@example.com")
 
 
