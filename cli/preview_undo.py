@@ -55,7 +55,8 @@ def preview_scheme(rt: Runtime, chosen: TenantConfig, policy: Policy, *, limit: 
                 yield loyale.snapshot(raw)
 
     items: list[Previewed] = []
-    for item in preview(rt.klaviyo(chosen.id), policy, payloads(), region=chosen.default_phone_region):
+    for item in preview(rt.klaviyo(chosen.id), policy, payloads(), region=chosen.default_phone_region,
+                        state=rt.store, tenant=chosen.id):
         items.append(item)
         if on_progress is not None:
             on_progress(len(items))

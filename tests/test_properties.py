@@ -153,7 +153,7 @@ def applied(profile: KlaviyoProfile | None, plan: Plan) -> KlaviyoProfile:
 
 
 def match_for(profile: KlaviyoProfile | None, customer: LoyaleCustomer, email: str | None) -> Match:
-    """What `worker.sync.lookup` finds when this is the only profile: by email (case-insensitively, as
+    """What `worker.pipeline.lookup_many` finds when this is the only profile: by email (case-insensitively, as
     Klaviyo matches), then by external_id."""
     if profile is None:
         return Match()

@@ -1,21 +1,21 @@
-"""What a backfill would do, without writing: the same parsing, mapping and merge policy, read-only.
+"""What a backfill would do, without writing: the same preparation, lookups and merge policy, read-only.
 
-Lookups are batched (`any(email,[...])` and `any(external_id,[...])` of up to 100), so previewing a
-whole scheme costs about two requests per hundred customers, and every request goes through the
-fleet's limiter like any other.
+Customers are prepared and looked up by `worker.pipeline`, as the backfill's batch does
+(`any(email,[...])`, then `any(external_id,[...])` only where the batch looks by our id, and the
+profile ids remembered from earlier syncs), so previewing a whole scheme costs about one or two
+requests per hundred customers, and every request goes through the fleet's limiter like any other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from worker.klaviyo import KlaviyoClient
-from worker.merge import Match, Memory, Plan, Policy, plan_sync
-from worker.models import KlaviyoProfile
-from worker.outcomes import Outcome
-from worker.sync import customer_id_of, prepare
+from worker.merge import Memory, Plan, Policy, plan_sync, stale_plan
+from worker.pipeline import Ready, Stopped, lookup_many, prepare_many
+from worker.sync import customer_id_of
 
 CHUNK = 100
 
@@ -32,38 +32,45 @@ class Previewed:
                 for c in (*self.plan.changes, *self.plan.kept)]
 
 
+class Remembers(Protocol):
+    """What preview reads of this service's state (`worker.store.Store`): it writes nothing."""
+
+    def unusable_phones(self, tenant: str, phones: list[str]) -> set[str]: ...
+
+    def memories(self, tenant: str, customers: list[tuple[str, str | None]]) -> list[Memory]: ...
+
+
 def preview_chunk(klaviyo: KlaviyoClient, policy: Policy, payloads: list[dict[str, Any]], *,
-                  region: str | None = None, memories: dict[str, Memory] | None = None) -> list[Previewed]:
-    """Plans for up to 100 customers with two batched lookups; reads Klaviyo, writes nothing."""
-    parsed = [(payload, p.customer, p.mapped, p.early, p.warnings)
-              for payload in payloads for p in [prepare(payload, region)]]
-    emails = sorted({m.email for _, _, m, _, _ in parsed if m is not None and m.email})
-    ids = sorted({c.id for _, c, m, _, _ in parsed if c is not None and m is not None})
-    by_email: dict[str, KlaviyoProfile] = {}
-    by_xid: dict[str, KlaviyoProfile] = {}
-    if emails:
-        by_email = {p.email.lower(): p for p in klaviyo.find_many("email", emails) if p.email}
-    if ids:
-        by_xid = {p.external_id: p for p in klaviyo.find_many("external_id", ids) if p.external_id}
+                  region: str | None = None, state: Remembers | None = None, tenant: str = ""
+                  ) -> list[Previewed]:
+    """Plans for up to 100 customers, prepared and looked up as the backfill's batch does
+    (`worker.pipeline`); reads Klaviyo and `state` (what earlier syncs remembered), writes nothing."""
+    prepared = prepare_many(payloads, region,
+                            lambda phones: state.unusable_phones(tenant, phones) if state else set())
+    readies = [p for p in prepared if isinstance(p, Ready)]
+    memories = (state.memories(tenant, [(r.customer.id, r.mapped.email) for r in readies]) if state
+                else [Memory() for _ in readies])
+    remembered = {r: replace(r, memory=m) for r, m in zip(readies, memories, strict=True)}
+    stale = {r: plan for r in remembered.values() if (plan := stale_plan(r.customer, r.memory)) is not None}
+    matches = lookup_many(klaviyo, policy, [r for r in remembered.values() if r not in stale])
     result = []
-    for payload, customer, mapped, early, warnings in parsed:
-        if early is not None or customer is None or mapped is None:
-            result.append(Previewed(customer_id_of(payload), early or Plan(Outcome.INVALID, "unreadable"), warnings))
+    for payload, p in zip(payloads, prepared, strict=True):
+        if isinstance(p, Stopped):
+            result.append(Previewed(customer_id_of(payload), p.plan, p.warnings))
             continue
-        match = Match(by_email=by_email.get(mapped.email) if mapped.email else None,
-                      by_external_id=by_xid.get(customer.id))
-        memory = (memories or {}).get(customer.id, Memory())
-        result.append(Previewed(customer.id, plan_sync(customer, mapped, match, policy, memory), warnings))
+        r = remembered[p]
+        plan = stale.get(r) or plan_sync(r.customer, r.mapped, matches[r], policy, r.memory)
+        result.append(Previewed(r.customer.id, plan, r.warnings))
     return result
 
 
 def preview(klaviyo: KlaviyoClient, policy: Policy, payloads: Iterable[dict[str, Any]], *,
-            region: str | None = None) -> Iterator[Previewed]:
+            region: str | None = None, state: Remembers | None = None, tenant: str = "") -> Iterator[Previewed]:
     chunk: list[dict[str, Any]] = []
     for payload in payloads:
         chunk.append(payload)
         if len(chunk) == CHUNK:
-            yield from preview_chunk(klaviyo, policy, chunk, region=region)
+            yield from preview_chunk(klaviyo, policy, chunk, region=region, state=state, tenant=tenant)
             chunk = []
     if chunk:
-        yield from preview_chunk(klaviyo, policy, chunk, region=region)
+        yield from preview_chunk(klaviyo, policy, chunk, region=region, state=state, tenant=tenant)

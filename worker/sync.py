@@ -11,14 +11,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 from worker.errors import DuplicateProfile, RecordRejected, RetryableError
 from worker.klaviyo import KlaviyoClient
-from worker.mapping import InvalidCustomer, MappedProfile, map_customer
+from worker.mapping import MappedProfile
 from worker.merge import Match, Memory, Plan, Policy, plan_sync, stale_plan
-from worker.models import KlaviyoProfile, LoyaleCustomer, parse_customer
+from worker.models import KlaviyoProfile, LoyaleCustomer
 from worker.outcomes import Outcome, after_interruption
+from worker.pipeline import Stopped, lookup_many, prepare_many
 from worker.settings import TenantConfig
 from worker.store import Store
 
@@ -62,68 +62,6 @@ PHONE_CLAIM_TTL_S = 900.0
 MAX_WRITE_ROUNDS = 4
 
 
-def lookup(klaviyo: KlaviyoClient, customer: LoyaleCustomer, mapped: MappedProfile,
-           memory: Memory | None = None) -> Match:
-    """Find the customer's profile by email, then by external_id (one request when they agree), then
-    by the profile id remembered from an earlier sync: a read by id sees a profile that Klaviyo's
-    filters do not show yet, and finds it after the customer changed email."""
-    by_email = klaviyo.find_one("email", mapped.email) if mapped.email else None
-    if by_email is not None and by_email.external_id == customer.id:
-        return Match(by_email=by_email, by_external_id=by_email)
-    by_xid = klaviyo.find_one("external_id", customer.id)
-    if by_email is None and by_xid is None and memory is not None and memory.profile_id:
-        remembered = klaviyo.get_profile(memory.profile_id)
-        if remembered is not None and remembered.external_id in (None, customer.id):
-            if mapped.email and remembered.email == mapped.email:
-                return Match(by_email=remembered, by_external_id=remembered if remembered.external_id else None)
-            by_xid = remembered
-    return Match(by_email=by_email, by_external_id=by_xid)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A parsed and mapped customer, or the outcome that stops it before any lookup."""
-
-    customer: LoyaleCustomer | None
-    mapped: MappedProfile | None
-    warnings: list[str]
-    early: Plan | None = None
-
-
-def prepare(payload: dict[str, Any], default_phone_region: str | None) -> Prepared:
-    """Parse and map one customer (pure). Shared by the per-customer path, the batch and preview."""
-    try:
-        customer, warnings = parse_customer(payload)
-    except ValidationError as exc:
-        problem = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors())
-        return Prepared(None, None, [], Plan(Outcome.INVALID, f"unreadable Loyale record: {problem}"))
-    try:
-        mapped = map_customer(customer, default_phone_region)
-    except InvalidCustomer as exc:
-        if customer.opted_in:
-            return Prepared(customer, None, warnings, Plan(Outcome.INVALID, str(exc)))
-        # Not opted in (deleted, say) and nothing to send: still find its profile by our id to suppress it.
-        mapped = MappedProfile(fields={"external_id": customer.id})
-    return Prepared(customer, mapped, warnings + mapped.warnings)
-
-
-def without_unusable_phone(prepared: Prepared, unusable: set[str]) -> Prepared:
-    """Leave out a phone Klaviyo refused before, or that another profile holds; a customer left with
-    nothing to key a profile by is rejected (opted in) or looked up by our id only (to suppress it)."""
-    mapped, customer = prepared.mapped, prepared.customer
-    phone = mapped.fields.get("phone_number") if mapped is not None else None
-    if phone is None or phone not in unusable or mapped is None or customer is None:
-        return prepared
-    warnings = [*prepared.warnings, "phone not sent: Klaviyo refused it, or another profile held it, lately"]
-    fields = {k: v for k, v in mapped.fields.items() if k != "phone_number"}
-    if mapped.email is None:
-        if customer.opted_in:
-            return Prepared(customer, None, warnings, Plan(
-                Outcome.REJECTED, "no email, and the phone cannot be used: nothing to create"))
-        fields = {"external_id": customer.id}
-    return Prepared(customer, replace(mapped, fields=fields), warnings)
-
-
 def plan_customer(deps: SyncDeps, payload: dict[str, Any], *, memory: Memory | None = None
                   ) -> tuple[LoyaleCustomer | None, Plan, list[str]]:
     """Parse, map, look up and plan one customer. Reads Klaviyo, writes nothing."""
@@ -133,18 +71,20 @@ def plan_customer(deps: SyncDeps, payload: dict[str, Any], *, memory: Memory | N
 
 def _plan(deps: SyncDeps, payload: dict[str, Any], memory: Memory | None
           ) -> tuple[LoyaleCustomer | None, Plan, list[str], MappedProfile | None, Memory]:
-    prepared = prepare(payload, deps.tenant.default_phone_region)
-    if prepared.mapped is not None and (phone := prepared.mapped.fields.get("phone_number")):
-        prepared = without_unusable_phone(prepared, deps.store.unusable_phones(deps.tenant.id, [phone]))
-    customer, mapped, warnings = prepared.customer, prepared.mapped, prepared.warnings
-    if prepared.early is not None or customer is None or mapped is None:
-        return customer, prepared.early or Plan(Outcome.INVALID, "unreadable"), warnings, None, Memory()
+    tenant = deps.tenant
+    prepared = prepare_many([payload], tenant.default_phone_region,
+                            lambda phones: deps.store.unusable_phones(tenant.id, phones))[0]
+    if isinstance(prepared, Stopped):
+        return prepared.customer, prepared.plan, prepared.warnings, None, Memory()
+    customer, mapped = prepared.customer, prepared.mapped
     if memory is None:
-        memory = deps.store.memory(deps.tenant.id, customer.id, mapped.email)
+        memory = deps.store.memory(tenant.id, customer.id, mapped.email)
     if (stale := stale_plan(customer, memory)) is not None:
-        return customer, stale, warnings, mapped, memory
-    match = lookup(deps.klaviyo, customer, mapped, memory)
-    return customer, plan_sync(customer, mapped, match, deps.policy, memory), warnings, mapped, memory
+        return customer, stale, prepared.warnings, mapped, memory
+    ready = replace(prepared, memory=memory)
+    # Two lookups at most before the write, as prepaid (`worker.runtime.LOOKUPS_PER_SYNC`).
+    match = lookup_many(deps.klaviyo, deps.policy, [ready], every_external_id=True)[ready]
+    return customer, plan_sync(customer, mapped, match, deps.policy, memory), prepared.warnings, mapped, memory
 
 
 def phone_of(plan: Plan) -> str | None:
@@ -168,10 +108,11 @@ def _replan_on_duplicate(deps: SyncDeps, customer: LoyaleCustomer, mapped: Mappe
     if duplicate is None:
         raise RetryableError("Klaviyo reported a duplicate profile it cannot show yet; re-planning") from exc
     ours = duplicate.email is not None and duplicate.email == mapped.email
-    if plan.sends_phone and not ours and duplicate.phone == phone_of(plan) and duplicate.id != plan.profile_id:
+    phone = phone_of(plan)
+    if phone is not None and not ours and duplicate.phone == phone and duplicate.id != plan.profile_id:
         # The phone is an identifier in Klaviyo and belongs to another profile; the rest of the
         # customer still syncs, and the warning says why the phone is missing.
-        deps.store.remember_taken_phone(deps.tenant.id, duplicate.phone)
+        deps.store.remember_taken_phone(deps.tenant.id, phone)
         warnings.append(f"phone not sent: it belongs to Klaviyo profile {duplicate.id}")
         return plan.without_phone()
     if plan.write == "create" and (ours or duplicate.external_id == customer.id):
@@ -208,8 +149,8 @@ def execute(deps: SyncDeps, run_id: str, customer: LoyaleCustomer, plan: Plan, w
                 # The profile is gone or its email now belongs to another profile (Klaviyo answers
                 # such a PATCH with 404): look it up again.
                 raise RetryableError(f"Klaviyo no longer shows profile {plan.profile_id}; re-planning") from exc
-            if plan.sends_phone and exc.status == 400 and exc.about_phone:
-                store.remember_refused_phone(tenant, phone_of(plan))
+            if (phone := phone_of(plan)) is not None and exc.status == 400 and exc.about_phone:
+                store.remember_refused_phone(tenant, phone)
                 warnings.append(f"phone not sent: Klaviyo refused it ({exc.detail[:120]})")
                 plan = plan.without_phone()
                 continue
