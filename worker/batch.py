@@ -41,16 +41,25 @@ be suppressed.
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn, TypeVar
 
 import structlog
 
 from worker import backoff
+from worker.bulk_import import (
+    BulkImport,
+    Confirmed,
+    NotApplied,
+    Polling,
+    Refused,
+    Rejected,
+    Unaccounted,
+    Verdict,
+)
 from worker.errors import (
     Deferred,
     RecordRejected,
@@ -59,34 +68,19 @@ from worker.errors import (
     TenantFatalError,
     Throttled,
 )
-from worker.klaviyo import (
-    MAX_BULK_PROFILES,
-    MAX_FILTER_VALUES,
-    BulkImportJob,
-    ImportError_,
-    KlaviyoClient,
-    row_identifiers,
-)
-from worker.mapping import MappedProfile
-from worker.merge import Match, Memory, Plan, plan_sync, stale_plan
-from worker.models import KlaviyoProfile, LoyaleCustomer
+from worker.klaviyo import MAX_FILTER_VALUES, ImportError_, KlaviyoClient
+from worker.merge import Plan, plan_sync, stale_plan
+from worker.models import KlaviyoProfile
 from worker.outcomes import Outcome, after_interruption
+from worker.pipeline import Prepared, Ready, Stopped, lookup_many, prepare_many
 from worker.store import Store
-from worker.sync import (
-    PHONE_CLAIM_TTL_S,
-    SyncDeps,
-    customer_id_of,
-    phone_of,
-    prepare,
-    sync_customer,
-    without_unusable_phone,
-)
+from worker.sync import PHONE_CLAIM_TTL_S, SyncDeps, customer_id_of, phone_of, sync_customer
 
 log = structlog.get_logger("batch")
 
-ROW_POINTER = re.compile(r"^/data/attributes/profiles/data/(\d+)")
-#: Stay under Klaviyo's 5 MB body limit with room for the envelope.
-MAX_JOB_BYTES = 4_500_000
+T = TypeVar("T")
+X = TypeVar("X")
+
 MAX_THROTTLES = 200
 #: A customer colliding with another in its batch waits this long for a later batch, at most this often.
 COLLISION_DELAY_S = 1.0
@@ -145,27 +139,44 @@ Result = Done | Again
 
 @dataclass(eq=False)   # compared and hashed by identity: used as a dict key
 class Work:
-    """A customer on its way through the batch."""
+    """A customer's message on its way through the batch, whatever stage it reached."""
 
     item: Item
-    customer: LoyaleCustomer | None = None
-    mapped: MappedProfile | None = None
-    memory: Memory = field(default_factory=Memory)
+    #: What preparation made of it (None until prepared).
+    prepared: Prepared | None = None
     warnings: list[str] = field(default_factory=list)
-    by_email: KlaviyoProfile | None = None
-    by_external_id: KlaviyoProfile | None = None
-    plan: Plan | None = None
     result: Result | None = None
     #: Taken out of the batch: synced on its own after it (collisions, requests Klaviyo refused).
     solo: bool = False
-    #: Klaviyo confirmed the customer's bulk row (job complete, counts add up, no error for it).
-    confirmed: bool = False
     #: What an interrupted earlier attempt of this run planned (its write may have landed).
     interrupted: str | None = None
 
     @property
     def open(self) -> bool:
         return self.result is None and not self.solo
+
+    @property
+    def email(self) -> str | None:
+        return self.prepared.mapped.email if isinstance(self.prepared, Ready) else None
+
+
+@dataclass(eq=False)
+class Planned:
+    """A customer of the batch past its lookup: who it is and what the sync will do."""
+
+    work: Work
+    ready: Ready
+    plan: Plan
+    #: Klaviyo confirmed the customer's bulk row (job complete, counts add up, no error for it).
+    confirmed: bool = False
+
+    @property
+    def open(self) -> bool:
+        return self.work.open
+
+    @property
+    def customer_id(self) -> str:
+        return self.ready.customer.id
 
 
 class StageFailed(Exception):
@@ -186,12 +197,20 @@ class BatchSettings:
     job_rounds: int = 3
 
 
-@dataclass
-class JobRows:
-    """One bulk import job and the customers whose rows it carries."""
+class _LookupCalls:
+    """`worker.pipeline.Calls` for the batch: calls retried in place, a refused chunk set aside."""
 
-    rows: list[tuple[Work, dict[str, Any]]]
-    job: BulkImportJob | None = None
+    def __init__(self, sync: BatchSync, works: list[Work], work_of: dict[Ready, Work]) -> None:
+        self.sync, self.works, self.work_of = sync, works, work_of
+
+    def chunks(self, group: list[Ready], size: int, fn: Callable[[list[Ready]], None]) -> None:
+        self.sync.each_chunk(self.works, group, size, fn, self.work_of.__getitem__)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        return self.sync.call(self.works, fn)
+
+    def still_open(self, ready: Ready) -> bool:
+        return self.work_of[ready].open
 
 
 class BatchSync:
@@ -215,12 +234,16 @@ class BatchSync:
             reason = f"{reason} [{'; '.join(work.warnings)}]"
         if work.interrupted is not None:
             outcome = after_interruption(work.interrupted, outcome)
+        customer = work.prepared.customer if work.prepared is not None else None
         self.store.record_outcome(
             run_id=work.item.run, tenant=self.tenant, customer_id=work.item.customer_id, outcome=outcome,
-            reason=reason, profile_id=profile_id, updated_date=work.customer.updated_date if work.customer else None,
+            reason=reason, profile_id=profile_id, updated_date=customer.updated_date if customer else None,
             warnings=work.warnings or None,
         )
         work.result = Done(work.item, outcome, reason)
+
+    def finish_planned(self, p: Planned) -> None:
+        self.finish(p.work, p.plan.outcome, p.plan.reason, p.plan.profile_id)
 
     def again(self, work: Work, countdown_s: float, reason: str, *, attempt: int | None = None,
               throttles: int | None = None) -> None:
@@ -236,8 +259,9 @@ class BatchSync:
             wait_s = backoff.exponential_s(work.item.attempt, self.settings.retry_base_s, self.settings.retry_max_s)
             self.again(work, wait_s, reason, attempt=work.item.attempt + 1)
 
-    def fail_open(self, works: list[Work], error: SyncError) -> None:
-        """A Klaviyo call failed: decide for every customer still open, as the per-customer task would."""
+    def end_stage(self, works: list[Work], error: SyncError) -> NoReturn:
+        """A Klaviyo call failed for the whole batch: decide for every customer still open, as the
+        per-customer task would (defer, back off, pause the tenant, retry later), and end the stage."""
         open_works = [w for w in works if w.open]
         if isinstance(error, Deferred):
             for w in open_works:
@@ -277,18 +301,14 @@ class BatchSync:
         try:
             batch = self._prepare(locked)
             try:
-                self._lookup(batch)
-                for w in batch:
-                    if w.open:
-                        w.plan = plan_sync(w.customer, w.mapped, Match(w.by_email, w.by_external_id),
-                                           self.deps.policy, w.memory)
-                        if w.plan.unset:
-                            w.solo = True    # a bulk row cannot unset a property; PATCH can
-                self._remember_plans(batch)
-                self._phones(batch)
-                self._write(batch)
-                self._suppressions(batch)
-                self._settle_remaining(batch)
+                planned = self._plan(locked, batch)
+                self._remember_plans(planned)
+                self._phones(locked, planned)
+                self._write(locked, planned)
+                self._suppressions(locked, planned)
+                for p in planned:
+                    if p.open and not p.plan.writes_anything:
+                        self.finish_planned(p)
             except StageFailed:
                 pass
             for w in locked:
@@ -299,22 +319,37 @@ class BatchSync:
             # could not release: its pool process died mid-batch. A customer that leaves this batch
             # another way (collided, synced on its own) would otherwise keep it until the TTL.
             earlier = [(w.item.customer_id, w.item.task_id) for w in works]
-            earlier += [(email_lock(w.mapped.email), w.item.task_id) for w in works if w.mapped and w.mapped.email]
+            earlier += [(email_lock(w.email), w.item.task_id) for w in works if w.email]
             self.store.unlock_customers(self.tenant, list(dict.fromkeys(self._locks + earlier)))
         return [w.result for w in works if w.result]
 
-    def _remember_plans(self, works: list[Work]) -> None:
+    def _plan(self, works: list[Work], batch: list[tuple[Work, Ready]]) -> list[Planned]:
+        """Look the customers up (`worker.pipeline.lookup_many`) and plan each; a plan that must unset
+        a property goes to the per-customer path (a bulk row cannot unset; PATCH can)."""
+        work_of = {ready: w for w, ready in batch}
+        matches = lookup_many(self.klaviyo, self.deps.policy, [ready for _, ready in batch],
+                              calls=_LookupCalls(self, works, work_of))
+        planned: list[Planned] = []
+        for w, ready in batch:
+            if w.open:
+                plan = plan_sync(ready.customer, ready.mapped, matches[ready], self.deps.policy, ready.memory)
+                if plan.unset:
+                    w.solo = True
+                else:
+                    planned.append(Planned(w, ready, plan))
+        return planned
+
+    def _remember_plans(self, planned: list[Planned]) -> None:
         """Note what an interrupted earlier attempt planned, then what this one will write."""
-        by_run: dict[str, list[Work]] = {}
-        for w in works:
-            if w.open and w.plan is not None:
-                by_run.setdefault(w.item.run, []).append(w)
+        by_run: dict[str, list[Planned]] = {}
+        for p in planned:
+            by_run.setdefault(p.work.item.run, []).append(p)
         for run, group in by_run.items():
-            planned = self.store.pending(run, [w.customer.id for w in group])
-            for w in group:
-                w.interrupted = planned.get(w.customer.id)
-            self.store.mark_pending(run, {w.customer.id: w.plan.outcome.value for w in group
-                                          if w.plan.writes_anything})
+            earlier = self.store.pending(run, [p.customer_id for p in group])
+            for p in group:
+                p.work.interrupted = earlier.get(p.customer_id)
+            self.store.mark_pending(run, {p.customer_id: p.plan.outcome.value for p in group
+                                          if p.plan.writes_anything})
 
     def _lock(self, works: list[Work]) -> list[Work]:
         held = []
@@ -338,48 +373,47 @@ class BatchSync:
         else:
             w.solo = True
 
-    def _prepare(self, works: list[Work]) -> list[Work]:
-        """Parse, map and check order; set aside customers that need the per-customer path."""
-        batch: list[Work] = []
+    def _prepare(self, works: list[Work]) -> list[tuple[Work, Ready]]:
+        """Prepare (`worker.pipeline`) and check order; set aside customers that need the
+        per-customer path. Returns the customers to look up, with what this service remembers."""
+        batch: list[tuple[Work, Ready]] = []
         seen: set[str] = set()
-        prepared_all = [prepare(w.item.customer, self.deps.tenant.default_phone_region) for w in works]
-        phones = [p.mapped.fields["phone_number"] for p in prepared_all
-                  if p.mapped is not None and "phone_number" in p.mapped.fields]
-        unusable = self.store.unusable_phones(self.tenant, phones)
+        prepared_all = prepare_many([w.item.customer for w in works], self.deps.tenant.default_phone_region,
+                                    partial(self.store.unusable_phones, self.tenant))
         for w, prepared in zip(works, prepared_all, strict=True):
-            prepared = without_unusable_phone(prepared, unusable)
-            w.customer, w.mapped, w.warnings = prepared.customer, prepared.mapped, prepared.warnings
-            if prepared.early is not None or w.customer is None or w.mapped is None:
-                self.finish(w, prepared.early.outcome if prepared.early else Outcome.INVALID,
-                            prepared.early.reason if prepared.early else "unreadable")
+            w.prepared, w.warnings = prepared, list(prepared.warnings)
+            if isinstance(prepared, Stopped):
+                self.finish(w, prepared.plan.outcome, prepared.plan.reason)
                 continue
-            identities = {f"id:{w.customer.id}"}
-            if w.mapped.email is not None:
-                identities.add(f"email:{w.mapped.email}")
+            identities = {f"id:{prepared.customer.id}"}
+            if prepared.mapped.email is not None:
+                identities.add(f"email:{prepared.mapped.email}")
             if identities & seen:
                 self._collided(w)
                 continue
             seen |= identities
-            batch.append(w)
+            batch.append((w, prepared))
         # Two customers with one email in two batches at once would both look "new" and the later
         # bulk upsert would take over the earlier's profile: one sync per email at a time.
-        emails = [w for w in batch if w.mapped.email is not None]
-        pairs = [(email_lock(w.mapped.email), w.item.task_id) for w in emails]
-        for w, pair, locked in zip(emails, pairs, self.store.lock_customers(self.tenant, pairs,
-                                                                             self.settings.lock_ttl_s), strict=True):
+        with_email = [(w, email) for w, ready in batch if (email := ready.mapped.email) is not None]
+        pairs = [(email_lock(email), w.item.task_id) for w, email in with_email]
+        grants = self.store.lock_customers(self.tenant, pairs, self.settings.lock_ttl_s)
+        for (w, _), pair, locked in zip(with_email, pairs, grants, strict=True):
             if locked:
                 self._locks.append(pair)
             else:
                 self.again(w, 1.0, "another customer with this email is being synced")
-        batch = [w for w in batch if w.open]
-        memories = self.store.memories(self.tenant, [(w.customer.id, w.mapped.email) for w in batch])
-        for w, memory in zip(batch, memories, strict=True):
-            w.memory = memory
-            if (stale := stale_plan(w.customer, memory)) is not None:
+        batch = [(w, ready) for w, ready in batch if w.open]
+        memories = self.store.memories(self.tenant, [(r.customer.id, r.mapped.email) for _, r in batch])
+        remembered: list[tuple[Work, Ready]] = []
+        for (w, ready), memory in zip(batch, memories, strict=True):
+            if (stale := stale_plan(ready.customer, memory)) is not None:
                 self.finish(w, stale.outcome, stale.reason)
-        return [w for w in batch if w.open]
+            else:
+                remembered.append((w, replace(ready, memory=memory)))
+        return remembered
 
-    def _call(self, works: list[Work], fn: Callable[[], Any]) -> Any:
+    def call(self, works: list[Work], fn: Callable[[], T]) -> T:
         """One Klaviyo call for the batch. A passing failure (5xx, timeout, dropped connection) is tried
         again in place a few times: a batch makes a dozen calls, and sending thousands of customers
         back to the queue for one of them would rarely let a batch through a flaky minute. Every call
@@ -389,277 +423,158 @@ class BatchSync:
             try:
                 return fn()
             except (Throttled, Deferred, TenantFatalError) as exc:
-                self.fail_open(works, exc)
+                self.end_stage(works, exc)
             except RetryableError as exc:
                 if attempt == INLINE_RETRIES:
-                    self.fail_open(works, exc)
+                    self.end_stage(works, exc)
                 self.sleep(backoff.exponential_s(attempt + 1, INLINE_RETRY_BASE_S, INLINE_RETRY_BASE_S * 8))
         raise AssertionError("unreachable")   # the last failure above raises StageFailed
 
-    def _each_chunk(self, works: list[Work], group: list[Work], size: int,
-                    fn: Callable[[list[Work]], Any]) -> None:
+    def each_chunk(self, works: list[Work], group: list[X], size: int, fn: Callable[[list[X]], None],
+                   work_of: Callable[[X], Work]) -> None:
         """Call `fn` per chunk of `group`; a chunk Klaviyo refuses (4xx) is synced one by one instead."""
         for start in range(0, len(group), size):
             chunk = group[start:start + size]
             try:
-                self._call(works, lambda chunk=chunk: fn(chunk))
+                self.call(works, partial(fn, chunk))
             except RecordRejected:
-                for w in chunk:
-                    w.solo = True
+                for x in chunk:
+                    work_of(x).solo = True
 
-    def _lookup(self, works: list[Work]) -> None:
-        found: dict[str, KlaviyoProfile] = {}
-
-        def by_email(chunk: list[Work]) -> None:
-            for profile in self.klaviyo.find_many("email", [w.mapped.email for w in chunk]):
-                if profile.email:
-                    found[profile.email] = profile
-
-        self._each_chunk(works, [w for w in works if w.mapped.email is not None], MAX_FILTER_VALUES, by_email)
-        for w in works:
-            w.by_email = found.get(w.mapped.email) if w.mapped.email is not None else None
-            if w.by_email is not None and w.by_email.external_id == w.customer.id:
-                w.by_external_id = w.by_email
-        by_id: dict[str, KlaviyoProfile] = {}
-
-        def by_external_id(chunk: list[Work]) -> None:
-            for profile in self.klaviyo.find_many("external_id", [w.customer.id for w in chunk]):
-                if profile.external_id:
-                    by_id[profile.external_id] = profile
-
-        # With merge on, only customers whose profile an earlier sync wrote can hold it under another
-        # email (an email change): they are looked up by our id, the rest would cost a request per
-        # hundred for nothing. Customers without an email can only be found by our id.
-        unknown = [w for w in works if w.open and w.by_external_id is None
-                   and (w.mapped.email is None or not self.deps.policy.merge_customers
-                        or (w.by_email is None and w.memory.has_profile))]
-        self._each_chunk(works, unknown, MAX_FILTER_VALUES, by_external_id)
-        for w in unknown:
-            w.by_external_id = by_id.get(w.customer.id)
-        # A profile this service wrote may not show in a filter yet (read lag), or carry an older
-        # email: a read by the remembered id sees it.
-        for w in works:
-            if w.open and w.by_email is None and w.by_external_id is None and w.memory.profile_id:
-                remembered = self._call(works, lambda w=w: self.klaviyo.get_profile(w.memory.profile_id))
-                if remembered is not None and remembered.external_id in (None, w.customer.id):
-                    if remembered.email is not None and remembered.email == w.mapped.email:
-                        w.by_email = remembered
-                    else:
-                        w.by_external_id = remembered
-
-    def _phones(self, works: list[Work]) -> None:
+    def _phones(self, works: list[Work], planned: list[Planned]) -> None:
         """Drop every phone that belongs to another profile, or that another customer sent moments
         ago, before any row carries it (a bulk row would merge the two profiles)."""
-        senders = [w for w in works if w.open and w.plan and w.plan.write and w.plan.sends_phone]
+        senders = [(p, phone) for p in planned if p.open and p.plan.write and (phone := phone_of(p.plan))]
         owners: dict[str, KlaviyoProfile] = {}
 
-        def by_phone(chunk: list[Work]) -> None:
-            for profile in self.klaviyo.find_many("phone_number", [phone_of(w.plan) for w in chunk]):
+        def by_phone(chunk: list[tuple[Planned, str]]) -> None:
+            for profile in self.klaviyo.find_many("phone_number", [phone for _, phone in chunk]):
                 if profile.phone:
                     owners[profile.phone] = profile
 
-        self._each_chunk(works, senders, MAX_FILTER_VALUES, by_phone)
-        senders = [w for w in senders if w.open]
-        for w in senders:
-            owner = owners.get(phone_of(w.plan))
-            if owner is not None and owner.id != w.plan.profile_id:
-                self.store.remember_taken_phone(self.tenant, owner.phone)
-                w.warnings.append(f"phone not sent: it belongs to Klaviyo profile {owner.id}")
-                w.plan = w.plan.without_phone()
-        senders = [w for w in senders if w.plan.sends_phone]
-        claims = self.store.claim_phones(self.tenant, [(phone_of(w.plan), w.customer.id) for w in senders],
+        self.each_chunk(works, senders, MAX_FILTER_VALUES, by_phone, lambda sender: sender[0].work)
+        senders = [(p, phone) for p, phone in senders if p.open]
+        for p, phone in senders:
+            owner = owners.get(phone)
+            if owner is not None and owner.id != p.plan.profile_id:
+                self.store.remember_taken_phone(self.tenant, phone)
+                p.work.warnings.append(f"phone not sent: it belongs to Klaviyo profile {owner.id}")
+                p.plan = p.plan.without_phone()
+        senders = [(p, phone) for p, phone in senders if p.plan.sends_phone]
+        claims = self.store.claim_phones(self.tenant, [(phone, p.customer_id) for p, phone in senders],
                                          PHONE_CLAIM_TTL_S)
-        for w, granted in zip(senders, claims, strict=True):
+        for (p, _), granted in zip(senders, claims, strict=True):
             if not granted:
-                w.warnings.append("phone not sent: another customer with this phone was synced moments ago")
-                w.plan = w.plan.without_phone()
+                p.work.warnings.append("phone not sent: another customer with this phone was synced moments ago")
+                p.plan = p.plan.without_phone()
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def _write(self, works: list[Work]) -> None:
-        writers = [w for w in works if w.open and w.plan and w.plan.write]
-        for w in writers:
-            if w.plan.write == "update" and w.plan.overwrites:
-                self.store.journal_overwrites(w.item.run, self.tenant, w.customer.id, w.plan.profile_id,
-                                              w.plan.overwrites)
+    def _write(self, works: list[Work], planned: list[Planned]) -> None:
+        """Bulk import rounds (`worker.bulk_import`) for every customer with a write, until each row is
+        confirmed, refused, or out of rounds."""
+        writers = [p for p in planned if p.open and p.plan.write]
+        for p in writers:
+            if p.plan.write == "update" and p.plan.overwrites and p.plan.profile_id:
+                self.store.journal_overwrites(p.work.item.run, self.tenant, p.customer_id, p.plan.profile_id,
+                                              p.plan.overwrites)
+        importer: BulkImport[Planned] = BulkImport(
+            self.klaviyo, self.tenant, Polling(
+                poll_first_s=self.settings.poll_first_s, poll_max_s=self.settings.poll_max_s,
+                job_timeout_s=self.settings.job_timeout_s, lock_ttl_s=self.settings.lock_ttl_s,
+                retry_base_s=self.settings.retry_base_s, max_countdown_s=self.settings.max_countdown_s),
+            call=partial(self.call, works), fail=partial(self.end_stage, works),
+            refresh_locks=lambda: self.store.refresh_locks(self.tenant, self._locks, self.settings.lock_ttl_s),
+            back_off=self.back_off, sleep=self.sleep)
         pending = writers
         for _ in range(self.settings.job_rounds):
             if not pending:
                 break
-            pending = self._import(works, pending)
-        for w in pending:
-            self.retry_later(w, "Klaviyo did not apply its bulk import row (cancelled or unfinished jobs)")
-        for w in writers:
-            if w.open and w.confirmed and not w.plan.writes_suppression:
-                self.finish(w, w.plan.outcome, w.plan.reason, w.plan.profile_id)
+            resend: list[Planned] = []
+
+            def settle(p: Planned, verdict: Verdict, resend: list[Planned] = resend) -> None:
+                if self._settle_row(p, verdict):
+                    resend.append(p)
+
+            importer.round([(p, self._row(p)) for p in pending], settle)
+            pending = resend
+        for p in pending:
+            self.retry_later(p.work, "Klaviyo did not apply its bulk import row (cancelled or unfinished jobs)")
+        for p in writers:
+            if p.open and p.confirmed and not p.plan.writes_suppression:
+                self.finish_planned(p)
 
     @staticmethod
-    def _row(w: Work) -> dict[str, Any]:
-        if w.plan.write == "create":
-            return {"type": "profile", "attributes": w.plan.attributes}
-        return {"type": "profile", "id": w.plan.profile_id, "attributes": w.plan.attributes}
+    def _row(p: Planned) -> dict[str, Any]:
+        if p.plan.write == "create":
+            return {"type": "profile", "attributes": p.plan.attributes}
+        return {"type": "profile", "id": p.plan.profile_id, "attributes": p.plan.attributes}
 
-    def _import(self, works: list[Work], writers: list[Work]) -> list[Work]:
-        """One round of bulk jobs for `writers`: every job is submitted, then all are polled together.
-        Confirmed rows get `confirmed`; refused ones an outcome or the per-customer path; returns the
-        customers to send again (a phone dropped, a cancelled or unfinished job)."""
-        resend: list[Work] = []
-        jobs: list[JobRows] = []
-        queue = _chunks([(w, self._row(w)) for w in writers])
-        while queue:
-            chunk = queue.pop(0)
-            try:
-                job = self._call(works, lambda chunk=chunk: self.klaviyo.start_bulk_import([r for _, r in chunk]))
-            except RecordRejected as refused:
-                # An all-or-nothing 400 names rows of our own request (these pointers are ours).
-                named = {i: e for e in refused.errors if (i := _row_index(e.pointer)) is not None and i < len(chunk)}
-                if named:
-                    for index, error in named.items():
-                        if self._refused_row(chunk[index][0], error):
-                            resend.append(chunk[index][0])
-                    rest = [pair for i, pair in enumerate(chunk) if i not in named]
-                    if rest:
-                        queue.insert(0, rest)
-                elif len(chunk) > 1:     # refused without naming a row (e.g. 413 too large): halve
-                    queue[:0] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2:]]
-                else:
-                    self._finish_error(chunk[0][0], refused)
-                continue
-            jobs.append(JobRows(chunk, job))
-        self._wait_all(works, jobs)
-        for entry in jobs:
-            resend += self._settle_job(works, entry)
-        return resend
-
-    def _settle_job(self, works: list[Work], entry: JobRows) -> list[Work]:
-        """Map a finished (or given up) job back to its customers; returns those to send again."""
-        job, rows = entry.job, entry.rows
-        errors = []
-        if job.done and job.failed_count != 0:
-            errors = self._call(works, lambda: self.klaviyo.import_errors(job.id))
-        by_ident: dict[str, list[int]] = {}
-        for i, (_, row) in enumerate(rows):
-            for ident in row_identifiers(row["attributes"], row.get("id")):
-                by_ident.setdefault(ident, []).append(i)
-        failed: dict[int, ImportError_] = {}
-        unmatched = 0
-        for error in errors:
-            candidates = {i for ident in error.identifiers for i in by_ident.get(ident, [])}
-            hint = _row_index(error.pointer)
-            if hint is not None and hint in candidates:
-                candidates = {hint}    # the pointer is trusted only where the payload agrees
-            if len(candidates) == 1:
-                failed[candidates.pop()] = error
-            else:
-                unmatched += 1
-        accounted = (job.counts_add_up and not unmatched and job.failed_count == len(failed))
-        resend: list[Work] = []
-        for i, (w, _) in enumerate(rows):
-            if i in failed:
-                if self._refused_row(w, failed[i]):
-                    resend.append(w)
-            elif job.status == "complete" and accounted:
-                w.confirmed = True
-            elif job.status == "complete":
+    def _settle_row(self, p: Planned, verdict: Verdict) -> bool:
+        """What a bulk row's verdict means for its customer; True to send the row again."""
+        match verdict:
+            case Confirmed():
+                p.confirmed = True
+            case Refused(error):
+                return self._refused_row(p, error)
+            case Rejected(error):
+                self._finish_error(p, error)
+            case Unaccounted():
                 # Klaviyo's account of the job does not add up: the per-customer path confirms each.
-                w.solo = True
-            else:
-                resend.append(w)      # cancelled part-way, or never ended: its row may not be applied
-        if job.status == "complete" and not accounted:
-            log.warning("bulk_job_unaccounted", tenant=self.tenant, job=job.id, total=job.total_count,
-                        completed=job.completed_count, failed=job.failed_count, errors=len(errors),
-                        unmatched=unmatched)
-        elif job.status != "complete":
-            log.warning("bulk_job_not_applied", tenant=self.tenant, job=job.id, status=job.status,
-                        rows=len(rows) - len(failed))
-        return resend
+                p.work.solo = True
+            case NotApplied():
+                return True       # cancelled part-way, or never ended: its row may not be applied
+        return False
 
-    def _refused_row(self, w: Work, error: ImportError_ | RecordRejected) -> bool:
+    def _refused_row(self, p: Planned, error: ImportError_ | RecordRejected) -> bool:
         """Klaviyo refused the customer's row: True to send it again (without its phone), else the
         customer ends here or goes to the per-customer path."""
         code = error.code
-        if w.plan.sends_phone and (error.about_phone or code == "duplicate_profile"):
+        if (phone := phone_of(p.plan)) is not None and (error.about_phone or code == "duplicate_profile"):
             if code != "duplicate_profile":
-                self.store.remember_refused_phone(self.tenant, phone_of(w.plan))
-            w.warnings.append(f"phone not sent: Klaviyo refused it ({error.detail[:120]})")
-            w.plan = w.plan.without_phone()
-            if w.plan.write is None or not w.plan.changes:
-                if w.plan.write is None:
-                    self.finish(w, w.plan.outcome, w.plan.reason, w.plan.profile_id)
+                self.store.remember_refused_phone(self.tenant, phone)
+            p.work.warnings.append(f"phone not sent: Klaviyo refused it ({error.detail[:120]})")
+            p.plan = p.plan.without_phone()
+            if p.plan.write is None or not p.plan.changes:
+                if p.plan.write is None:
+                    self.finish_planned(p)
                 return False
             return True
         if code in ("duplicate_profile", "not_found"):
             # An identifier now belongs to another profile (or the profile was merged away): the
             # per-customer path looks again and re-plans.
-            w.solo = True
+            p.work.solo = True
             return False
         status = error.status if isinstance(error, RecordRejected) else 400
-        self._finish_error(w, RecordRejected(status, code or "invalid", error.detail, error.pointer))
+        self._finish_error(p, RecordRejected(status, code or "invalid", error.detail, error.pointer))
         return False
 
-    def _finish_error(self, w: Work, error: RecordRejected) -> None:
+    def _finish_error(self, p: Planned, error: RecordRejected) -> None:
         if error.code == "duplicate_profile":
-            self.finish(w, Outcome.CONFLICT, f"Klaviyo: {error.detail} (an identifier belongs to another profile)",
-                        w.plan.profile_id if w.plan else None)
+            self.finish(p.work, Outcome.CONFLICT,
+                        f"Klaviyo: {error.detail} (an identifier belongs to another profile)", p.plan.profile_id)
         else:
-            self.finish(w, Outcome.REJECTED, str(error), w.plan.profile_id if w.plan else None)
+            self.finish(p.work, Outcome.REJECTED, str(error), p.plan.profile_id)
 
-    def _wait_all(self, works: list[Work], jobs: list[JobRows]) -> None:
-        """Poll every job until Klaviyo has applied it or it is given up (Klaviyo's jobs take seconds
-        to minutes). The customers' locks are refreshed all along, so an incremental sync of one of
-        them waits for the job instead of being overtaken by this older snapshot."""
-        delay_s, waited_s = self.settings.poll_first_s, 0.0
-        # Refresh several times per lock TTL, however slowly the job is polled.
-        poll_max_s = min(self.settings.poll_max_s, self.settings.lock_ttl_s / 3)
-        while True:
-            running = [entry for entry in jobs if not entry.job.done]
-            if not running or waited_s > self.settings.job_timeout_s:
-                return
-            self.store.refresh_locks(self.tenant, self._locks, self.settings.lock_ttl_s)
-            for entry in running:
-                try:
-                    entry.job = self.klaviyo.bulk_import_job(entry.job.id)
-                except Throttled as exc:
-                    # Honour the wait, and back the whole tenant off like any other 429.
-                    wait_s = backoff.after_throttle_s(exc.retry_after_s, self.settings.retry_base_s,
-                                                      self.settings.max_countdown_s)
-                    self.back_off(self.tenant, wait_s)
-                    self.sleep(wait_s)
-                    waited_s += wait_s
-                    break
-                except Deferred as exc:   # the job runs at Klaviyo: wait here rather than lose track
-                    self.sleep(exc.retry_after_s or delay_s)
-                    waited_s += exc.retry_after_s or delay_s
-                    break
-                except RetryableError:
-                    continue              # asked again on the next round, until the job timeout
-                except TenantFatalError as exc:
-                    self.fail_open(works, exc)
-            if any(not entry.job.done for entry in jobs):
-                self.sleep(delay_s)
-                waited_s += delay_s
-                delay_s = min(poll_max_s, delay_s * 2)
+    def _suppressions(self, works: list[Work], planned: list[Planned]) -> None:
+        suppress = [(p, email) for p in planned if p.open and (email := p.plan.suppress_email)]
+        unsuppress = [(p, email) for p in planned if p.open and (email := p.plan.unsuppress_email)]
 
-    def _suppressions(self, works: list[Work]) -> None:
-        suppress = [w for w in works if w.open and w.plan and w.plan.suppress_email]
-        unsuppress = [w for w in works if w.open and w.plan and w.plan.unsuppress_email]
-
-        def apply(chunk: list[Work], call: Callable[[list[str]], list[str]], mark: Callable[..., None]) -> None:
-            emails = [w.plan.suppress_email or w.plan.unsuppress_email for w in chunk]
-            job_ids = call(emails)
+        def apply(chunk: list[tuple[Planned, str]], call: Callable[[list[str]], list[str]],
+                  mark: Callable[[str, str, str, str], None]) -> None:
+            job_ids = call([email for _, email in chunk])
             job_id = job_ids[0] if job_ids else ""
-            for w, email in zip(chunk, emails, strict=True):
-                mark(self.tenant, email, job_id, w.customer.id)
-                self.finish(w, w.plan.outcome, w.plan.reason, w.plan.profile_id)
+            for p, email in chunk:
+                mark(self.tenant, email, job_id, p.customer_id)
+                self.finish_planned(p)
 
-        self._each_chunk(works, suppress, 100, lambda c: apply(c, self.klaviyo.suppress, self.store.mark_suppressed))
-        self._each_chunk(works, unsuppress, 100,
-                         lambda c: apply(c, self.klaviyo.unsuppress, self.store.mark_unsuppressed))
+        def work_of(pair: tuple[Planned, str]) -> Work:
+            return pair[0].work
 
-    def _settle_remaining(self, works: list[Work]) -> None:
-        for w in works:
-            if w.open and w.plan is not None and not w.plan.writes_anything:
-                self.finish(w, w.plan.outcome, w.plan.reason, w.plan.profile_id)
+        self.each_chunk(works, suppress, 100,
+                        lambda c: apply(c, self.klaviyo.suppress, self.store.mark_suppressed), work_of)
+        self.each_chunk(works, unsuppress, 100,
+                        lambda c: apply(c, self.klaviyo.unsuppress, self.store.mark_unsuppressed), work_of)
 
     def _one_by_one(self, w: Work) -> None:
         """The per-customer path, for customers the batch cannot confirm or write."""
@@ -672,31 +587,9 @@ class BatchSync:
             w.result = Done(w.item, result.outcome, result.reason)
         except (RetryableError, TenantFatalError) as exc:
             with contextlib.suppress(StageFailed):
-                self.fail_open([w], exc)
+                self.end_stage([w], exc)
 
 
 def email_lock(email: str | None) -> str:
     """The lock name that keeps two syncs of one email apart (see `Store.lock_customer`)."""
     return f"email:{(email or '').strip().lower()}"
-
-
-def _row_index(pointer: str | None) -> int | None:
-    found = ROW_POINTER.match(pointer or "")
-    return int(found.group(1)) if found else None
-
-
-def _chunks(pairs: list[tuple[Work, dict[str, Any]]]) -> list[list[tuple[Work, dict[str, Any]]]]:
-    """Bulk jobs of at most 10,000 rows and under the 5 MB body limit."""
-    chunks: list[list[tuple[Work, dict[str, Any]]]] = []
-    current: list[tuple[Work, dict[str, Any]]] = []
-    size = 0
-    for pair in pairs:
-        row_size = len(json.dumps(pair[1], ensure_ascii=False).encode()) + 1
-        if current and (len(current) >= MAX_BULK_PROFILES or size + row_size > MAX_JOB_BYTES):
-            chunks.append(current)
-            current, size = [], 0
-        current.append(pair)
-        size += row_size
-    if current:
-        chunks.append(current)
-    return chunks

@@ -15,11 +15,13 @@ import pytest
 
 from tests.builders import loyale_payload
 from tests.integration.scenario import private_key, reasons
-from worker.batch import Again, BatchSettings, BatchSync, Done, Item, Work
+from worker.batch import Again, BatchSettings, BatchSync, Done, Item, Planned, Work
 from worker.klaviyo import ImportError_, KlaviyoClient, filter_value
+from worker.mapping import MappedProfile
 from worker.merge import FieldChange, Plan
 from worker.models import parse_customer
 from worker.outcomes import Outcome
+from worker.pipeline import Ready
 from worker.runtime import Runtime
 from worker.settings import Settings, TenantConfig
 from worker.suppressions import recheck_suppressions
@@ -195,17 +197,16 @@ def test_a_not_found_row_is_treated_like_a_duplicate_not_a_rejection(world, klav
     refusal of the row stands as the customer's rejection."""
     make, _ = world
     rt, sync = make(merge_customers=True)
-    merged_away, invalid = (Work(item) for item in customers(2))
-    for w in (merged_away, invalid):
-        w.plan = Plan(Outcome.UPDATED, "1 field(s) written", profile_id="01GONE", write="update",
-                      changes=(FieldChange("first_name", "Old", "Jane", "overwrite"),))
-        w.customer = parse_customer(w.item.customer)[0]
+    plan = Plan(Outcome.UPDATED, "1 field(s) written", profile_id="01GONE", write="update",
+                changes=(FieldChange("first_name", "Old", "Jane", "overwrite"),))
+    merged_away, invalid = (Planned(Work(item), Ready(parse_customer(item.customer)[0], MappedProfile(fields={}), []),
+                                    plan) for item in customers(2))
     payload = {"type": "profile", "id": "01GONE", "attributes": {"first_name": "Jane"}}
     assert not sync._refused_row(merged_away, ImportError_("not_found", "A profile with id 01GONE does not exist.",
                                                            "/data", payload))
-    assert merged_away.solo and merged_away.result is None
+    assert merged_away.work.solo and merged_away.work.result is None
     assert not sync._refused_row(invalid, ImportError_("invalid", "Invalid input.", "/data", payload))
-    assert invalid.result is not None and invalid.result.outcome == Outcome.REJECTED
+    assert invalid.work.result is not None and invalid.work.result.outcome == Outcome.REJECTED
 
 
 # --- 2.6 a phone Klaviyo refuses is dropped; the rest of the customer syncs -------------------------
