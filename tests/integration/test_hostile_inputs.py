@@ -28,10 +28,12 @@ from pydantic import SecretStr
 
 from tests.builders import loyale_payload
 from tests.integration.scenario import private_key
+from worker.batch import BatchSettings, BatchSync, Done, Item
 from worker.errors import DuplicateProfile, RecordRejected, RetryableError, TenantFatalError, Throttled
 from worker.klaviyo import ImportError_, KlaviyoClient
 from worker.models import KlaviyoProfile
 from worker.outcomes import Outcome
+from worker.preview import preview
 from worker.runtime import Runtime
 from worker.settings import Settings, TenantConfig
 from worker.store import Store
@@ -278,6 +280,56 @@ def test_hostile_records_each_end_in_their_documented_outcome_and_the_run_goes_o
     for endpoint in ("POST /api/profiles", "PATCH /api/profiles/{id}"):
         rejected_again = sum(c.outcome == Outcome.REJECTED for c in cases) if endpoint.startswith("POST") else 0
         assert writes_after.get(endpoint, 0) - writes_before.get(endpoint, 0) == rejected_again, endpoint
+
+
+@pytest.mark.parametrize("merge", [True, False], ids=["merge-on", "merge-off"])
+def test_preview_predicts_for_each_customer_what_the_backfill_then_records(klaviyo, redis_url, merge):
+    """Preview prepares and looks up as the backfill's batch does (`worker.pipeline`), so on the hostile
+    corpus it predicts, customer by customer, the outcome the batch then records (but for Klaviyo's own
+    refusals of a row, which no preview can foresee). The second pass is the one where what this service
+    remembers matters: profiles it wrote, one older snapshot (stale), one email that belongs to another
+    customer's profile, and one phone-only customer whose phone was refused before (nothing to create)."""
+    key = private_key()
+    account = klaviyo.add_account(keys=[{"key": key}])
+    klaviyo.set_knobs(rate_limits_enabled=False)
+    klaviyo.seed_profiles([{"email": "owned@example.com", "external_id": "someone-else", "first_name": "Owner"}],
+                          account_id=account)
+    common = dict(loyale_scheme_id="s", loyale_admin_email="a@b.c", loyale_admin_password="p",
+                  klaviyo_base_url=klaviyo.base_url, klaviyo_private_key=key, merge_customers=merge)
+    tenants = {"t": TenantConfig(id="t", **common), "mt": TenantConfig(id="mt", default_phone_region="MT", **common)}
+    rt = Runtime.build(Settings(redis_url=redis_url, limiter_rate_scale=100), tenants=tenants, wait_inline_s=10)
+    cases = [c for c in [*CORPUS, NORMAL] if c.customer_id != "(no id)" and c.outcome != Outcome.REJECTED]
+
+    def backfill(run: str, payloads: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+        recorded: dict[str, str] = {}
+        for tenant, group in payloads.items():
+            sync = BatchSync(rt.deps(tenant), BatchSettings(poll_first_s=0.01), back_off=rt.limiter.back_off)
+            items = [Item(task_id=f"{run}-{i}", tenant=tenant, run=run, customer=p) for i, p in enumerate(group)]
+            recorded |= {r.item.customer_id: r.outcome.value for r in sync.run(items) if isinstance(r, Done)}
+        return recorded
+
+    try:
+        by_tenant: dict[str, list[dict[str, Any]]] = {}
+        for case in cases:
+            by_tenant.setdefault(case.tenant, []).append(case.payload)
+        backfill("first", by_tenant)
+        rt.store.remember_refused_phone("t", "+35679333333")     # the phone-only "id-non-ascii"
+        second = {tenant: [{**p, "firstName": "Renamed"} for p in group] for tenant, group in by_tenant.items()}
+        older = next(p for p in second["t"] if p["id"] == "h-normal")
+        older["updatedDate"] = "2000-01-01T00:00:00Z"
+        predicted: dict[str, str] = {}
+        for tenant, group in second.items():
+            chosen = tenants[tenant]
+            for item in preview(rt.klaviyo(tenant), rt.deps(tenant).policy, group,
+                                region=chosen.default_phone_region, state=rt.store, tenant=tenant):
+                predicted[item.customer_id] = item.plan.outcome.value
+        recorded = backfill("second", second)
+    finally:
+        rt.close()
+    assert recorded, "the second backfill recorded outcomes"
+    assert {"updated" if merge else "skipped_existing", "conflict", "rejected", "stale"} <= set(recorded.values())
+    differ = {cid: (predicted.get(cid), outcome) for cid, outcome in recorded.items() if predicted.get(cid) != outcome}
+    assert differ == {}, "preview predicted (first) other than the backfill recorded (second)"
 
 
 # --- part 2: hostile Klaviyo answers ------------------------------------------------------------------------
