@@ -9,6 +9,7 @@ import redis
 import typer
 
 from cli import context as ctx
+from worker.broker import open_broker
 from worker.errors import ConfigError
 from worker.metrics import SyncCollector, registry_for, start_server
 from worker.store import Store
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
         except ConfigError as exc:
             raise ctx.fail(str(exc)) from None
         state = scrape_redis(config.redis_url)
-        broker = state if config.broker == config.redis_url else scrape_redis(config.broker)
+        broker = open_broker(config.broker, timeout_s=REDIS_TIMEOUT_S)
         collector = SyncCollector(Store(state, config.retention_days), broker, tenant_ids, QUEUES)
         chosen_port = port if port is not None else config.metrics_port
         try:

@@ -30,13 +30,14 @@ from cli import context as ctx
 from cli.render import outcome_table, short, wait_for_run
 from producers.backfill import wait_for_room
 from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing
+from worker.broker import open_broker
 from worker.errors import RetryableError, TenantFatalError
 from worker.outcomes import PROBLEMS, REDRIVABLE, Outcome
 from worker.runtime import Runtime, make_redis
 from worker.settings import Settings, TenantConfig
 from worker.store import RunInfo, Store
 from worker.sync import customer_id_of
-from worker.tasks import QUEUE_INCREMENTAL, enqueue
+from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL, enqueue
 
 #: How far back `failures` and `retry-failures` look, per tenant, when no --run is given.
 RECENT_RUNS = 20
@@ -81,6 +82,18 @@ def state() -> Iterator[tuple[dict[str, TenantConfig], Store]]:
             yield all_tenants, Store(client, config.retention_days)
     finally:
         client.close()
+
+
+def queues_text(config: Settings) -> str:
+    """What waits on the broker's sync queues (`SYNC_BROKER_URL`, perhaps not the state Redis), in one line."""
+    broker = open_broker(config.broker)
+    try:
+        depths = broker.depths([QUEUE_BACKFILL, QUEUE_INCREMENTAL])
+    except redis.RedisError as exc:
+        return f"[yellow]queues unknown:[/] the broker at {_where(config.broker)} failed ({type(exc).__name__})"
+    finally:
+        broker.close()
+    return "waiting on the broker: " + ", ".join(f"{queue} {depth}" for queue, depth in depths.items())
 
 
 def run_or_fail(store: Store, run_id: str) -> RunInfo:
@@ -246,6 +259,7 @@ def runs(
                 table.add_row(info.id, info.kind, info.state, progress_text(info), counts_text(info.counts),
                               when(info.started_at), duration(info.duration_s))
             ctx.console.print(table)
+    ctx.console.print(queues_text(ctx.settings()))
 
 
 def status(run_id: RunArg) -> None:
@@ -255,6 +269,7 @@ def status(run_id: RunArg) -> None:
     with state() as (_, store):
         info = run_or_fail(store, run_id)
         if not info.done:
+            ctx.console.print(queues_text(ctx.settings()))
             if paused := store.tenant_paused(info.tenant):
                 ctx.err_console.print(f"[yellow]warning:[/] tenant {info.tenant} is paused ({escape(paused)}); its "
                                       "customers end `failed` until its key is fixed")

@@ -32,11 +32,10 @@ from rich.markup import escape
 
 from cli import context as ctx
 from producers.loyale import LoyaleClient, LoyaleRouteMissing
-from worker import keys
 from worker.errors import ConfigError, Deferred, RetryableError, TenantFatalError, Throttled
 from worker.klaviyo import BULK_IMPORT, GET_BULK_IMPORT, GET_PROFILES, UNSUPPRESS, UPDATE_PROFILE, KlaviyoClient
-from worker.ratelimit import LimiterUnavailable, key_fingerprint
-from worker.runtime import ACCOUNT_CACHE_S, ACCOUNT_FALLBACK_CACHE_S, Runtime
+from worker.ratelimit import LimiterUnavailable
+from worker.runtime import Runtime
 from worker.settings import TenantConfig
 from worker.store import Store
 
@@ -248,7 +247,9 @@ def verify_tenant(rt: Runtime, tenant: TenantConfig) -> list[Check]:
         if account.status == Status.FAILED:
             checks.append(Check("klaviyo scopes", Status.SKIPPED, "not checked until Klaviyo accepts the key"))
         else:
-            remember_account(rt, tenant, account_id)
+            # cached as the workers do, so the limiter in front of the probes does not ask GET /api/accounts
+            # again (it is paced at 15/min per key: one more call would cost 4 s)
+            rt.gate.accounts.remember(tenant.id, account_id)
             checks += check_scopes(klaviyo, tenant)
     except (redis.RedisError, LimiterUnavailable) as exc:
         checks.append(Check("klaviyo", Status.FAILED, f"not checked: the rate limiter in Redis failed ({exc})",
@@ -268,16 +269,6 @@ def check_paused(store: Store, tenant_id: str, checks: list[Check]) -> Check | N
     store.resume_tenant(tenant_id)
     return Check("paused", Status.OK, f"resumed (it was paused: {reason}); `loyale-sync retry-failures` "
                                       "re-drives the customers that failed meanwhile")
-
-
-def remember_account(rt: Runtime, tenant: TenantConfig, account_id: str | None) -> None:
-    """Cache the key's account as `Runtime.account` does, so that the limiter in front of the probes does
-    not ask GET /api/accounts again (it is paced at 15/min per key: one more call would cost 4 s)."""
-    fingerprint = key_fingerprint(tenant.klaviyo_private_key.get_secret_value())
-    if account_id is None:  # the key lacks accounts:read: limited under its own name, as the runtime does
-        rt.redis.set(keys.account_of_key(fingerprint), f"key-{fingerprint}", ex=ACCOUNT_FALLBACK_CACHE_S)
-    else:
-        rt.redis.set(keys.account_of_key(fingerprint), account_id, ex=ACCOUNT_CACHE_S)
 
 
 # --- the command -----------------------------------------------------------------------------------

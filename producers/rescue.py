@@ -13,7 +13,7 @@ hold, and then every customer of it without an outcome is read again from Loyale
   - no customer got an outcome for `SYNC_STALL_AFTER_S` (by default longer than the visibility
     timeout plus the longest countdown, so any message still held by a worker, or restored from a
     dead one, would have produced one);
-  - the sync queues are empty (a backlog of other work is not a lost message).
+  - the sync queues are empty on the broker (a backlog of other work is not a lost message).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis
 import structlog
 from celery import Celery
 
 from producers.loyale import CustomerNotFound, LoyaleClient
+from worker.broker import Broker
 from worker.store import RunInfo, Store
 from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL, enqueue
 
@@ -44,10 +44,6 @@ def is_stranded(run: RunInfo, now: float, stall_after_s: float) -> bool:
         return False
     last_progress = max(run.progress_at or 0.0, run.produced_at or 0.0, run.started_at)
     return now - last_progress >= stall_after_s
-
-
-def queues_empty(client: redis.Redis) -> bool:
-    return all(client.llen(queue) == 0 for queue in (QUEUE_BACKFILL, QUEUE_INCREMENTAL))
 
 
 @dataclass(frozen=True)
@@ -71,11 +67,12 @@ def rescue_run(app: Celery, store: Store, loyale: LoyaleClient, run: RunInfo) ->
     return Rescued(run.id, len(missing))
 
 
-def rescue_stalled_runs(app: Celery, store: Store, tenants: list[str], loyale_for: Callable[[str], LoyaleClient],
-                        stall_after_s: float, now: float | None = None, runs_per_tenant: int = 50) -> list[Rescued]:
+def rescue_stalled_runs(app: Celery, store: Store, broker: Broker, tenants: list[str],
+                        loyale_for: Callable[[str], LoyaleClient], stall_after_s: float, now: float | None = None,
+                        runs_per_tenant: int = 50) -> list[Rescued]:
     now = time.time() if now is None else now
     stranded = [run for tenant in tenants for run in store.runs(tenant, limit=runs_per_tenant)
                 if is_stranded(run, now, stall_after_s)]
-    if not stranded or not queues_empty(store.redis):
+    if not stranded or not broker.empty([QUEUE_BACKFILL, QUEUE_INCREMENTAL]):
         return []
     return [rescue_run(app, store, loyale_for(run.tenant), run) for run in stranded]

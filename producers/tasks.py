@@ -139,7 +139,7 @@ def rescue_stalled_runs() -> int:
     if not rt.store.try_pass_lock("*", "rescue", token, ttl_s=max(60.0, rt.settings.rescue_interval_s)):
         return 0
     try:
-        rescued = rescue(app, rt.store, list(rt.tenants), loyale_for, rt.settings.stall_after_effective_s)
+        rescued = rescue(app, rt.store, rt.broker(), list(rt.tenants), loyale_for, rt.settings.stall_after_effective_s)
         return sum(r.enqueued for r in rescued)
     finally:
         rt.store.release_pass_lock("*", "rescue", token)

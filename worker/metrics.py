@@ -32,22 +32,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from worker.broker import Broker
 from worker.store import RunInfo, Store
 
 log = structlog.get_logger("metrics")
 
 #: Runs of a tenant looked at for the oldest unsynced change (incremental passes run every minute).
 RECENT_RUNS = 50
-#: kombu's Redis transport keeps a queue's messages with priority p > 0 in `<queue>\x06\x16<p>`.
-PRIORITY_SEPARATOR = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
-
-
-def queue_lists(queue: str) -> list[str]:
-    """The broker's Redis lists that hold the queue's waiting messages (one per priority step)."""
-    return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
-
-
 def unsynced_since(watermark: datetime | None, runs: list[RunInfo]) -> float | None:
     """The moment (epoch seconds) before which every Loyale change of the tenant is known to be synced;
     None when no incremental pass has run yet. `runs` are the tenant's recent runs, newest first.
@@ -74,11 +65,11 @@ def unsynced_since(watermark: datetime | None, runs: list[RunInfo]) -> float | N
 class SyncCollector:
     """A prometheus_client collector that reads the sync's state from Redis on every scrape.
 
-    `store` is the state store; `broker` the Celery broker's Redis (often the same server); `tenants`
+    `store` is the state store; `broker` the Celery broker (often the same Redis server); `tenants`
     the configured tenant ids (for the per-tenant gauges; counters carry every tenant they ever saw).
     """
 
-    def __init__(self, store: Store, broker: redis.Redis, tenants: Iterable[str], queues: Iterable[str], *,
+    def __init__(self, store: Store, broker: Broker, tenants: Iterable[str], queues: Iterable[str], *,
                  clock: Callable[[], float] = time.time, recent_runs: int = RECENT_RUNS) -> None:
         self.store = store
         self.broker = broker
@@ -126,14 +117,8 @@ class SyncCollector:
         family = GaugeMetricFamily("loyale_sync_queue_depth", "Messages waiting on the broker's queue (not counting "
                                    "those a worker holds: reserved, or waiting for a retry countdown).",
                                    labels=["queue"])
-        pipe = self.broker.pipeline(transaction=False)
-        for queue in self.queues:
-            for name in queue_lists(queue):
-                pipe.llen(name)
-        lengths = pipe.execute()
-        per_queue = len(PRIORITY_STEPS)
-        for index, queue in enumerate(self.queues):
-            family.add_metric([queue], sum(lengths[index * per_queue:(index + 1) * per_queue]))
+        for queue, depth in self.broker.depths(self.queues).items():
+            family.add_metric([queue], depth)
         return family
 
     def _tenant_gauges(self) -> list[Metric]:

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 
 import httpx
 import redis
-import structlog
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from worker import keys
-from worker.errors import Deferred, RetryableError, TenantFatalError, Throttled
-from worker.klaviyo import GET_ACCOUNTS, KlaviyoClient
-from worker.ratelimit import EndpointLimit, RateLimiter, endpoint_limits, key_fingerprint, load_spec_limits
+from worker.broker import Broker, open_broker
+from worker.errors import RetryableError
+from worker.klaviyo import KlaviyoClient
+from worker.ratelimit import EndpointLimit, RateLimiter, endpoint_limits, load_spec_limits
+from worker.ratelimit.accounts import AccountCache
+from worker.ratelimit.gate import Gate
 from worker.settings import Settings, TenantConfig
 from worker.store import Store
 from worker.sync import SyncDeps
-
-log = structlog.get_logger("runtime")
 
 #: The run the current task belongs to, so the Klaviyo request hook can count requests per run.
 current_run: ContextVar[str | None] = ContextVar("current_run", default=None)
@@ -30,23 +28,6 @@ current_run: ContextVar[str | None] = ContextVar("current_run", default=None)
 #: in the limiter at once before the first, so it never gets one, is deferred for the second, and
 #: has to start over (spending the first again); the place it did not need is given back.
 LOOKUPS_PER_SYNC = 2
-
-
-@dataclass
-class Prepaid:
-    """Places a running sync took in advance for one endpoint; its requests use them first."""
-
-    grant_id: str
-    count: int
-    used: int = 0
-
-
-_prepaid: ContextVar[dict[str, Prepaid] | None] = ContextVar("prepaid", default=None)
-#: Overrides `Runtime.wait_inline_s` inside `Runtime.waiting_inline` (a batch of backfill customers).
-_wait_inline_s: ContextVar[float] = ContextVar("wait_inline_s")
-ACCOUNT_CACHE_S = 86_400
-#: A key without accounts:read is limited under its own name; ask again after this long.
-ACCOUNT_FALLBACK_CACHE_S = 3_600
 
 
 def make_http_client(settings: Settings) -> httpx.Client:
@@ -79,9 +60,15 @@ class Runtime:
     #: An interactive caller (`sync-one`, `preview`) waits up to this long for the limiter in place;
     #: a Celery task (0) is deferred with a countdown instead, so a worker never sleeps on a limit.
     wait_inline_s: float = 0.0
+    gate: Gate = field(init=False)
     _klaviyo: dict[str, KlaviyoClient] = field(default_factory=dict)
     _limits: dict[str, dict[str, EndpointLimit]] = field(default_factory=dict)
-    _accounts: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _broker: Broker | None = None
+
+    def __post_init__(self) -> None:
+        accounts = AccountCache(self.redis, lambda t: self.tenants[t].klaviyo_private_key.get_secret_value(),
+                                lambda t: str(self.klaviyo(t).account()["id"]))
+        self.gate = Gate(self.limiter, accounts, self.limits, wait_inline_s=self.wait_inline_s)
 
     @classmethod
     def build(cls, settings: Settings, tenants: dict[str, TenantConfig] | None = None, *,
@@ -105,7 +92,7 @@ class Runtime:
             self._klaviyo[tenant_id] = KlaviyoClient(
                 self.http, tenant=tenant.id, base_url=tenant.klaviyo_base_url,
                 private_key=tenant.klaviyo_private_key, revision=self.settings.klaviyo_revision,
-                gate=lambda endpoint, tenant_id=tenant_id: self._gate(tenant_id, endpoint),
+                gate=partial(self.gate, tenant_id),
                 on_request=self._count_request,
             )
         return self._klaviyo[tenant_id]
@@ -118,87 +105,20 @@ class Runtime:
         return self._limits[tenant_id]
 
     def account(self, tenant_id: str) -> str:
-        """The Klaviyo account of the tenant's key: the unit Klaviyo's limits apply to.
+        return self.gate.accounts.account(tenant_id)
 
-        Asked once a day per key (GET /api/accounts allows 1/s, 15/min) and cached in Redis; a key
-        without accounts:read is limited under its own fingerprint.
-        """
-        known = self._accounts.get(tenant_id)
-        if known is not None and known[1] > time.monotonic():
-            return known[0]
-        fingerprint = key_fingerprint(self.tenants[tenant_id].klaviyo_private_key.get_secret_value())
-        cached = self.redis.get(keys.account_of_key(fingerprint))
-        if cached is None:
-            try:
-                cached = str(self.klaviyo(tenant_id).account()["id"])
-                self.redis.set(keys.account_of_key(fingerprint), cached, ex=ACCOUNT_CACHE_S)
-            except TenantFatalError as exc:
-                if exc.status != 403:
-                    raise
-                cached = f"key-{fingerprint}"
-                self.redis.set(keys.account_of_key(fingerprint), cached, ex=ACCOUNT_FALLBACK_CACHE_S)
-                log.warning("klaviyo_account_unknown", tenant=tenant_id,
-                            hint="the key lacks accounts:read; tenants sharing an account will not share a limit")
-            except Throttled:
-                raise    # like any 429: the task backs the whole tenant off and comes back
-            except RetryableError:
-                # Klaviyo is struggling: limit under the key's own name for a minute rather than spend
-                # the accounts endpoint's tiny quota (15/min) on every attempt of every customer.
-                self._accounts[tenant_id] = (f"key-{fingerprint}", time.monotonic() + 60)
-                return f"key-{fingerprint}"
-        self._accounts[tenant_id] = (cached, time.monotonic() + ACCOUNT_CACHE_S)
-        return cached
+    # the gate's, here for the tasks' call sites
+    def prepaid(self, tenant_id: str, endpoint: str, count: int) -> AbstractContextManager[float]:
+        return self.gate.prepaid(tenant_id, endpoint, count)
 
-    @contextmanager
-    def prepaid(self, tenant_id: str, endpoint: str, count: int) -> Iterator[float]:
-        """Take `count` places for `endpoint` at once. Yields 0.0 when taken (the requests inside use
-        them; unused ones are given back on exit), else the seconds to wait, having taken none."""
-        account, limit = self.account(tenant_id), self._limit(tenant_id, endpoint)
-        wait_s, grant_id = self.limiter.acquire_many(account, tenant_id, endpoint, limit, count)
-        if wait_s > 0:
-            yield wait_s
-            return
-        entry = Prepaid(grant_id, count)
-        token = _prepaid.set({endpoint: entry})
-        try:
-            yield 0.0
-        finally:
-            _prepaid.reset(token)
-            self.limiter.refund(account, endpoint, limit, grant_id, entry.used, count)
+    def waiting_inline(self, wait_s: float) -> AbstractContextManager[None]:
+        return self.gate.waiting_inline(wait_s)
 
-    @contextmanager
-    def waiting_inline(self, wait_s: float) -> Iterator[None]:
-        """Inside: wait up to `wait_s` for the limiter in place instead of raising `Deferred`."""
-        token = _wait_inline_s.set(wait_s)
-        try:
-            yield
-        finally:
-            _wait_inline_s.reset(token)
-
-    def _limit(self, tenant_id: str, endpoint: str) -> EndpointLimit:
-        limits = self.limits(tenant_id)
-        return limits.get(endpoint) or limits["GET /api/profiles"]
-
-    def _gate(self, tenant_id: str, endpoint: str) -> None:
-        """Before every Klaviyo request: ask the fleet-wide limiter (which also holds 429 back-offs)."""
-        entry = (_prepaid.get() or {}).get(endpoint)
-        if entry is not None and entry.used < entry.count and self.limiter.backoff_remaining_s(tenant_id) <= 0:
-            entry.used += 1
-            return
-        limit = self._limit(tenant_id, endpoint)
-        if endpoint == GET_ACCOUNTS:
-            fingerprint = key_fingerprint(self.tenants[tenant_id].klaviyo_private_key.get_secret_value())
-            account = f"key-{fingerprint}"
-        else:
-            account = self.account(tenant_id)
-        wait_s = self.limiter.acquire(account, tenant_id, endpoint, limit)
-        waited_s, may_wait_s = 0.0, _wait_inline_s.get(self.wait_inline_s)
-        while wait_s > 0 and waited_s + wait_s <= may_wait_s:
-            time.sleep(wait_s)
-            waited_s += wait_s
-            wait_s = self.limiter.acquire(account, tenant_id, endpoint, limit)
-        if wait_s > 0:
-            raise Deferred(f"rate limit of {endpoint} for tenant {tenant_id}", retry_after_s=wait_s)
+    def broker(self) -> Broker:
+        """The Celery broker (`settings.broker`, perhaps not the state Redis), asked about queue depths."""
+        if self._broker is None:
+            self._broker = open_broker(self.settings.broker)
+        return self._broker
 
     def _count_request(self, endpoint: str, status: int) -> None:
         self.store.count_request(current_run.get(), endpoint, status)
@@ -209,6 +129,8 @@ class Runtime:
     def close(self) -> None:
         self.http.close()
         self.redis.close()
+        if self._broker is not None:
+            self._broker.close()
 
 
 __all__ = ["Runtime", "current_run", "make_http_client", "make_redis", "RetryableError"]
