@@ -11,16 +11,16 @@ from rich.console import Console
 
 from producers.loyale import LoyaleClient
 from worker.errors import ConfigError
-from worker.runtime import Runtime, make_http_client
+from worker.runtime import Runtime
 from worker.settings import Settings, TenantConfig, get_settings
 
 console = Console()
 err_console = Console(stderr=True)
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
+def fail(message: str) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
+    return typer.Exit(2)
 
 
 def settings() -> Settings:
@@ -66,12 +66,3 @@ def runtime() -> Iterator[Runtime]:
         yield rt
     finally:
         rt.close()
-
-
-@contextmanager
-def http_client() -> Iterator[httpx.Client]:
-    client = make_http_client(settings())
-    try:
-        yield client
-    finally:
-        client.close()

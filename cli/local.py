@@ -110,14 +110,17 @@ DEMO_TIME_SCALE = 0.03
 DEMO_SCHEME_ID = "0de70000-0000-4000-8000-000000000001"
 #: Names a pre-existing Klaviyo profile carries instead of the customer's own.
 KLAVIYO_NAMES = ("Alex", "Sam", "Robin", "Charlie", "Jo", "Kim")
+#: Every how many customers the demo puts into Klaviyo before the first run.
+SEEDED_EVERY = 8
+#: How many profiles the demo shows before → after.
+SHOWN_PROFILES = 3
 #: Profile fields shown before → after: (column, path in the profile's attributes).
 SHOWN_FIELDS = (("first name", "first_name"), ("phone", "phone_number"), ("points", "properties.LoyalePointBalance"),
                 ("FavouriteColour", "properties.FavouriteColour"))
 
 
-def seed_existing_profiles(customers: list[dict[str, Any]], klaviyo: FakeKlaviyoControl,
-                           every: int = 8) -> dict[str, dict[str, Any]]:
-    """Put every `every`-th customer with a usable email into Klaviyo already, as a brand's Klaviyo holds
+def seed_existing_profiles(customers: list[dict[str, Any]], klaviyo: FakeKlaviyoControl) -> dict[str, dict[str, Any]]:
+    """Put every SEEDED_EVERY-th customer with a usable email into Klaviyo already, as a brand's Klaviyo holds
     them: another first name, a points balance of 0, no phone, and a property of the brand's own.
     Returns email -> the Loyale customer."""
     from fakes.klaviyo.profiles import is_valid_email
@@ -126,7 +129,7 @@ def seed_existing_profiles(customers: list[dict[str, Any]], klaviyo: FakeKlaviyo
     profiles = []
     for index, customer in enumerate(customers):
         email = (customer.get("email") or "").strip().lower()
-        if index % every or not is_valid_email(email) or email in seeded:
+        if index % SEEDED_EVERY or not is_valid_email(email) or email in seeded:
             continue
         names = [n for n in KLAVIYO_NAMES if n != customer.get("firstName")]
         seeded[email] = customer
@@ -224,7 +227,7 @@ def side_by_side(columns: dict[str, dict[str, int]]) -> Table:
 
 
 def pick_profiles(seeded: dict[str, dict[str, Any]], after_off: dict[str, dict[str, Any]],
-                  after_on: dict[str, dict[str, Any]], count: int = 3) -> list[str]:
+                  after_on: dict[str, dict[str, Any]]) -> list[str]:
     """Emails of seeded customers the two modes treated differently (merge off kept Klaviyo's first name,
     merge on wrote Loyale's): one whose phone merge on filled, one whose phone Klaviyo refused for its
     region, then any other, preferring customers with points (their balance shows the overwrite too)."""
@@ -237,7 +240,7 @@ def pick_profiles(seeded: dict[str, dict[str, Any]], after_off: dict[str, dict[s
     picks: list[str] = []
     for group in (filled, refused, differ):
         for email in group:
-            if len(picks) < count and email not in picks:
+            if len(picks) < SHOWN_PROFILES and email not in picks:
                 picks.append(email)
                 if group is not differ:
                     break

@@ -5,12 +5,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from worker.merge import Plan
 from worker.outcomes import Outcome
 from worker.store import RunInfo, Store
+
+#: How often a progress bar reads the run's counts.
+POLL_S = 0.5
 
 
 def short(value: Any, limit: int = 60) -> str:
@@ -46,10 +50,8 @@ def plan_table(plan: Plan) -> Table:
     return table
 
 
-def wait_for_run(store: Store, run_id: str, *, poll_s: float = 0.5, timeout_s: float | None = None,
-                 console: Any = None) -> RunInfo:
+def wait_for_run(store: Store, run_id: str, *, console: Console) -> RunInfo:
     """A progress bar until every enqueued customer of the run has an outcome."""
-    deadline = time.monotonic() + timeout_s if timeout_s else None
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task(run_id, total=None)
@@ -61,6 +63,4 @@ def wait_for_run(store: Store, run_id: str, *, poll_s: float = 0.5, timeout_s: f
             progress.update(bar, completed=info.completed, total=total)
             if info.done:
                 return info
-            if deadline is not None and time.monotonic() > deadline:
-                return info
-            time.sleep(poll_s)
+            time.sleep(POLL_S)

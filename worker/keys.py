@@ -103,11 +103,6 @@ def journal(run_id: str) -> str:
     return f"{PREFIX}:journal:{run_id}"
 
 
-def queued(tenant: str) -> str:
-    """Counter of the tenant's tasks enqueued and not yet finished (backfill backpressure)."""
-    return f"{PREFIX}:tenant:{tenant}:queued"
-
-
 def run_enqueued(run_id: str) -> str:
     """Set of customer ids enqueued in the run: dedupes a customer that paging returns twice."""
     return f"{PREFIX}:run:{run_id}:enqueued"

@@ -34,7 +34,6 @@ MAX_BULK_PROFILES = 10_000
 GET_PROFILES = "GET /api/profiles"
 CREATE_PROFILE = "POST /api/profiles"
 UPDATE_PROFILE = "PATCH /api/profiles/{id}"
-IMPORT_PROFILE = "POST /api/profile-import"
 BULK_IMPORT = "POST /api/profile-bulk-import-jobs"
 GET_BULK_IMPORT = "GET /api/profile-bulk-import-jobs/{job_id}"
 GET_IMPORT_ERRORS = "GET /api/profile-bulk-import-jobs/{id}/import-errors"
@@ -301,12 +300,10 @@ class KlaviyoClient:
 
     # --- profiles --------------------------------------------------------------------------------
 
-    def find_profiles(self, filter_expr: str, *, page_size: int = 100,
-                      with_subscriptions: bool = True) -> Iterator[KlaviyoProfile]:
-        """Every profile matching a Klaviyo filter expression, following `links.next`."""
-        params: dict[str, Any] | None = {"filter": filter_expr, "page[size]": page_size}
-        if with_subscriptions and params is not None:
-            params["additional-fields[profile]"] = "subscriptions"
+    def find_profiles(self, filter_expr: str, *, page_size: int = 100) -> Iterator[KlaviyoProfile]:
+        """Every profile matching a Klaviyo filter expression (with its subscriptions), following `links.next`."""
+        params: dict[str, Any] | None = {"filter": filter_expr, "page[size]": page_size,
+                                         "additional-fields[profile]": "subscriptions"}
         url = "/api/profiles"
         while url:
             body = self._request(GET_PROFILES, "GET", url, params=params)
@@ -353,14 +350,6 @@ class KlaviyoClient:
         body = {"data": data}
         return self._profile(
             self._data(self._request(UPDATE_PROFILE, "PATCH", f"/api/profiles/{profile_id}", body=body)))
-
-    def import_profile(self, attributes: dict[str, Any], profile_id: str | None = None) -> KlaviyoProfile:
-        """Create-or-update (`profile-import`); matches by `profile_id` or else by identifiers."""
-        data: dict[str, Any] = {"type": "profile", "attributes": attributes}
-        if profile_id:
-            data["id"] = profile_id
-        return self._profile(self._data(self._request(IMPORT_PROFILE, "POST", "/api/profile-import",
-                                                      body={"data": data})))
 
     # --- suppression -----------------------------------------------------------------------------
 

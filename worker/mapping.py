@@ -37,7 +37,6 @@ MAX_EXACT_INT = 2**53
 
 #: Property names we own; an additional field with one of these keys would collide and is skipped.
 OWN_PROPERTIES = {"Birthday", "LoyalePointBalance", "LoyaleMonetaryBalance", "Levels", "Tags"}
-IDENTITY_FIELDS = ("email", "external_id", "phone_number")
 
 
 class InvalidCustomer(ValueError):
