@@ -69,7 +69,6 @@ CALLS: list[tuple[str, Callable[[KlaviyoClient], Any]]] = [
     ("get_profile", lambda kc: kc.get_profile(PROFILE_ID)),
     ("create_profile", lambda kc: kc.create_profile({"email": "jane@example.com"})),
     ("update_profile", lambda kc: kc.update_profile(PROFILE_ID, {"first_name": "Jane"})),
-    ("import_profile", lambda kc: kc.import_profile({"email": "jane@example.com"})),
     ("suppress", lambda kc: kc.suppress(["jane@example.com"])),
     ("unsuppress", lambda kc: kc.unsuppress(["jane@example.com"])),
     ("suppression_job_status", lambda kc: kc.suppression_job_status("suppress", JOB_ID)),
@@ -90,11 +89,8 @@ def test_200_of_a_lookup_is_the_profiles_and_an_empty_list_is_none(klaviyo):
     assert klaviyo(httpx.Response(200, json={"data": []})).find_one("email", "jane@example.com") is None
 
 
-def test_201_of_a_create_and_200_or_201_of_an_import_are_the_profile(klaviyo):
+def test_201_of_a_create_and_200_of_an_update_are_the_profile(klaviyo):
     assert klaviyo(httpx.Response(201, json={"data": profile()})).create_profile({"email": "a@x.com"}).id == PROFILE_ID
-    for status in (200, 201):   # profile-import: 200 updated, 201 created
-        assert klaviyo(httpx.Response(status, json={"data": profile()})).import_profile({"email": "a@x.com"}).id \
-            == PROFILE_ID
     assert klaviyo(httpx.Response(200, json={"data": profile()})).update_profile(PROFILE_ID, {}).id == PROFILE_ID
 
 
@@ -181,8 +177,7 @@ def test_404_of_a_read_by_id_is_no_such_profile_and_elsewhere_a_rejection(klaviy
 @pytest.mark.parametrize("call", [
     lambda kc: kc.create_profile({"email": "b@x.com", "phone_number": "+35679123456"}),
     lambda kc: kc.update_profile(PROFILE_ID, {"phone_number": "+35679123456"}),
-    lambda kc: kc.import_profile({"email": "b@x.com", "phone_number": "+35679123456"}),
-], ids=["create", "update", "import"])
+], ids=["create", "update"])
 def test_409_duplicate_profile_carries_the_existing_profiles_id(klaviyo, call):
     answer = error(409, "duplicate_profile", "A profile already exists with one of these identifiers.",
                    "/data/attributes", meta={"duplicate_profile_id": OWNER_ID})
