@@ -1,0 +1,59 @@
+"""The producers' state: each tenant's incremental watermark, the changes already enqueued (so an
+overlapping pass does not enqueue them again), the locks that keep one pass of a kind running at a time,
+and the log of passes run."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+from worker import keys
+from worker.state.client import TextRedis, lua
+from worker.state.runs import epoch_us
+
+RELEASE_LOCK = lua(__file__, "release_lock.lua")
+
+
+class Passes:
+    def __init__(self, client: TextRedis) -> None:
+        self.redis = client
+        self._release_pass = client.register_script(RELEASE_LOCK)
+
+    def watermark(self, tenant: str) -> datetime | None:
+        raw = self.redis.get(keys.watermark(tenant))
+        return datetime.fromisoformat(raw) if raw else None
+
+    def set_watermark(self, tenant: str, moment: datetime) -> None:
+        """Only ever moves forward."""
+        current = self.watermark(tenant)
+        if current is None or moment > current:
+            self.redis.set(keys.watermark(tenant), moment.isoformat())
+
+    def claim_changes(self, tenant: str, changes: list[tuple[str, datetime | None]], ttl_s: int) -> list[bool]:
+        """True for each (customer, updatedDate) not enqueued in the last `ttl_s` (a change without a date
+        is always enqueued: the stale guard in the worker still keeps order)."""
+        pipe = self.redis.pipeline()
+        for customer_id, updated in changes:
+            if updated is None:
+                pipe.echo("1")
+            else:
+                pipe.set(keys.change_seen(tenant, customer_id, epoch_us(updated)), "1", nx=True, ex=ttl_s)
+        return [bool(v) for v in pipe.execute()]
+
+    def try_pass_lock(self, tenant: str, kind: str, token: str, ttl_s: float) -> bool:
+        return bool(self.redis.set(keys.pass_lock(tenant, kind), token, nx=True, px=int(ttl_s * 1000)))
+
+    def release_pass_lock(self, tenant: str, kind: str, token: str) -> None:
+        self._release_pass(keys=[keys.pass_lock(tenant, kind)], args=[token])
+
+    def log_pass(self, tenant: str, task_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.rpush(keys.pass_log(tenant), json.dumps({"at": time.time(), "task": task_id}))
+        pipe.ltrim(keys.pass_log(tenant), -1000, -1)
+        pipe.execute()
+
+    def passes(self, tenant: str) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.redis.lrange(keys.pass_log(tenant), 0, -1)]
+
