@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
 import httpx
 import typer
@@ -13,6 +14,9 @@ from producers.loyale import LoyaleClient
 from worker.errors import ConfigError
 from worker.runtime import Runtime
 from worker.settings import Settings, TenantConfig, get_settings
+
+#: --tenant of the commands that work on one tenant.
+TenantOpt = Annotated[str | None, typer.Option("--tenant", "-t", help="Tenant id (default: the only tenant).")]
 
 console = Console()
 err_console = Console(stderr=True)

@@ -8,6 +8,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli import context as ctx
+from cli.context import TenantOpt
 from cli.render import outcome_table, plan_table, wait_for_run
 from producers.backfill import run_backfill
 from producers.loyale import CustomerNotFound, LoyaleRouteMissing
@@ -29,9 +30,6 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show inf
     """Logs go to stderr; commands print their results to stdout."""
     settings = ctx.settings()
     configure_logging(settings.log_json, "INFO" if verbose else "WARNING")
-
-
-TenantOpt = Annotated[str | None, typer.Option("--tenant", "-t", help="Tenant id (default: the only tenant).")]
 
 
 @app.command()

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from cli import context as ctx
+from cli.context import TenantOpt
 from cli.render import outcome_table, short
 from producers.backfill import BACKFILL_FILTERS, BACKFILL_SORTS
 from producers.loyale import LoyaleRouteMissing
@@ -26,7 +27,6 @@ from worker.settings import TenantConfig
 from worker.store import RunInfo
 from worker.undo import group_journal, plan_undo
 
-TenantOpt = Annotated[str | None, typer.Option("--tenant", "-t", help="Tenant id (default: the only tenant).")]
 ON_OFF = {"on": True, "off": False}
 
 
