@@ -1,4 +1,6 @@
-"""The webhook intake app (producers/webhooks.py) in process: which posts become hints.
+"""The webhook intake app (producers/webhooks.py) in process, through Starlette's TestClient: the
+secret in the URL, bodies it cannot read, each Loyale topic's payload, and the hints it asks to enqueue.
+(tests/integration/test_incremental.py has the end to end: the fake Loyale posting to the served app.)
 
 Webhooks caused by our own Loyale admin login are synced by default: this service never writes to
 Loyale, so such an event is a staff edit made with the same login. Dropping them is an opt-in.
@@ -6,13 +8,13 @@ Loyale, so such an event is a staff edit made with the same login. Dropping them
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
+from starlette.testclient import TestClient
 
-from producers.webhooks import create_app
+from producers.webhooks import MAX_BODY_BYTES, create_app
 from worker.settings import TenantConfig
 
 ADMIN = "Integrations@Acme.example"
@@ -20,21 +22,121 @@ TOKEN = "t" * 40
 
 
 def tenant(**overrides: Any) -> TenantConfig:
-    return TenantConfig(id="acme", loyale_scheme_id="8f4089bc-91b6-4078-8403-cfd07b285cdb",
-                        loyale_admin_email=ADMIN, loyale_admin_password="secret",
-                        klaviyo_private_key="pk_" + "ab12" * 9, webhook_token=TOKEN, **overrides)
+    return TenantConfig(**{"id": "acme", "loyale_scheme_id": "8f4089bc-91b6-4078-8403-cfd07b285cdb",
+                           "loyale_admin_email": ADMIN, "loyale_admin_password": "secret",
+                           "klaviyo_private_key": "pk_" + "ab12" * 9, "webhook_token": TOKEN, **overrides})
 
 
 def post(config: TenantConfig, payload: dict[str, Any]) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
     hints: list[tuple[str, str]] = []
-    app = create_app({config.id: config}, lambda t, c: hints.append((t, c)))
-
-    async def call() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake") as client:
-            return await client.post(f"/webhooks/loyale/{TOKEN}", json=payload)
-
-    response = asyncio.run(call())
+    with TestClient(create_app({config.id: config}, lambda t, c: hints.append((t, c)))) as client:
+        response = client.post(f"/webhooks/loyale/{TOKEN}", json=payload)
     return response.status_code, response.json(), hints
+
+
+class Intake:
+    """The intake app for two tenants, with the hints it asked to enqueue."""
+
+    OTHER_TOKEN = "o" * 40
+
+    def __init__(self) -> None:
+        self.hints: list[tuple[str, str]] = []
+        tenants = [tenant(), tenant(id="other", webhook_token=self.OTHER_TOKEN),
+                   tenant(id="silent", webhook_token=None)]
+        app = create_app({t.id: t for t in tenants}, lambda t, c: self.hints.append((t, c)))
+        self.client = TestClient(app, base_url="http://intake")
+
+    def post(self, payload: Any = None, *, token: str = TOKEN, content: bytes | None = None,
+             topic: str | None = None) -> tuple[int, dict[str, Any]]:
+        params = {"topic": topic} if topic else None
+        if content is not None:
+            response = self.client.post(f"/webhooks/loyale/{token}", content=content, params=params)
+        else:
+            response = self.client.post(f"/webhooks/loyale/{token}", json=payload, params=params)
+        return response.status_code, response.json()
+
+
+@pytest.fixture
+def intake() -> Iterator[Intake]:
+    made = Intake()
+    with made.client:
+        yield made
+
+
+# --- the secret in the URL ---------------------------------------------------------------------------
+
+
+def test_the_token_picks_the_tenant_and_an_unknown_one_is_404_with_nothing_enqueued(intake):
+    assert intake.post({"id": "c-1", "email": "a@x.com"}) == (202, {"accepted": 1})
+    assert intake.post({"id": "c-2", "email": "b@x.com"}, token=Intake.OTHER_TOKEN) == (202, {"accepted": 1})
+    for wrong in ("t" * 39, "t" * 41, "T" * 40, "nope", TOKEN[:-1] + "u"):
+        assert intake.post({"id": "c-3", "email": "c@x.com"}, token=wrong) == (404, {"error": "unknown webhook URL"})
+    assert intake.hints == [("acme", "c-1"), ("other", "c-2")]
+
+
+def test_only_post_is_accepted_and_health_counts_the_tenants_with_a_token(intake):
+    assert intake.client.get(f"/webhooks/loyale/{TOKEN}").status_code == 405
+    health = intake.client.get("/health")
+    assert health.status_code == 200 and health.json() == {"ok": True, "tenants": 2}
+    assert intake.hints == []
+
+
+# --- bodies ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b"<xml/>"])
+def test_a_body_that_is_not_json_is_acknowledged_and_dropped(intake, content):
+    """Loyale retries any non-2xx for hours; a body that can never be read is acknowledged (202)."""
+    status, body = intake.post(content=content)
+    assert status == 202 and body == {"accepted": 0, "ignored": "body is not JSON"}
+    assert intake.hints == []
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(intake):
+    status, body = intake.post(content=b"[" + b" " * MAX_BODY_BYTES + b"]")
+    assert status == 413 and body == {"error": "payload too large"} and intake.hints == []
+
+
+@pytest.mark.parametrize("content", [b"", b"null", b"[]", b'"c-1"', b"42", b"{}", b'{"id": "lvl-1", "name": "Gold"}'])
+def test_json_that_names_no_customer_is_accepted_with_nothing_enqueued(intake, content):
+    status, body = intake.post(content=content)
+    assert status == 202 and body == {"accepted": 0} and intake.hints == []
+
+
+# --- topics: which customers a post names ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("topic", "payload", "hinted"), [
+    ("customer-created", {"id": "c-1", "email": "a@x.com", "marketingSub": True}, ["c-1"]),
+    ("customer-updated", {"id": "c-1", "firstName": "Jane"}, ["c-1"]),
+    ("customer-deleted", {"id": "c-1", "email": "a@x.com", "deleted": True}, ["c-1"]),
+    ("transaction", {"id": "tx-9", "customerId": "c-1", "value": 12.5}, ["c-1"]),
+    ("additional-field", {"id": "af-1", "customerId": "c-1", "key": "ShoeSize", "value": "38"}, ["c-1"]),
+    ("points-transfer", {"id": "pt-1", "sourceCustomerId": {"id": "c-1"}, "targetCustomerId": {"id": "c-2"}},
+     ["c-1", "c-2"]),
+    ("points-transfer", {"id": "pt-2", "sourceCustomerId": "c-1", "targetCustomerId": "c-2"}, ["c-1", "c-2"]),
+    ("points-transfer", {"id": "pt-3", "sourceCustomerId": "c-1", "targetCustomerId": "c-1"}, ["c-1"]),
+])
+def test_each_topic_enqueues_a_hint_per_customer_it_names_once(intake, topic, payload, hinted):
+    status, body = intake.post(payload, topic=topic)
+    assert status == 202 and body == {"accepted": len(hinted)}
+    assert intake.hints == [("acme", c) for c in hinted]
+
+
+def test_a_redelivered_post_is_enqueued_again_the_sync_being_idempotent(intake):
+    for _ in range(2):
+        assert intake.post({"id": "c-1", "email": "a@x.com"}) == (202, {"accepted": 1})
+    assert intake.hints == [("acme", "c-1")] * 2
+
+
+def test_an_enqueue_that_fails_is_a_5xx_so_loyale_posts_again(intake):
+    def broken(tenant_id: str, customer_id: str) -> None:
+        raise ConnectionError("broker down")
+
+    app = create_app({"acme": tenant()}, broken)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post(f"/webhooks/loyale/{TOKEN}", json={"id": "c-1", "email": "a@x.com"})
+    assert response.status_code == 500
 
 
 def staff_edit(by: str) -> dict[str, Any]:
