@@ -23,11 +23,10 @@ from fakes.klaviyo.spec import BUILTIN, build_openapi
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.serving import ServerProcess
 
-#: Each test talks to a fake served on a loopback port (a child process): the integration layer.
-pytestmark = pytest.mark.integration
-
 SPEC = default_spec_path()
-pytestmark = pytest.mark.skipif(not SPEC.exists(), reason=f"Klaviyo's OpenAPI spec is not at {SPEC}")
+#: Each test talks to a fake served on a loopback port (a child process): the integration layer.
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not SPEC.exists(), reason=f"Klaviyo's OpenAPI spec is not at {SPEC}")]
 
 KEY = "pk_" + "c0de" * 8 + "01"
 JSONAPI = "application/vnd.api+json"
