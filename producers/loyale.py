@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from worker.errors import RetryableError, SyncError, TenantFatalError
+from worker.messages import Snapshot, UnreadableCustomer, read_snapshot
 
 log = structlog.get_logger("loyale")
 
@@ -189,10 +190,10 @@ class LoyaleClient:
         return Page(number, body, _int(response.headers.get("X-Total-Pages")),
                     _int(response.headers.get("X-Total-Count")))
 
-    def pages(self, *, filters: str | None = None, sorts: str | None = None, page_size: int = PAGE_SIZE_MAX,
-              start_page: int = 1) -> Iterator[Page]:
+    def pages(self, *, filters: str | None = None, sorts: str | None = None,
+              page_size: int = PAGE_SIZE_MAX) -> Iterator[Page]:
         """Every page of customers, one at a time (memory does not grow with the scheme)."""
-        number = start_page
+        number = 1
         while True:
             page = self.page(number, filters=filters, sorts=sorts, page_size=page_size)
             if page.customers:
@@ -269,17 +270,28 @@ class LoyaleClient:
 
     # --- snapshot --------------------------------------------------------------------------------
 
-    def snapshot(self, raw: Any) -> dict[str, Any]:
-        """The task payload for a customer (see `customer_snapshot`), with this scheme's level names."""
+    def snapshot(self, raw: Any) -> Snapshot:
+        """The customer as a message carries it (see `customer_snapshot`), with this scheme's level names."""
         return customer_snapshot(raw, scheme_id=self.scheme_id, level_names=self._level_names_for)
 
 
 def customer_snapshot(raw: Any, *, scheme_id: str | None,
-                      level_names: Callable[[list[str]], list[str] | None]) -> dict[str, Any]:
-    """The task payload for a customer: the mapped fields only, level ids resolved to names.
+                      level_names: Callable[[list[str]], list[str] | None]) -> Snapshot:
+    """The customer as a message carries it: the mapped fields only, level ids resolved to names, parsed
+    into `LoyaleCustomer` (a value of the wrong type is dropped with a warning the snapshot carries), or
+    `UnreadableCustomer` when the record has no usable id (the worker records it `invalid`).
 
-    `level_names(ids)` gives the names of those level ids, or None when they cannot be known.
-    Fields it adds to Loyale's (worker/models.py reads them):
+    Internal additional fields never leave the producer, nor does a field whose `internal` flag is not
+    plainly true or false (its warning does)."""
+    customer = read_snapshot(_loyale_payload(raw, scheme_id=scheme_id, level_names=level_names))
+    if isinstance(customer, UnreadableCustomer):
+        return customer
+    return customer.model_copy(update={"additional_fields": [f for f in customer.additional_fields if not f.internal]})
+
+
+def _loyale_payload(raw: Any, *, scheme_id: str | None,
+                    level_names: Callable[[list[str]], list[str] | None]) -> dict[str, Any]:
+    """The mapped fields of a raw Loyale customer, in Loyale's keys plus these (LoyaleCustomer's aliases):
       levelNames     the names of the customer's levels; `[]` when Loyale lists no level for them
       levelsUnknown  true when the levels could not be read (no `Levels` list on the customer, or the
                      level lookup failed): Klaviyo's `Levels` is then left untouched
@@ -311,9 +323,8 @@ def customer_snapshot(raw: Any, *, scheme_id: str | None,
         payload["leftScheme"] = True
     fields = raw.get("additionalCustomerFields")
     if isinstance(fields, list):
-        # Internal fields never leave the producer. A flag that is neither plainly public nor
-        # plainly internal ("true", 2, ...) travels without its value, for the worker to record
-        # a warning and not sync it (worker/models.py).
+        # Internal fields are left out. A flag that is neither plainly public nor plainly internal
+        # ("true", 2, ...) is kept without its value, for the parse to warn and drop it (worker/models.py).
         payload["additionalCustomerFields"] = [
             {"key": f.get("key"), "value": f.get("value") if f.get("internal") in (None, False) else None,
              "internal": f.get("internal") or False}

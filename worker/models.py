@@ -110,6 +110,9 @@ class LoyaleCustomer(BaseModel):
     left_scheme: bool = Field(default=False, alias="leftScheme")
     tags: list[str] = Field(default_factory=list)
     additional_fields: list[AdditionalField] = Field(default_factory=list, alias="additionalCustomerFields")
+    #: What the producer's parse of Loyale's record dropped (a value of the wrong type...): it travels with
+    #: the snapshot so that the worker records it with the outcome, as if it had parsed the record itself.
+    parse_warnings: list[str] = Field(default_factory=list, alias="parseWarnings")
 
     @model_validator(mode="before")
     @classmethod
@@ -194,6 +197,11 @@ class LoyaleCustomer(BaseModel):
             return []
         return [str(v) for v in value if isinstance(v, str | int | float) and str(v).strip()]
 
+    @field_validator("parse_warnings", mode="before")
+    @classmethod
+    def _parse_warnings(cls, value: Any) -> list[str]:
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
     @field_validator("additional_fields", mode="before")
     @classmethod
     def _fields(cls, value: Any, info: ValidationInfo) -> list[Any]:
@@ -210,11 +218,14 @@ class LoyaleCustomer(BaseModel):
         return self.marketing_sub is True and not self.deleted and not self.on_hold and not self.left_scheme
 
 
-def parse_customer(raw: dict[str, Any]) -> tuple[LoyaleCustomer, list[str]]:
-    """Validate a task payload; returns the customer and the warnings about dropped values."""
+def parse_customer(raw: dict[str, Any] | LoyaleCustomer) -> tuple[LoyaleCustomer, list[str]]:
+    """Validate a task payload (or take a snapshot already parsed by the producer); returns the customer
+    and the warnings about dropped values, those recorded when the producer parsed it included."""
+    if isinstance(raw, LoyaleCustomer):
+        return raw, list(raw.parse_warnings)
     context: dict[str, list[str]] = {"warnings": []}
     customer = LoyaleCustomer.model_validate(raw, context=context)
-    return customer, context["warnings"]
+    return customer, [*customer.parse_warnings, *context["warnings"]]
 
 
 # --- Klaviyo --------------------------------------------------------------------------------------

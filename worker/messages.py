@@ -1,0 +1,129 @@
+"""The message between the two sides: queue and task names, `CustomerMessage`, `enqueue`, the task repr.
+
+Producers import this module (and no other of `worker/` that talks to Klaviyo or the limiter) to put
+customers on the queue; the worker's tasks read the same message back.
+
+On the queue a message is JSON kwargs: `tenant`, `run`, `customer` (the snapshot, `LoyaleCustomer`'s
+own JSON) and, once retried, `attempt`, `throttles`, `collisions`. Messages enqueued by earlier versions
+(a `customer` dict in Loyale's camelCase keys plus `levelNames`, `levelsUnknown`, `leftScheme`,
+`points_balance`...) are the same shape and still read: a deploy mid-run strands nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from worker.models import LoyaleCustomer, parse_customer
+
+QUEUE_INCREMENTAL = "sync.incremental"
+QUEUE_BACKFILL = "sync.backfill"
+#: Scheduled passes run on their own queue, so a long backfill producer never holds up a worker
+#: that syncs incremental changes.
+QUEUE_PRODUCERS = "sync.producers"
+QUEUES = (QUEUE_INCREMENTAL, QUEUE_BACKFILL, QUEUE_PRODUCERS)
+
+#: One customer, synced on its own (incremental changes, webhooks, retries of failures).
+TASK_CUSTOMER = "sync.customer"
+#: The same one-message-per-customer task for backfills, consumed by workers that sync the customers
+#: they hold in batches (`worker.batch`).
+TASK_BACKFILL_CUSTOMER = "sync.backfill_customer"
+TASK_INCREMENTAL_PASS = "sync.incremental_pass"
+TASK_SCHEDULED_BACKFILL = "sync.scheduled_backfill"
+TASK_RESCUE_STALLED_RUNS = "sync.rescue_stalled_runs"
+TASK_RECHECK_SUPPRESSIONS = "sync.recheck_suppressions"
+#: A webhook named a customer: re-read it from Loyale, then sync it (queue sync.incremental).
+TASK_CUSTOMER_HINT = "sync.customer_hint"
+
+NO_ID = "(no id)"
+
+
+class UnreadableCustomer(BaseModel):
+    """A Loyale record that is no customer (it has no usable id). It travels as read, so that the worker
+    records it `invalid` with the reason, like any other customer of the run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    payload: dict[str, Any]
+
+    @property
+    def customer_id(self) -> str:
+        return customer_id_of(self.payload)
+
+
+#: The customer a message carries: the producer's typed snapshot, or the record it could not read.
+Snapshot = LoyaleCustomer | UnreadableCustomer
+
+
+def customer_id_of(payload: object) -> str:
+    """The id of a raw Loyale record or a snapshot dict, or "(no id)"."""
+    value = payload.get("id") if isinstance(payload, dict) else None
+    return str(value).strip() if isinstance(value, str | int) and str(value).strip() else NO_ID
+
+
+def read_snapshot(payload: dict[str, Any]) -> Snapshot:
+    """A snapshot dict (Loyale's keys and ours, of any version) as the typed snapshot."""
+    try:
+        customer, warnings = parse_customer(payload)
+    except ValidationError:
+        return UnreadableCustomer(payload=payload)
+    return customer.model_copy(update={"parse_warnings": warnings})
+
+
+def snapshot_json(customer: Snapshot) -> dict[str, Any]:
+    """The snapshot as it goes on the queue (what `read_snapshot` reads back)."""
+    if isinstance(customer, UnreadableCustomer):
+        return customer.payload
+    return customer.model_dump(mode="json", by_alias=True)
+
+
+def snapshot_id(customer: Snapshot) -> str:
+    return customer.customer_id if isinstance(customer, UnreadableCustomer) else customer.id
+
+
+class CustomerMessage(BaseModel):
+    """One customer of one run, as it travels on the queue."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    run: str
+    customer: Snapshot
+    #: Attempts made (a deferral or a 429 does not spend one).
+    attempt: int = Field(default=1, ge=1)
+    #: 429s answered in a row for it; bounded by `worker.retry.MAX_THROTTLES`.
+    throttles: int = Field(default=0, ge=0)
+    #: Times a batch sent it on to a later batch because it collided with another customer.
+    collisions: int = Field(default=0, ge=0)
+
+    @field_validator("customer", mode="before")
+    @classmethod
+    def _customer(cls, value: Any) -> Any:
+        return read_snapshot(value) if isinstance(value, dict) else value
+
+    @property
+    def customer_id(self) -> str:
+        return snapshot_id(self.customer)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The task's kwargs: counters only once they moved, so the JSON is what every version reads."""
+        counters = {"attempt": self.attempt, "throttles": self.throttles, "collisions": self.collisions}
+        defaults = {"attempt": 1, "throttles": 0, "collisions": 0}
+        return {"tenant": self.tenant, "run": self.run, "customer": snapshot_json(self.customer),
+                **{k: v for k, v in counters.items() if v != defaults[k]}}
+
+    def repr(self) -> str:
+        return task_repr(self.tenant, self.run, self.customer_id)
+
+
+def task_repr(tenant: str, run: str, customer_id: str) -> str:
+    """What Flower and the logs show of a task: ids only, never the customer's personal data."""
+    return repr({"tenant": tenant, "run": run, "customer_id": customer_id})
+
+
+def enqueue(app: Celery, message: CustomerMessage, queue: str, **options: Any) -> None:
+    """Put one customer on the queue: batched on the backfill queue, on its own on the incremental one."""
+    app.send_task(TASK_BACKFILL_CUSTOMER if queue == QUEUE_BACKFILL else TASK_CUSTOMER, kwargs=message.kwargs(),
+                  queue=queue, kwargsrepr=message.repr(), **options)
