@@ -14,11 +14,11 @@ from producers.backfill import run_backfill
 from producers.loyale import CustomerNotFound, LoyaleRouteMissing
 from worker.errors import RetryableError, TenantFatalError
 from worker.logs import configure_logging
+from worker.messages import QUEUE_BACKFILL, QUEUE_INCREMENTAL, snapshot_json
 from worker.outcomes import Outcome
 from worker.runtime import Runtime, current_run
 from worker.settings import TenantConfig
 from worker.sync import plan_customer, sync_customer
-from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL
 
 app = typer.Typer(
     help="Keep Klaviyo profiles in step with Loyale loyalty customers. Every command has --help.",
@@ -112,7 +112,7 @@ def sync_one(
         chosen = ctx.pick_tenant(rt.tenants, tenant)
         loyale = ctx.loyale_client(rt.http, chosen)
         try:
-            payload = loyale.snapshot(loyale.customer(customer_id))
+            payload = snapshot_json(loyale.snapshot(loyale.customer(customer_id)))
         except CustomerNotFound:
             raise ctx.fail(f"Loyale has no customer {customer_id!r} in scheme {chosen.loyale_scheme_id}") from None
         except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
@@ -226,10 +226,10 @@ def webhooks(
     """Serve the webhook intake: Loyale posts to /webhooks/loyale/<tenant's webhook_token>."""
     import uvicorn
 
-    from producers.tasks import HINT_TASK_NAME, webhook_run_id
+    from producers.tasks import webhook_run_id
     from producers.webhooks import create_app
     from worker.app import app as celery_app
-    from worker.tasks import task_repr
+    from worker.messages import TASK_CUSTOMER_HINT, task_repr
 
     config = ctx.settings()
     all_tenants = ctx.tenants(config)
@@ -238,7 +238,7 @@ def webhooks(
 
     def enqueue(tenant_id: str, customer_id: str) -> None:
         run = webhook_run_id(tenant_id)
-        celery_app.send_task(HINT_TASK_NAME, kwargs={"tenant": tenant_id, "customer_id": customer_id, "run": run},
+        celery_app.send_task(TASK_CUSTOMER_HINT, kwargs={"tenant": tenant_id, "customer_id": customer_id, "run": run},
                              queue=QUEUE_INCREMENTAL, kwargsrepr=task_repr(tenant_id, run, customer_id))
 
     uvicorn.run(create_app(all_tenants, enqueue), host=host or config.webhooks_host,

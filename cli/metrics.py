@@ -11,12 +11,10 @@ import typer
 from cli import context as ctx
 from worker.broker import open_broker
 from worker.errors import ConfigError
+from worker.messages import QUEUE_BACKFILL, QUEUE_INCREMENTAL, QUEUE_PRODUCERS
 from worker.metrics import SyncCollector, registry_for, start_server
 from worker.store import Store
-from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL
 
-#: `worker.app.QUEUE_PRODUCERS`, named here so that serving metrics does not build the Celery app.
-QUEUE_PRODUCERS = "sync.producers"
 QUEUES = (QUEUE_INCREMENTAL, QUEUE_BACKFILL, QUEUE_PRODUCERS)
 #: A scrape must answer within Prometheus's timeout (10 s by default) even when Redis does not.
 REDIS_TIMEOUT_S = 2.0

@@ -29,15 +29,14 @@ from rich.table import Table
 from cli import context as ctx
 from cli.render import outcome_table, short, wait_for_run
 from producers.backfill import wait_for_room
-from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing
+from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing, gone_snapshot
 from worker.broker import open_broker
 from worker.errors import RetryableError, TenantFatalError
+from worker.messages import QUEUE_BACKFILL, QUEUE_INCREMENTAL, CustomerMessage, Snapshot, enqueue
 from worker.outcomes import PROBLEMS, REDRIVABLE, Outcome
 from worker.runtime import Runtime, make_redis
 from worker.settings import Settings, TenantConfig
 from worker.store import RunInfo, Store
-from worker.sync import customer_id_of
-from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL, enqueue
 
 #: How far back `failures` and `retry-failures` look, per tenant, when no --run is given.
 RECENT_RUNS = 20
@@ -214,13 +213,12 @@ def open_failures(store: Store, runs: list[RunInfo]) -> list[Failure]:
     return sorted(found, key=lambda f: (f.tenant, f.outcome, f.customer_id))
 
 
-def fresh_snapshot(loyale: LoyaleClient, customer_id: str) -> dict[str, Any]:
+def fresh_snapshot(loyale: LoyaleClient, customer_id: str) -> Snapshot:
     """The customer as Loyale holds it now (as `sync.customer_hint` reads it): a retry sends today's data."""
     try:
         return loyale.snapshot(loyale.customer(customer_id))
     except CustomerNotFound:
-        # gone from Loyale: treat as deleted (its Klaviyo profile is suppressed, never deleted)
-        return {"id": customer_id, "deleted": True}
+        return gone_snapshot(customer_id)
 
 
 # --- commands ----------------------------------------------------------------------------------------
@@ -461,9 +459,10 @@ def redrive(rt: Runtime, celery_app: Celery, chosen: TenantConfig, found: list[F
         for index, failure in enumerate(found):
             if index % 100 == 0:
                 wait_for_room(rt.store, run_id, rt.settings.max_queued_per_tenant)
-            payload = fresh_snapshot(loyale, failure.customer_id)
-            if rt.store.mark_enqueued(run_id, [customer_id_of(payload)])[0]:
-                enqueue(celery_app, chosen.id, run_id, payload, QUEUE_INCREMENTAL)
+            message = CustomerMessage(tenant=chosen.id, run=run_id,
+                                      customer=fresh_snapshot(loyale, failure.customer_id))
+            if rt.store.mark_enqueued(run_id, [message.customer_id])[0]:
+                enqueue(celery_app, message, QUEUE_INCREMENTAL)
                 enqueued += 1
             bar.update(task, completed=index + 1)
     except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:

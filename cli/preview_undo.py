@@ -20,6 +20,7 @@ from producers.backfill import BACKFILL_FILTERS, BACKFILL_SORTS
 from producers.loyale import LoyaleRouteMissing
 from worker.errors import RetryableError, TenantFatalError
 from worker.merge import EXISTING_PROFILES, Policy
+from worker.messages import snapshot_json
 from worker.outcomes import Outcome
 from worker.preview import Previewed, preview
 from worker.runtime import Runtime, current_run
@@ -52,7 +53,7 @@ def preview_scheme(rt: Runtime, chosen: TenantConfig, policy: Policy, *, limit: 
                 if limit is not None and taken >= limit:
                     return
                 taken += 1
-                yield loyale.snapshot(raw)
+                yield snapshot_json(loyale.snapshot(raw))  # read back by preview as a message would be
 
     items: list[Previewed] = []
     for item in preview(rt.klaviyo(chosen.id), policy, payloads(), region=chosen.default_phone_region,

@@ -15,9 +15,8 @@ import structlog
 from celery import Celery
 
 from producers.loyale import LoyaleClient
+from worker.messages import QUEUE_BACKFILL, CustomerMessage, enqueue, snapshot_id
 from worker.store import Store
-from worker.sync import customer_id_of
-from worker.tasks import QUEUE_BACKFILL, enqueue
 
 log = structlog.get_logger("backfill")
 
@@ -44,17 +43,17 @@ def enqueue_customers(app: Celery, store: Store, loyale: LoyaleClient, tenant: s
 
     `resume`: enqueue every customer without an outcome in the run, even if it was enqueued before
     (its message may have been lost with a Redis that kept nothing); a second delivery is harmless."""
-    payloads = [loyale.snapshot(raw) for raw in customers]
-    ids = [customer_id_of(p) for p in payloads]
+    snapshots = [loyale.snapshot(raw) for raw in customers]
+    ids = [snapshot_id(s) for s in snapshots]
     fresh = store.mark_enqueued(run_id, ids)
     if resume:
         fresh = [outcome is None for outcome in store.outcomes_of(run_id, ids)]
     enqueued = 0
-    for payload, is_new in zip(payloads, fresh, strict=True):
+    for snapshot, is_new in zip(snapshots, fresh, strict=True):
         if is_new:
-            enqueue(app, tenant, run_id, payload, queue)
+            enqueue(app, CustomerMessage(tenant=tenant, run=run_id, customer=snapshot), queue)
             enqueued += 1
-    return enqueued, len(payloads) - enqueued
+    return enqueued, len(snapshots) - enqueued
 
 
 def wait_for_room(store: Store, run_id: str, max_in_flight: int, poll_s: float = 0.2,

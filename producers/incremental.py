@@ -33,10 +33,9 @@ from celery import Celery
 
 from producers.loyale import PAGE_SIZE_MAX, LoyaleClient
 from worker.errors import RetryableError, SyncError
+from worker.messages import QUEUE_INCREMENTAL, CustomerMessage, customer_id_of, enqueue
 from worker.models import parse_datetime
 from worker.store import Store
-from worker.sync import customer_id_of
-from worker.tasks import QUEUE_INCREMENTAL, enqueue
 
 log = structlog.get_logger("incremental")
 
@@ -60,7 +59,7 @@ class PassResult:
     watermark: datetime
 
 
-def loyale_time(moment: datetime) -> str:
+def to_loyale_filter_time(moment: datetime) -> str:
     """UTC with a Z: a "+00:00" in a query string can arrive as " 00:00" and break the filter."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -94,7 +93,7 @@ def changed_since(loyale: LoyaleClient, since: datetime, *, page_size: int = PAG
     cursor = since                 # every customer stamped before `cursor` has been read
     at_cursor: set[str] = set()    # ids already read at exactly `cursor`
     while True:
-        page = loyale.page(1, filters=f"updatedDate>={loyale_time(cursor)},{INCLUDE_DELETED}", sorts=SORTS,
+        page = loyale.page(1, filters=f"updatedDate>={to_loyale_filter_time(cursor)},{INCLUDE_DELETED}", sorts=SORTS,
                            page_size=size)
         rows = page.customers
         for raw in rows:
@@ -120,7 +119,7 @@ def changed_since(loyale: LoyaleClient, since: datetime, *, page_size: int = PAG
             return
         if not fresh:   # a full page with nothing new: Loyale's order disagrees with its own filter
             raise RetryableError("Loyale's customer list did not advance past updatedDate "
-                                 f"{loyale_time(cursor)}; the next pass reads these changes again")
+                                 f"{to_loyale_filter_time(cursor)}; the next pass reads these changes again")
 
 
 def _tie_group(loyale: LoyaleClient, stamp: datetime, seen: set[str], size: int, since: datetime,
@@ -128,7 +127,8 @@ def _tie_group(loyale: LoyaleClient, stamp: datetime, seen: set[str], size: int,
     """Every customer stamped `stamp` not in `seen`, reading the group again until nothing is new."""
     # Loyale may keep more digits than the microseconds we read: ask for the whole microsecond.
     upper = stamp + timedelta(microseconds=1)
-    filters = f"updatedDate>={loyale_time(stamp)},updatedDate<{loyale_time(upper)},{INCLUDE_DELETED}"
+    filters = (f"updatedDate>={to_loyale_filter_time(stamp)},updatedDate<{to_loyale_filter_time(upper)},"
+               f"{INCLUDE_DELETED}")
     for _ in range(MAX_TIE_REREADS):
         found_new = False
         for page in loyale.pages(filters=filters, sorts="id", page_size=size):
@@ -141,7 +141,7 @@ def _tie_group(loyale: LoyaleClient, stamp: datetime, seen: set[str], size: int,
                 yield fresh
         if not found_new:
             return
-    raise RetryableError(f"the customers stamped {loyale_time(stamp)} kept changing while they were read; "
+    raise RetryableError(f"the customers stamped {to_loyale_filter_time(stamp)} kept changing while they were read; "
                          "the next pass reads these changes again")
 
 
@@ -164,7 +164,7 @@ def run_incremental(*, app: Celery, store: Store, loyale: LoyaleClient, tenant: 
         new = [(raw, updated) for (raw, updated), is_new in zip(changes, fresh, strict=True) if is_new]
         store.mark_enqueued(run_id, [customer_id_of(raw) for raw, _ in new])
         for raw, _ in new:
-            enqueue(app, tenant, run_id, loyale.snapshot(raw), QUEUE_INCREMENTAL)
+            enqueue(app, CustomerMessage(tenant=tenant, run=run_id, customer=loyale.snapshot(raw)), QUEUE_INCREMENTAL)
         enqueued += len(new)
     store.finish_producing(run_id, store.enqueued_count(run_id))
     store.set_watermark(tenant, started)

@@ -333,6 +333,11 @@ def _loyale_payload(raw: Any, *, scheme_id: str | None,
     return payload
 
 
+def gone_snapshot(customer_id: str) -> Snapshot:
+    """A customer Loyale answers 404 for: deleted, so its Klaviyo profile is suppressed (never deleted)."""
+    return read_snapshot({"id": customer_id, "deleted": True})
+
+
 def left_scheme(raw: dict[str, Any], scheme_id: str) -> bool:
     """True only when Loyale sends a non-empty `schemes` list that lacks the tenant's scheme.
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import structlog
 from celery import Celery
 
-from producers.loyale import CustomerNotFound, LoyaleClient
+from producers.loyale import CustomerNotFound, LoyaleClient, gone_snapshot
 from worker.broker import Broker
+from worker.messages import QUEUE_BACKFILL, QUEUE_INCREMENTAL, CustomerMessage, Snapshot, enqueue
 from worker.store import RunInfo, Store
-from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL, enqueue
 
 log = structlog.get_logger("rescue")
 
@@ -57,10 +57,11 @@ def rescue_run(app: Celery, store: Store, loyale: LoyaleClient, run: RunInfo) ->
     missing = store.missing(run.id)
     for customer_id in missing:
         try:
-            payload = loyale.snapshot(loyale.customer(customer_id))
+            snapshot: Snapshot = loyale.snapshot(loyale.customer(customer_id))
         except CustomerNotFound:
-            payload = {"id": customer_id, "deleted": True}   # gone from Loyale: suppressed, never deleted
-        enqueue(app, run.tenant, run.id, payload, run.meta.get("queue") or QUEUED_KINDS[run.kind])
+            snapshot = gone_snapshot(customer_id)
+        enqueue(app, CustomerMessage(tenant=run.tenant, run=run.id, customer=snapshot),
+                run.meta.get("queue") or QUEUED_KINDS[run.kind])
     store.set_run_field(run.id, progress_at=repr(time.time()))   # give the rescued customers time
     log.warning("run_rescued", run=run.id, tenant=run.tenant, customers=len(missing),
                 why="customers without an outcome and nothing left on the queues (a lost broker message)")

@@ -10,7 +10,7 @@
   sync.customer_hint      the webhook intake: re-read one customer from Loyale and sync it now
                           (queue sync.incremental)
 
-The Celery app includes this module by name (`worker.app`), so `worker/` never imports `producers/`.
+`worker.app` registers them on its app with `register(app)`; this module never imports the app.
 """
 
 from __future__ import annotations
@@ -20,21 +20,30 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from celery import Task
+from celery import Celery, Task
 
 from producers.backfill import run_backfill
 from producers.incremental import FilterIgnored, run_incremental
-from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing
+from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing, gone_snapshot
 from producers.rescue import rescue_stalled_runs as rescue
-from worker.app import app
 from worker.errors import RetryableError, TenantFatalError
+from worker.messages import (
+    QUEUE_BACKFILL,
+    QUEUE_INCREMENTAL,
+    QUEUE_PRODUCERS,
+    TASK_CUSTOMER_HINT,
+    TASK_INCREMENTAL_PASS,
+    TASK_RECHECK_SUPPRESSIONS,
+    TASK_RESCUE_STALLED_RUNS,
+    TASK_SCHEDULED_BACKFILL,
+    CustomerMessage,
+    Snapshot,
+    enqueue,
+)
 from worker.suppressions import recheck_suppressions as recheck
-from worker.tasks import QUEUE_BACKFILL, QUEUE_INCREMENTAL, get_runtime, task_repr
+from worker.tasks import get_runtime
 
 log = structlog.get_logger("producer_tasks")
-
-QUEUE_PRODUCERS = "sync.producers"
-HINT_TASK_NAME = "sync.customer_hint"
 
 _loyale: dict[str, LoyaleClient] = {}
 
@@ -55,117 +64,120 @@ def webhook_run_id(tenant: str, at: datetime | None = None) -> str:
     return f"webhook-{tenant}-{(at or datetime.now(UTC)):%Y%m%dT%H%M}"
 
 
-@app.task(name="sync.incremental_pass", bind=True, ignore_result=True, queue=QUEUE_PRODUCERS)
-def incremental_pass(self: Task, tenant: str) -> dict[str, Any] | None:
-    rt = get_runtime()
-    rt.store.log_pass(tenant, self.request.id or "")
-    token = self.request.id or uuid.uuid4().hex
-    # a pass still running (a slow Loyale) makes the next one skip rather than read the same again
-    if not rt.store.try_pass_lock(tenant, "incremental", token, ttl_s=rt.settings.incremental_interval_s * 10):
-        log.info("incremental_pass_skipped", tenant=tenant, reason="the previous pass is still running")
-        return None
-    try:
-        result = run_incremental(app=app, store=rt.store, loyale=loyale_for(tenant), tenant=tenant,
-                                 overlap_s=rt.settings.incremental_overlap_s)
-        return {"run": result.run_id, "enqueued": result.enqueued}
-    except (FilterIgnored, TenantFatalError, LoyaleRouteMissing) as exc:
-        log.error("incremental_pass_failed", tenant=tenant, error=str(exc))
-        return None
-    except RetryableError as exc:
-        log.warning("incremental_pass_incomplete", tenant=tenant, error=str(exc),
-                    hint="the next pass reads these changes again")
-        return None
-    finally:
-        rt.store.release_pass_lock(tenant, "incremental", token)
+def register(app: Celery) -> None:
+    """Register the producing side's tasks on the worker's app (`worker.app` calls it)."""
 
-
-@app.task(name="sync.scheduled_backfill", bind=True, ignore_result=True, queue=QUEUE_PRODUCERS)
-def scheduled_backfill(self: Task, tenant: str) -> str | None:
-    rt = get_runtime()
-    token = self.request.id or uuid.uuid4().hex
-    if not rt.store.try_pass_lock(tenant, "backfill", token, ttl_s=6 * 3600):
-        log.info("scheduled_backfill_skipped", tenant=tenant, reason="a scheduled backfill is still running")
-        return None
-    try:
-        produced = run_backfill(app=app, store=rt.store, loyale=loyale_for(tenant), tenant=tenant,
-                                queue=QUEUE_BACKFILL, max_in_flight=rt.settings.max_queued_per_tenant)
-        return produced.run_id
-    except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
-        log.error("scheduled_backfill_failed", tenant=tenant, error=str(exc))
-        return None
-    finally:
-        rt.store.release_pass_lock(tenant, "backfill", token)
-
-
-@app.task(name=HINT_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-          max_retries=None)
-def customer_hint(self: Task, tenant: str, customer_id: str, run: str, attempt: int = 1) -> str | None:
-    """A webhook named this customer: read its current state from Loyale, then sync it as usual."""
-    rt = get_runtime()
-    if tenant not in rt.tenants:
-        log.warning("hint_for_unknown_tenant", tenant=tenant)
-        return None
-    try:
-        raw = loyale_for(tenant).customer(customer_id)
-        payload = loyale_for(tenant).snapshot(raw)
-    except CustomerNotFound:
-        # gone from Loyale: treat as deleted (its Klaviyo profile is suppressed, never deleted)
-        payload = {"id": customer_id, "deleted": True}
-    except RetryableError as exc:
-        if attempt >= rt.settings.max_attempts:
-            log.warning("hint_dropped", tenant=tenant, customer_id=customer_id, error=str(exc),
-                        hint="the next incremental pass picks the change up")
+    def incremental_pass(self: Task, tenant: str) -> dict[str, Any] | None:
+        rt = get_runtime()
+        rt.store.log_pass(tenant, self.request.id or "")
+        token = self.request.id or uuid.uuid4().hex
+        # a pass still running (a slow Loyale) makes the next one skip rather than read the same again
+        if not rt.store.try_pass_lock(tenant, "incremental", token, ttl_s=rt.settings.incremental_interval_s * 10):
+            log.info("incremental_pass_skipped", tenant=tenant, reason="the previous pass is still running")
             return None
-        raise self.retry(kwargs={"tenant": tenant, "customer_id": customer_id, "run": run, "attempt": attempt + 1},
-                         countdown=min(rt.settings.max_countdown_s, 2.0 ** attempt), max_retries=None) from exc
-    except (TenantFatalError, LoyaleRouteMissing) as exc:
-        log.error("hint_failed", tenant=tenant, customer_id=customer_id, error=str(exc))
-        return None
-    if rt.store.run(run) is None:
-        # one run per tenant per minute gathers the webhook syncs, so `runs` and `report` show them
-        rt.store.create_run(tenant, "webhook", run_id=run)
-        rt.store.set_run_field(run, state="running")
-    rt.store.mark_enqueued(run, [customer_id])
-    # Same task, same retries and outcome recording as any per-customer sync: hand it over.
-    app.send_task("sync.customer", kwargs={"tenant": tenant, "run": run, "customer": payload},
-                  queue=QUEUE_INCREMENTAL, kwargsrepr=task_repr(tenant, run, customer_id))
-    return "enqueued"
+        try:
+            result = run_incremental(app=app, store=rt.store, loyale=loyale_for(tenant), tenant=tenant,
+                                     overlap_s=rt.settings.incremental_overlap_s)
+            return {"run": result.run_id, "enqueued": result.enqueued}
+        except (FilterIgnored, TenantFatalError, LoyaleRouteMissing) as exc:
+            log.error("incremental_pass_failed", tenant=tenant, error=str(exc))
+            return None
+        except RetryableError as exc:
+            log.warning("incremental_pass_incomplete", tenant=tenant, error=str(exc),
+                        hint="the next pass reads these changes again")
+            return None
+        finally:
+            rt.store.release_pass_lock(tenant, "incremental", token)
 
 
-@app.task(name="sync.rescue_stalled_runs", ignore_result=True, queue=QUEUE_PRODUCERS)
-def rescue_stalled_runs() -> int:
-    rt = get_runtime()
-    token = uuid.uuid4().hex
-    if not rt.store.try_pass_lock("*", "rescue", token, ttl_s=max(60.0, rt.settings.rescue_interval_s)):
-        return 0
-    try:
-        rescued = rescue(app, rt.store, rt.broker(), list(rt.tenants), loyale_for, rt.settings.stall_after_effective_s)
-        return sum(r.enqueued for r in rescued)
-    finally:
-        rt.store.release_pass_lock("*", "rescue", token)
+    def scheduled_backfill(self: Task, tenant: str) -> str | None:
+        rt = get_runtime()
+        token = self.request.id or uuid.uuid4().hex
+        if not rt.store.try_pass_lock(tenant, "backfill", token, ttl_s=6 * 3600):
+            log.info("scheduled_backfill_skipped", tenant=tenant, reason="a scheduled backfill is still running")
+            return None
+        try:
+            produced = run_backfill(app=app, store=rt.store, loyale=loyale_for(tenant), tenant=tenant,
+                                    queue=QUEUE_BACKFILL, max_in_flight=rt.settings.max_queued_per_tenant)
+            return produced.run_id
+        except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
+            log.error("scheduled_backfill_failed", tenant=tenant, error=str(exc))
+            return None
+        finally:
+            rt.store.release_pass_lock(tenant, "backfill", token)
 
 
-@app.task(name="sync.recheck_suppressions", ignore_result=True, queue=QUEUE_PRODUCERS)
-def recheck_suppressions() -> dict[str, int]:
-    """Every tenant's pending suppressions, checked once (one checker at a time, fleet-wide)."""
-    rt = get_runtime()
-    token = uuid.uuid4().hex
-    if not rt.store.try_pass_lock("*", "suppressions", token,
-                                  ttl_s=max(60.0, rt.settings.suppression_recheck_interval_s)):
-        return {}
-    totals = {"settled": 0, "resent": 0, "waiting": 0}
-    try:
-        for tenant in rt.tenants:
-            if rt.store.tenant_paused(tenant) is not None:
-                continue
-            try:
-                done = recheck(rt.store, rt.deps(tenant).klaviyo, tenant,
-                               overdue_s=rt.settings.suppression_recheck_max_s)
-            except (RetryableError, TenantFatalError) as exc:
-                log.warning("suppression_recheck_postponed", tenant=tenant, error=str(exc))
-                continue
-            for name in totals:
-                totals[name] += getattr(done, name)
-        return totals
-    finally:
-        rt.store.release_pass_lock("*", "suppressions", token)
+    def customer_hint(self: Task, tenant: str, customer_id: str, run: str, attempt: int = 1) -> str | None:
+        """A webhook named this customer: read its current state from Loyale, then sync it as usual."""
+        rt = get_runtime()
+        if tenant not in rt.tenants:
+            log.warning("hint_for_unknown_tenant", tenant=tenant)
+            return None
+        try:
+            raw = loyale_for(tenant).customer(customer_id)
+            snapshot: Snapshot = loyale_for(tenant).snapshot(raw)
+        except CustomerNotFound:
+            snapshot = gone_snapshot(customer_id)
+        except RetryableError as exc:
+            if attempt >= rt.settings.max_attempts:
+                log.warning("hint_dropped", tenant=tenant, customer_id=customer_id, error=str(exc),
+                            hint="the next incremental pass picks the change up")
+                return None
+            raise self.retry(kwargs={"tenant": tenant, "customer_id": customer_id, "run": run, "attempt": attempt + 1},
+                             countdown=min(rt.settings.max_countdown_s, 2.0 ** attempt), max_retries=None) from exc
+        except (TenantFatalError, LoyaleRouteMissing) as exc:
+            log.error("hint_failed", tenant=tenant, customer_id=customer_id, error=str(exc))
+            return None
+        if rt.store.run(run) is None:
+            # one run per tenant per minute gathers the webhook syncs, so `runs` and `report` show them
+            rt.store.create_run(tenant, "webhook", run_id=run)
+            rt.store.set_run_field(run, state="running")
+        rt.store.mark_enqueued(run, [customer_id])
+        # Same task, same retries and outcome recording as any per-customer sync: hand it over.
+        enqueue(app, CustomerMessage(tenant=tenant, run=run, customer=snapshot), QUEUE_INCREMENTAL)
+        return "enqueued"
+
+
+    def rescue_stalled_runs() -> int:
+        rt = get_runtime()
+        token = uuid.uuid4().hex
+        if not rt.store.try_pass_lock("*", "rescue", token, ttl_s=max(60.0, rt.settings.rescue_interval_s)):
+            return 0
+        try:
+            rescued = rescue(app, rt.store, rt.broker(), list(rt.tenants), loyale_for,
+                                 rt.settings.stall_after_effective_s)
+            return sum(r.enqueued for r in rescued)
+        finally:
+            rt.store.release_pass_lock("*", "rescue", token)
+
+
+    def recheck_suppressions() -> dict[str, int]:
+        """Every tenant's pending suppressions, checked once (one checker at a time, fleet-wide)."""
+        rt = get_runtime()
+        token = uuid.uuid4().hex
+        if not rt.store.try_pass_lock("*", "suppressions", token,
+                                      ttl_s=max(60.0, rt.settings.suppression_recheck_interval_s)):
+            return {}
+        totals = {"settled": 0, "resent": 0, "waiting": 0}
+        try:
+            for tenant in rt.tenants:
+                if rt.store.tenant_paused(tenant) is not None:
+                    continue
+                try:
+                    done = recheck(rt.store, rt.deps(tenant).klaviyo, tenant,
+                                   overdue_s=rt.settings.suppression_recheck_max_s)
+                except (RetryableError, TenantFatalError) as exc:
+                    log.warning("suppression_recheck_postponed", tenant=tenant, error=str(exc))
+                    continue
+                for name in totals:
+                    totals[name] += getattr(done, name)
+            return totals
+        finally:
+            rt.store.release_pass_lock("*", "suppressions", token)
+
+    app.task(name=TASK_INCREMENTAL_PASS, bind=True, ignore_result=True, queue=QUEUE_PRODUCERS)(incremental_pass)
+    app.task(name=TASK_SCHEDULED_BACKFILL, bind=True, ignore_result=True, queue=QUEUE_PRODUCERS)(scheduled_backfill)
+    app.task(name=TASK_CUSTOMER_HINT, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+              max_retries=None)(customer_hint)
+    app.task(name=TASK_RESCUE_STALLED_RUNS, ignore_result=True, queue=QUEUE_PRODUCERS)(rescue_stalled_runs)
+    app.task(name=TASK_RECHECK_SUPPRESSIONS, ignore_result=True, queue=QUEUE_PRODUCERS)(recheck_suppressions)

@@ -123,8 +123,8 @@ def test_a_missing_level_route_syncs_the_customer_without_levels_and_never_as_go
     loyale.customers["c-1"] = raw_customer()
     reader = client()
     payload = reader.snapshot(reader.customer("c-1"))
-    assert payload["levelsUnknown"] is True and "levelNames" not in payload
-    assert payload.get("deleted") is False and payload["marketingSub"] is True
+    assert payload.levels_unknown is True and payload.level_names == []
+    assert payload.deleted is False and payload.marketing_sub is True
 
     customer, _ = parse_customer(payload)
     assert customer.levels_unknown and customer.opted_in
@@ -141,18 +141,18 @@ def test_a_failed_level_lookup_is_not_asked_again_for_every_customer(loyale, cli
     loyale.levels = None
     reader = client()
     for n in range(5):
-        assert reader.snapshot(raw_customer(id=f"c-{n}"))["levelsUnknown"] is True
+        assert reader.snapshot(raw_customer(id=f"c-{n}")).levels_unknown is True
     assert loyale.asked("/api/Level") == 1
 
 
 def test_last_good_level_names_are_reused_when_the_level_route_goes_missing(loyale, client):
     reader = client()
-    assert reader.snapshot(raw_customer())["levelNames"] == ["Gold"]
+    assert reader.snapshot(raw_customer()).level_names == ["Gold"]
     loyale.levels = None
-    assert reader.snapshot(raw_customer())["levelNames"] == ["Gold"]            # cached names cover it
+    assert reader.snapshot(raw_customer()).level_names == ["Gold"]            # cached names cover it
     silver = raw_customer(Levels=[{"levelId": SILVER}, {"levelId": "0d1c-new"}])  # an id not cached
-    assert reader.snapshot(silver) == {**reader.snapshot(silver), "levelsUnknown": True}
-    assert "levelNames" not in reader.snapshot(silver)
+    assert reader.snapshot(silver).levels_unknown is True
+    assert reader.snapshot(silver).level_names == []
 
 
 def test_no_levels_in_loyale_is_an_empty_list_that_the_mapping_may_clear(client):
@@ -160,11 +160,11 @@ def test_no_levels_in_loyale_is_an_empty_list_that_the_mapping_may_clear(client)
     cleared (Merge Customers on may unset it). An absent or null Levels is unknown, never cleared."""
     reader = client()
     payload = reader.snapshot(raw_customer(Levels=[]))
-    assert payload["levelNames"] == [] and "levelsUnknown" not in payload
+    assert payload.level_names == [] and payload.levels_unknown is False
     assert "properties.Levels" in map_customer(parse_customer(payload)[0]).cleared
     for raw in (raw_customer(Levels=None), {k: v for k, v in raw_customer().items() if k != "Levels"}):
         payload = reader.snapshot(raw)
-        assert payload["levelsUnknown"] is True and "levelNames" not in payload
+        assert payload.levels_unknown is True and payload.level_names == []
         mapped = map_customer(parse_customer(payload)[0])
         assert "properties.Levels" not in mapped.fields and "properties.Levels" not in mapped.cleared
 
@@ -182,12 +182,13 @@ def test_a_payload_without_level_names_reads_as_levels_unknown():
 
 def test_only_the_balance_keys_loyale_sends_are_in_the_snapshot(client):
     reader = client()
-    assert {k: v for k, v in reader.snapshot(raw_customer()).items() if k.endswith("_balance")} == {
-        "points_balance": 1200, "monetary_balance": 12.0}
+    full = reader.snapshot(raw_customer())
+    assert (full.points_balance, full.monetary_balance) == (1200, 12.0)
     only_points = reader.snapshot(raw_customer(balance={"pointsValue": 0}))
-    assert only_points["points_balance"] == 0 and "monetary_balance" not in only_points
-    assert "points_balance" not in reader.snapshot(raw_customer(balance={"pointsValue": None}))
-    assert not any(k.endswith("_balance") for k in reader.snapshot(raw_customer(balance=None)))
+    assert only_points.points_balance == 0 and only_points.monetary_balance is None
+    assert reader.snapshot(raw_customer(balance={"pointsValue": None})).points_balance is None
+    none = reader.snapshot(raw_customer(balance=None))
+    assert none.points_balance is None and none.monetary_balance is None
 
 
 # --- schemes --------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def test_a_customer_whose_schemes_no_longer_hold_the_tenants_scheme_has_left_and
     """Given Loyale sends `schemes` with only another scheme, the customer left ours: the snapshot says
     leftScheme, consent is withdrawn, and an existing profile is suppressed (as any opt-out)."""
     payload = client().snapshot(raw_customer(schemes=[{"id": OTHER_SCHEME.upper(), "name": "Other"}]))
-    assert payload["leftScheme"] is True
+    assert payload.left_scheme is True
     customer, _ = parse_customer(payload)
     assert customer.marketing_sub is True and not customer.opted_in
     existing = klaviyo_profile(external_id="c-1")
@@ -212,5 +213,5 @@ def test_an_absent_or_empty_schemes_list_never_counts_as_left(client, schemes):
     if schemes == "absent":
         del raw["schemes"]
     payload = client().snapshot(raw)
-    assert "leftScheme" not in payload
+    assert payload.left_scheme is False
     assert parse_customer(payload)[0].opted_in

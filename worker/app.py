@@ -2,64 +2,37 @@
 
 Building it loads settings (environment only: no network, no tenants). Tenants, Redis and HTTP
 clients are built per worker process on first use (`worker.tasks.get_runtime`).
+
+This module is where the two sides meet: it registers the worker's tasks and the producers' tasks
+and beat schedule (`producers.tasks.register`, `producers.schedule`). Nothing imports it but the
+`celery -A worker.app` command and the CLI, so there is no cycle.
 """
 
 from __future__ import annotations
 
 import structlog
 from celery import Celery
-from celery.schedules import crontab
 from celery.signals import setup_logging, worker_process_init
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
+import producers.tasks
+from producers.schedule import beat_schedule
 from worker import tasks
 from worker.errors import ConfigError
 from worker.logs import configure_logging
-from worker.settings import Settings, TenantConfig, get_settings
+from worker.messages import QUEUE_INCREMENTAL, QUEUES
+from worker.settings import Settings, get_settings
 
 log = structlog.get_logger("app")
 
-#: Scheduled passes run on their own queue, so a long backfill producer never holds up a worker
-#: that syncs incremental changes.
-QUEUE_PRODUCERS = "sync.producers"
 
-
-def cron(expression: str) -> crontab:
-    """"m h dom mon dow" -> a Celery crontab; raises ConfigError with the expression if it is not one."""
-    parts = expression.split()
-    if len(parts) != 5:
-        raise ConfigError(f"backfill_cron {expression!r} is not a 5-field cron expression (e.g. '0 3 * * *')")
-    minute, hour, day_of_month, month_of_year, day_of_week = parts
-    return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
-                   day_of_week=day_of_week)
-
-
-def beat_schedule(settings: Settings, tenants: dict[str, TenantConfig]) -> dict[str, dict]:
-    """An incremental pass per tenant every interval, each tenant's nightly backfill if it has one, the
-    rescue of runs whose broker messages were lost, and the re-check of suppressions not yet applied."""
-    schedule: dict[str, dict] = {
-        "rescue": {"task": "sync.rescue_stalled_runs", "schedule": settings.rescue_interval_s,
-                   "options": {"queue": QUEUE_PRODUCERS, "expires": settings.rescue_interval_s}},
-        "suppressions": {"task": "sync.recheck_suppressions", "schedule": settings.suppression_recheck_interval_s,
-                         "options": {"queue": QUEUE_PRODUCERS, "expires": settings.suppression_recheck_interval_s}},
-    }
-    for tenant in tenants.values():
-        schedule[f"incremental:{tenant.id}"] = {
-            "task": "sync.incremental_pass", "schedule": settings.incremental_interval_s, "args": (tenant.id,),
-            # a pass that could not start within its interval is superseded by the next one
-            "options": {"queue": QUEUE_PRODUCERS, "expires": settings.incremental_interval_s},
-        }
-        if tenant.backfill_cron:
-            schedule[f"backfill:{tenant.id}"] = {
-                "task": "sync.scheduled_backfill", "schedule": cron(tenant.backfill_cron), "args": (tenant.id,),
-                "options": {"queue": QUEUE_PRODUCERS},
-            }
-    return schedule
+def _queue(name: str) -> Queue:
+    # kombu ships no types: its constructors are untyped calls.
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("loyale_klaviyo_sync", broker=settings.broker, set_as_current=False,
-                 include=["producers.tasks"])
+    app = Celery("loyale_klaviyo_sync", broker=settings.broker, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -71,9 +44,8 @@ def create_app(settings: Settings) -> Celery:
         accept_content=["json"],
         # Each queue on its own exchange and key: declared bare, all three would be bound to the default
         # queue's exchange with one key, and a message sent there would land in every queue.
-        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name)
-                     for name in (tasks.QUEUE_INCREMENTAL, tasks.QUEUE_BACKFILL, QUEUE_PRODUCERS)],
-        task_default_queue=tasks.QUEUE_INCREMENTAL,
+        task_queues=[_queue(name) for name in QUEUES],
+        task_default_queue=QUEUE_INCREMENTAL,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
             # Round robin between the incremental and the backfill queue.
@@ -99,6 +71,7 @@ def create_app(settings: Settings) -> Celery:
         beat_max_loop_interval=min(5.0, settings.incremental_interval_s),
     )
     tasks.register(app, settings)
+    producers.tasks.register(app)
 
     try:
         app.conf.beat_schedule = beat_schedule(settings, settings.load_tenants())
@@ -107,16 +80,18 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
-@setup_logging.connect
 def _setup_logging(**_: object) -> None:
     settings = get_settings()
     configure_logging(settings.log_json, settings.log_level)
 
 
-@worker_process_init.connect
 def _fresh_runtime(**_: object) -> None:
     # Clients built before fork must not be shared by children.
     tasks.set_runtime(None)
+
+
+setup_logging.connect(_setup_logging)
+worker_process_init.connect(_fresh_runtime)
 
 
 app = create_app(get_settings())

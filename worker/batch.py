@@ -70,11 +70,12 @@ from worker.errors import (
 )
 from worker.klaviyo import MAX_FILTER_VALUES, ImportError_, KlaviyoClient
 from worker.merge import Plan, plan_sync, stale_plan
+from worker.messages import customer_id_of
 from worker.models import KlaviyoProfile
 from worker.outcomes import Outcome, after_interruption
 from worker.pipeline import Prepared, Ready, Stopped, lookup_many, prepare_many
 from worker.store import Store
-from worker.sync import PHONE_CLAIM_TTL_S, SyncDeps, customer_id_of, phone_of, sync_customer
+from worker.sync import PHONE_CLAIM_TTL_S, SyncDeps, phone_of, sync_customer
 
 log = structlog.get_logger("batch")
 

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from worker.klaviyo import KlaviyoClient
 from worker.merge import Memory, Plan, Policy, plan_sync, stale_plan
+from worker.messages import customer_id_of
 from worker.pipeline import Ready, Stopped, lookup_many, prepare_many
-from worker.sync import customer_id_of
 
 CHUNK = 100
 

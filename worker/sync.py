@@ -16,6 +16,7 @@ from worker.errors import DuplicateProfile, RecordRejected, RetryableError
 from worker.klaviyo import KlaviyoClient
 from worker.mapping import MappedProfile
 from worker.merge import Match, Memory, Plan, Policy, plan_sync, stale_plan
+from worker.messages import customer_id_of
 from worker.models import KlaviyoProfile, LoyaleCustomer
 from worker.outcomes import Outcome, after_interruption
 from worker.pipeline import Stopped, lookup_many, prepare_many
@@ -48,11 +49,6 @@ class SyncResult:
     warnings: list[str] = field(default_factory=list)
     #: False when the run already had an outcome for this customer (a redelivered message).
     recorded: bool = True
-
-
-def customer_id_of(payload: dict[str, Any]) -> str:
-    value = payload.get("id") if isinstance(payload, dict) else None
-    return str(value).strip() if isinstance(value, str | int) and str(value).strip() else "(no id)"
 
 
 #: How long a phone sent for one customer is kept from every other customer (see `keys.phone_claim`):

@@ -29,20 +29,23 @@ from worker.adaptive_batches import AdaptiveBatches
 from worker.batch import Again, BatchSettings, BatchSync, Done, Item, Result, email_lock
 from worker.errors import Deferred, RetryableError, TenantFatalError, Throttled
 from worker.klaviyo import GET_PROFILES
+from worker.messages import (
+    QUEUE_BACKFILL,
+    TASK_BACKFILL_CUSTOMER,
+    TASK_CUSTOMER,
+    CustomerMessage,
+    customer_id_of,
+    enqueue,
+    task_repr,
+)
 from worker.outcomes import Outcome
 from worker.ratelimit import LimiterUnavailable
 from worker.runtime import LOOKUPS_PER_SYNC, Runtime, current_run
 from worker.settings import Settings
-from worker.sync import customer_id_of, sync_customer
+from worker.sync import sync_customer
 
 log = structlog.get_logger("tasks")
 
-TASK_NAME = "sync.customer"
-#: The same one-message-per-customer task for backfills, consumed by backfill workers that sync the
-#: customers they hold in batches (`worker.batch`).
-BACKFILL_TASK_NAME = "sync.backfill_customer"
-QUEUE_BACKFILL = "sync.backfill"
-QUEUE_INCREMENTAL = "sync.incremental"
 #: A 429 is not the customer's fault: it does not spend an attempt, but a storm that never ends
 #: still has to stop somewhere.
 MAX_THROTTLES = 200
@@ -64,20 +67,6 @@ def get_runtime() -> Runtime:
 def set_runtime(runtime: Runtime | None) -> None:
     global _runtime
     _runtime = runtime
-
-
-def task_repr(tenant: str, run: str, customer_id: str) -> str:
-    """What Flower and the logs show of a task: ids only, never the customer's personal data."""
-    return repr({"tenant": tenant, "run": run, "customer_id": customer_id})
-
-
-def enqueue(app: Celery, tenant: str, run: str, customer: dict[str, Any], queue: str, **options: Any) -> None:
-    """Put one customer on the queue: batched on the backfill queue, on its own on the incremental one."""
-    app.send_task(
-        BACKFILL_TASK_NAME if queue == QUEUE_BACKFILL else TASK_NAME,
-        kwargs={"tenant": tenant, "run": run, "customer": customer, **options.pop("extra_kwargs", {})},
-        queue=queue, kwargsrepr=task_repr(tenant, run, customer_id_of(customer)), **options,
-    )
 
 
 def sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, Any], attempt: int = 1,
@@ -222,9 +211,9 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
 
 
 def _requeue(app: Celery, item: Item, countdown_s: float) -> None:
-    enqueue(app, item.tenant, item.run, item.customer, QUEUE_BACKFILL, countdown=countdown_s,
-            task_id=item.task_id,
-            extra_kwargs={"attempt": item.attempt, "throttles": item.throttles, "collisions": item.collisions})
+    message = CustomerMessage(tenant=item.tenant, run=item.run, customer=item.customer, attempt=item.attempt,
+                              throttles=item.throttles, collisions=item.collisions)
+    enqueue(app, message, QUEUE_BACKFILL, countdown=countdown_s, task_id=item.task_id)
 
 
 def _announce(app: Celery, requests: list[Any], results: list[Result], runtime_s: float) -> None:
@@ -242,7 +231,7 @@ def _announce(app: Celery, requests: list[Any], results: list[Result], runtime_s
 
 def register(app: Celery, settings: Settings) -> None:
     app.task(
-        name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+        name=TASK_CUSTOMER, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
         max_retries=None, typing=False,
     )(sync_customer_task)
 
@@ -250,7 +239,7 @@ def register(app: Celery, settings: Settings) -> None:
         backfill_batch(app, requests)
 
     app.task(
-        name=BACKFILL_TASK_NAME, base=AdaptiveBatches, acks_late=True, ignore_result=True,
+        name=TASK_BACKFILL_CUSTOMER, base=AdaptiveBatches, acks_late=True, ignore_result=True,
         flush_every=settings.batch_size, flush_interval=settings.batch_flush_interval_s,
         max_wait_s=settings.batch_max_wait_s,
     )(sync_backfill_customers)

@@ -14,9 +14,9 @@ from producers.incremental import FilterIgnored, run_incremental
 from producers.loyale import LoyaleClient
 from worker.app import create_app
 from worker.errors import RetryableError
+from worker.messages import QUEUE_INCREMENTAL
 from worker.settings import Settings
 from worker.store import Store
-from worker.tasks import QUEUE_INCREMENTAL
 
 
 class FilterDroppingLoyale(LoyaleClient):

@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from producers.loyale import CustomerNotFound, LoyaleClient
 from worker.errors import TenantFatalError
 from worker.mapping import map_customer
+from worker.messages import snapshot_json
 from worker.models import parse_customer
 
 
@@ -69,13 +70,13 @@ def test_snapshot_resolves_level_names_and_keeps_only_public_fields(loyale, sche
     names = {lv["id"]: lv["name"] for lv in scheme["levels"]}
     with_levels = next(c for c in loyale.customers(scheme["scheme_id"]) if c.get("Levels"))
     snapshot = lc.snapshot(with_levels)
-    assert snapshot["levelNames"] == [names[lv["levelId"]] for lv in with_levels["Levels"]]
-    assert "barCode" not in snapshot and "Levels" not in snapshot
+    assert snapshot.level_names == [names[lv["levelId"]] for lv in with_levels["Levels"]]
+    assert "barCode" not in snapshot_json(snapshot) and "Levels" not in snapshot_json(snapshot)
     with_internal = next(c for c in loyale.customers(scheme["scheme_id"])
                          if any(f["internal"] for f in c.get("additionalCustomerFields") or []))
-    keys = {f["key"] for f in lc.snapshot(with_internal)["additionalCustomerFields"]}
+    keys = {f["key"] for f in snapshot_json(lc.snapshot(with_internal))["additionalCustomerFields"]}
     assert keys == {f["key"] for f in with_internal["additionalCustomerFields"] if not f["internal"]}
-    assert snapshot["points_balance"] == with_levels["balance"]["pointsValue"]
+    assert snapshot.points_balance == with_levels["balance"]["pointsValue"]
 
 
 def test_snapshot_never_forwards_a_field_whose_internal_flag_is_not_plainly_false(loyale, scheme):
@@ -90,8 +91,8 @@ def test_snapshot_never_forwards_a_field_whose_internal_flag_is_not_plainly_fals
                {"key": "Colour", "value": "red", "internal": None},
            ]}
     snapshot = lc.snapshot(raw)
-    assert "levelNames" not in snapshot
-    assert "owes us money" not in json.dumps(snapshot)
+    assert snapshot.levels_unknown is True and snapshot.level_names == []
+    assert "owes us money" not in json.dumps(snapshot_json(snapshot))
     customer, warnings = parse_customer(snapshot)
     mapped = map_customer(customer, None)
     assert "properties.Notes" not in mapped.fields and "properties.Odd" not in mapped.fields

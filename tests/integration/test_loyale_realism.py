@@ -24,9 +24,9 @@ from producers.loyale import LoyaleClient
 from tests.harness import WorkerProcess, sync_env, wait_for, write_tenants_file
 from tests.integration.scenario import private_key, reasons
 from worker.app import create_app
+from worker.messages import QUEUE_INCREMENTAL
 from worker.settings import Settings
 from worker.store import Store
-from worker.tasks import QUEUE_INCREMENTAL
 
 OTHER_SCHEME = {"id": "11111111-2222-3333-4444-555555555555", "name": "Another brand"}
 

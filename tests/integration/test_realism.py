@@ -429,7 +429,7 @@ def test_pending_suppressions_are_rechecked_until_klaviyo_shows_them_and_resent_
 
 
 def test_the_beat_schedule_rechecks_pending_suppressions(redis_url):
-    from worker.app import beat_schedule
+    from producers.schedule import beat_schedule
     schedule = beat_schedule(Settings(redis_url=redis_url, suppression_recheck_interval_s=42), {})
     assert schedule["suppressions"]["task"] == "sync.recheck_suppressions"
     assert schedule["suppressions"]["schedule"] == 42

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import redis
 
-from tests.harness import WorkerProcess, sync_env, write_tenants_file
+from tests.builders import loyale_payload
+from tests.harness import WorkerProcess, sync_env, wait_for, write_tenants_file
 from tests.integration.scenario import build_scenario
 from tests.integration.test_backfill import cli, run_id_from
+from worker.app import create_app
+from worker.settings import Settings
 from worker.store import Store
 
 
@@ -58,3 +61,33 @@ def test_retries_back_off_then_give_up_as_failed_and_the_rest_of_the_run_goes_on
                for p in store.problems(info.id).values() if p["outcome"] == "failed")
     # each valid customer's first Klaviyo call was tried exactly 3 times (every answer was a 503)
     assert klaviyo.requests()["by_endpoint"]["GET /api/profiles"] == 3 * valid
+
+
+def test_messages_enqueued_by_the_previous_version_are_still_synced(loyale, klaviyo, redis_url):
+    """A deploy mid-run strands nothing: messages in the previous version's JSON (a `customer` dict in
+    Loyale's camelCase keys plus `levelNames`..., optional `attempt`/`throttles`/`collisions`) are read by
+    both tasks and end with their outcome."""
+    scenario = build_scenario(loyale, klaviyo, "oldmsgs", customers=1, merge_customers=True, seed=44)
+    env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}))
+    store = store_for(redis_url)
+    run = store.create_run(scenario.tenant_id, "backfill")
+    old = {f"old-{n}": loyale_payload(id=f"old-{n}", email=f"old-{n}@example.com", mobileNumber=f"7900000{n}",
+                                      marketingSub=True) for n in range(3)}
+    store.mark_enqueued(run, list(old))
+    store.finish_producing(run, len(old))
+    app = create_app(Settings(redis_url=redis_url))
+    app.send_task("sync.customer", kwargs={"tenant": scenario.tenant_id, "run": run, "customer": old["old-0"]},
+                  queue="sync.incremental")
+    app.send_task("sync.customer", queue="sync.incremental", kwargs={
+        "tenant": scenario.tenant_id, "run": run, "customer": old["old-1"], "attempt": 2, "throttles": 1})
+    app.send_task("sync.backfill_customer", queue="sync.backfill", kwargs={
+        "tenant": scenario.tenant_id, "run": run, "customer": old["old-2"], "attempt": 2, "throttles": 1,
+        "collisions": 1})
+    workers = [WorkerProcess(env, name="old-inc").start(), WorkerProcess.backfill(env, name="old-bf").start()]
+    try:
+        wait_for(lambda: None not in store.outcomes_of(run, list(old)), timeout_s=90,
+                 what="every old-format message synced")
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert store.outcomes_of(run, list(old)) == ["created"] * 3
