@@ -35,15 +35,19 @@ from producers.loyale import LoyaleClient, LoyaleRouteMissing
 from worker.errors import ConfigError, Deferred, RetryableError, TenantFatalError, Throttled
 from worker.klaviyo import BULK_IMPORT, GET_BULK_IMPORT, GET_PROFILES, UNSUPPRESS, UPDATE_PROFILE, KlaviyoClient
 from worker.ratelimit import LimiterUnavailable
+from worker.retry import Retry, RetryPolicy, decide
 from worker.runtime import Runtime
 from worker.settings import TenantConfig
 from worker.store import Store
 
 T = TypeVar("T")
 
-#: A 429 from Klaviyo during verify is waited out this many times, each wait capped.
+#: A 429 from Klaviyo during verify is waited out this many times, each wait capped, without jitter
+#: (one operator, one request at a time).
 THROTTLE_RETRIES = 2
 THROTTLE_WAIT_MAX_S = 30.0
+VERIFY_POLICY = RetryPolicy(base_s=1.0, max_countdown_s=THROTTLE_WAIT_MAX_S, max_throttles=THROTTLE_RETRIES + 1,
+                            rand=lambda: 0.0)
 NEW_KEY = "Klaviyo > Settings > API Keys > Create Private API Key"
 
 
@@ -206,14 +210,16 @@ def check_scopes(klaviyo: KlaviyoClient, tenant: TenantConfig) -> list[Check]:
 
 def _klaviyo_call(call: Callable[[], T]) -> T:
     """`call()`, waiting out a 429 from Klaviyo (its Retry-After, capped) a couple of times."""
-    for attempt in range(THROTTLE_RETRIES + 1):
+    throttles = 0
+    while True:
         try:
             return call()
         except Throttled as exc:
-            if attempt == THROTTLE_RETRIES:
+            decision = decide(exc, 1, throttles, VERIFY_POLICY)
+            if not isinstance(decision, Retry):
                 raise
-            time.sleep(min(exc.retry_after_s or 1.0, THROTTLE_WAIT_MAX_S))
-    raise AssertionError("unreachable")
+            time.sleep(decision.countdown_s)
+            throttles = decision.throttles
 
 
 def _unanswered(name: str, klaviyo: KlaviyoClient, tenant: TenantConfig, exc: RetryableError) -> Check:

@@ -1,29 +1,32 @@
 """Typed client for the Loyale admin API: login, paging through customers, one customer, levels.
 
 The admin token is fetched on first use and again on any 401 (Loyale does not document its
-lifetime). Throttling (429), 5xx, timeouts and resets are retried here with capped exponential
-backoff (tenacity), honouring Retry-After when Loyale sends one, so a producer paging through a
+lifetime). Throttling (429), 5xx, timeouts and resets are retried here as `worker.retry.decide` says
+(capped exponential backoff, or Loyale's Retry-After when it sends one), so a producer paging through a
 scheme resumes from the page that failed instead of starting over.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import structlog
 from pydantic import SecretStr
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from worker.errors import RetryableError, SyncError, TenantFatalError
 from worker.messages import Snapshot, UnreadableCustomer, read_snapshot
+from worker.retry import Retry, RetryPolicy, decide, parse_retry_after
 
 log = structlog.get_logger("loyale")
+
+T = TypeVar("T")
 
 PAGE_SIZE_MAX = 100
 #: The Loyale fields the sync maps; everything else (barcode, devices, password state) stays out of
@@ -76,19 +79,12 @@ class Page:
     total_count: int | None
 
 
-def _wait(fallback: Any) -> Any:
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        hinted = getattr(exc, "retry_after_s", None)
-        return float(hinted) if hinted is not None else float(fallback(state))
-    return wait
-
-
 class LoyaleClient:
     """One tenant's Loyale scheme, read with its admin user. `http` is passed in and shared."""
 
     def __init__(self, http: httpx.Client, *, tenant: str, base_url: str, scheme_id: str, admin_email: str,
-                 admin_password: SecretStr, max_attempts: int = 6, max_wait_s: float = 30.0) -> None:
+                 admin_password: SecretStr, max_attempts: int = 6, max_wait_s: float = 30.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._http = http
         self.tenant = tenant
         self._base = base_url.rstrip("/")
@@ -98,14 +94,24 @@ class LoyaleClient:
         self._token: str | None = None
         self._levels: dict[str, str] = {}
         self._levels_failed_at: float | None = None
-        self._retrying = Retrying(
-            stop=stop_after_attempt(max_attempts),
-            wait=_wait(wait_exponential_jitter(multiplier=0.5, max=max_wait_s, jitter=0.5)),
-            retry=retry_if_exception_type(RetryableError),
-            reraise=True,
-            before_sleep=lambda s: log.info("loyale_retry", tenant=tenant, attempt=s.attempt_number,
-                                            error=str(s.outcome.exception() if s.outcome else "")),
-        )
+        # Waits 0.5 s, 1 s, 2 s... plus up to 0.5 s, at most `max_wait_s`; Loyale's Retry-After as it is.
+        self._policy = RetryPolicy(max_attempts=max_attempts, base_s=0.5, max_s=max_wait_s, additive_jitter_s=0.5,
+                                   min_countdown_s=0.0, max_countdown_s=math.inf)
+        self._sleep = sleep
+
+    def _retrying(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)`, its passing failures retried as the policy decides (the last one raised)."""
+        attempt = 1
+        while True:
+            try:
+                return fn(*args)
+            except RetryableError as exc:
+                decision = decide(exc, attempt, 0, self._policy)
+                if not isinstance(decision, Retry):
+                    raise
+                log.info("loyale_retry", tenant=self.tenant, attempt=attempt, error=str(exc))
+                self._sleep(decision.countdown_s)
+                attempt = decision.attempt
 
     # --- transport -------------------------------------------------------------------------------
 
@@ -137,9 +143,8 @@ class LoyaleClient:
             return
         message = _loyale_message(response)
         if status == 429:
-            after = response.headers.get("Retry-After")
             raise RetryableError(f"Loyale throttled {what} (429)",
-                                 retry_after_s=float(after) if after and after.isdigit() else None)
+                                 retry_after_s=parse_retry_after(response.headers.get("Retry-After")))
         if status >= 500:
             raise RetryableError(f"Loyale answered {status} to {what}: {message}")
         if status == 401 and what == "login":

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +41,7 @@ from worker.messages import (
     Snapshot,
     enqueue,
 )
+from worker.retry import Retry, decide, retry_policy
 from worker.suppressions import recheck_suppressions as recheck
 from worker.tasks import get_runtime
 
@@ -119,12 +121,15 @@ def register(app: Celery) -> None:
         except CustomerNotFound:
             snapshot = gone_snapshot(customer_id)
         except RetryableError as exc:
-            if attempt >= rt.settings.max_attempts:
+            # backoff capped by the countdown limit only, as the hint's retries always were
+            decision = decide(exc, attempt, 0, replace(retry_policy(rt.settings), max_s=rt.settings.max_countdown_s))
+            if not isinstance(decision, Retry):
                 log.warning("hint_dropped", tenant=tenant, customer_id=customer_id, error=str(exc),
                             hint="the next incremental pass picks the change up")
                 return None
-            raise self.retry(kwargs={"tenant": tenant, "customer_id": customer_id, "run": run, "attempt": attempt + 1},
-                             countdown=min(rt.settings.max_countdown_s, 2.0 ** attempt), max_retries=None) from exc
+            raise self.retry(kwargs={"tenant": tenant, "customer_id": customer_id, "run": run,
+                                     "attempt": decision.attempt},
+                             countdown=decision.countdown_s, max_retries=None) from exc
         except (TenantFatalError, LoyaleRouteMissing) as exc:
             log.error("hint_failed", tenant=tenant, customer_id=customer_id, error=str(exc))
             return None

@@ -22,3 +22,10 @@ def after_throttle_s(retry_after_s: float | None, fallback_s: float, max_s: floa
     second of jitter so a tenant's deferred tasks do not all return in the same instant."""
     wait = retry_after_s if retry_after_s is not None else fallback_s
     return min(max_s, max(wait, 0.0) + rand())
+
+
+def exponential_additive_s(attempt: int, base_s: float, max_s: float, jitter_s: float,
+                           rand: Callable[[], float] = random.random) -> float:
+    """min(max_s, base_s * 2**(attempt-1) + uniform [0, jitter_s)): tenacity's `wait_exponential_jitter`,
+    which the Loyale client's waits follow."""
+    return min(max_s, base_s * (2 ** max(0, attempt - 1)) + rand() * jitter_s)

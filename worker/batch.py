@@ -49,7 +49,6 @@ from typing import Any, NoReturn, TypeVar
 
 import structlog
 
-from worker import backoff
 from worker.bulk_import import (
     BulkImport,
     Confirmed,
@@ -74,6 +73,7 @@ from worker.messages import customer_id_of
 from worker.models import KlaviyoProfile
 from worker.outcomes import Outcome, after_interruption
 from worker.pipeline import Prepared, Ready, Stopped, lookup_many, prepare_many
+from worker.retry import Decision, Fail, PauseTenant, Retry, RetryPolicy, decide
 from worker.store import Store
 from worker.sync import PHONE_CLAIM_TTL_S, SyncDeps, phone_of, sync_customer
 
@@ -82,13 +82,13 @@ log = structlog.get_logger("batch")
 T = TypeVar("T")
 X = TypeVar("X")
 
-MAX_THROTTLES = 200
 #: A customer colliding with another in its batch waits this long for a later batch, at most this often.
 COLLISION_DELAY_S = 1.0
 MAX_COLLISIONS = 2
 #: A failed Klaviyo call of a batch is tried again in place this often, after about this long.
 INLINE_RETRIES = 3
 INLINE_RETRY_BASE_S = 0.2
+INLINE_POLICY = RetryPolicy(max_attempts=INLINE_RETRIES + 1, base_s=INLINE_RETRY_BASE_S, max_s=INLINE_RETRY_BASE_S * 8)
 
 
 @dataclass
@@ -197,6 +197,11 @@ class BatchSettings:
     #: Jobs tried for one row (a cancelled or never-ending job is sent again for its rows).
     job_rounds: int = 3
 
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(max_attempts=self.max_attempts, base_s=self.retry_base_s, max_s=self.retry_max_s,
+                           max_countdown_s=self.max_countdown_s)
+
 
 class _LookupCalls:
     """`worker.pipeline.Calls` for the batch: calls retried in place, a refused chunk set aside."""
@@ -250,43 +255,41 @@ class BatchSync:
               throttles: int | None = None) -> None:
         item = replace(work.item, attempt=attempt or work.item.attempt,
                        throttles=work.item.throttles if throttles is None else throttles)
-        work.result = Again(item, min(max(countdown_s, 0.05), self.settings.max_countdown_s), reason)
+        work.result = Again(item, self.settings.policy.clamp(countdown_s), reason)
 
     def retry_later(self, work: Work, reason: str) -> None:
         """A failed attempt for this customer: back on the queue with backoff, or failed at the limit."""
-        if work.item.attempt >= self.settings.max_attempts:
-            self.finish(work, Outcome.FAILED, f"gave up after {work.item.attempt} attempts: {reason}")
+        self.carry_out(work, decide(RetryableError(reason), work.item.attempt, work.item.throttles,
+                                    self.settings.policy))
+
+    def carry_out(self, work: Work, decision: Decision) -> None:
+        if isinstance(decision, Retry):
+            self.again(work, decision.countdown_s, decision.reason, attempt=decision.attempt,
+                       throttles=decision.throttles)
+        elif isinstance(decision, Fail):
+            self.finish(work, Outcome.FAILED, decision.reason)
         else:
-            wait_s = backoff.exponential_s(work.item.attempt, self.settings.retry_base_s, self.settings.retry_max_s)
-            self.again(work, wait_s, reason, attempt=work.item.attempt + 1)
+            self.finish(work, Outcome.FAILED, decision.failure)
 
     def end_stage(self, works: list[Work], error: SyncError) -> NoReturn:
         """A Klaviyo call failed for the whole batch: decide for every customer still open, as the
         per-customer task would (defer, back off, pause the tenant, retry later), and end the stage."""
         open_works = [w for w in works if w.open]
-        if isinstance(error, Deferred):
-            for w in open_works:
-                self.again(w, error.retry_after_s or 1.0, str(error))
+        known = error if isinstance(error, RetryableError | TenantFatalError) else RetryableError(str(error))
+        draw = self.settings.policy.rand()
+        policy = replace(self.settings.policy, rand=lambda: draw)   # one wait for the whole batch
+        first = decide(known, 1, 0, policy)
+        if isinstance(first, PauseTenant):
+            if self.store.pause_tenant(self.tenant, first.reason):
+                log.error("tenant_paused", tenant=self.tenant, reason=first.reason,
+                          fix="fix the key, then run `loyale-sync verify` and `loyale-sync retry-failures`")
+        elif first.back_off_s is not None:   # a 429: the whole tenant backs off, once
+            self.back_off(self.tenant, first.back_off_s)
+        for w in open_works:
+            self.carry_out(w, decide(known, w.item.attempt, w.item.throttles, policy))
+        if isinstance(first, Retry) and first.deferred:
             for run in {w.item.run for w in open_works}:
                 self.store.count_deferral(run)
-        elif isinstance(error, Throttled):
-            wait_s = backoff.after_throttle_s(error.retry_after_s, self.settings.retry_base_s,
-                                              self.settings.max_countdown_s)
-            self.back_off(self.tenant, wait_s)
-            for w in open_works:
-                if w.item.throttles + 1 >= MAX_THROTTLES:
-                    self.finish(w, Outcome.FAILED, f"Klaviyo kept throttling: {MAX_THROTTLES} 429 answers")
-                else:
-                    self.again(w, wait_s, str(error), throttles=w.item.throttles + 1)
-        elif isinstance(error, TenantFatalError):
-            if self.store.pause_tenant(self.tenant, error.reason):
-                log.error("tenant_paused", tenant=self.tenant, reason=error.reason,
-                          fix="fix the key, then run `loyale-sync verify` and `loyale-sync retry-failures`")
-            for w in open_works:
-                self.finish(w, Outcome.FAILED, f"tenant paused: {error.reason}")
-        else:
-            for w in open_works:
-                self.retry_later(w, str(error))
         raise StageFailed(str(error))
 
     # --- the batch -------------------------------------------------------------------------------
@@ -426,9 +429,10 @@ class BatchSync:
             except (Throttled, Deferred, TenantFatalError) as exc:
                 self.end_stage(works, exc)
             except RetryableError as exc:
-                if attempt == INLINE_RETRIES:
+                inline = decide(exc, attempt + 1, 0, INLINE_POLICY)
+                if not isinstance(inline, Retry):
                     self.end_stage(works, exc)
-                self.sleep(backoff.exponential_s(attempt + 1, INLINE_RETRY_BASE_S, INLINE_RETRY_BASE_S * 8))
+                self.sleep(inline.countdown_s)
         raise AssertionError("unreachable")   # the last failure above raises StageFailed
 
     def each_chunk(self, works: list[Work], group: list[X], size: int, fn: Callable[[list[X]], None],

@@ -25,9 +25,9 @@ from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import structlog
 
-from worker import backoff
 from worker.errors import Deferred, RecordRejected, RetryableError, SyncError, TenantFatalError, Throttled
 from worker.klaviyo import MAX_BULK_PROFILES, BulkImportJob, ImportError_, KlaviyoClient, row_identifiers
+from worker.retry import RetryPolicy, throttle_wait_s
 
 log = structlog.get_logger("bulk_import")
 
@@ -197,8 +197,8 @@ class BulkImport(Generic[K]):
                     entry.job = self.klaviyo.bulk_import_job(entry.job.id)
                 except Throttled as exc:
                     # Honour the wait, and back the whole tenant off like any other 429.
-                    wait_s = backoff.after_throttle_s(exc.retry_after_s, polling.retry_base_s,
-                                                      polling.max_countdown_s)
+                    wait_s = throttle_wait_s(exc, RetryPolicy(base_s=polling.retry_base_s,
+                                                              max_countdown_s=polling.max_countdown_s))
                     self.back_off(self.tenant, wait_s)
                     self.sleep(wait_s)
                     waited_s += wait_s

@@ -10,8 +10,6 @@ raises `Deferred` when the request must wait.
 from __future__ import annotations
 
 import json
-import math
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +19,9 @@ from pydantic import SecretStr
 
 from worker.errors import DuplicateProfile, RecordRejected, RetryableError, TenantFatalError, Throttled
 from worker.models import KlaviyoProfile
+from worker.retry import parse_retry_after
 
 JSONAPI = "application/vnd.api+json"
-EXPECTED_IN = re.compile(r"available in (\d+(?:\.\d+)?) second", re.IGNORECASE)
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504, 520, 522, 524})
 #: Filter values Klaviyo accepts in one `any(...)`; lookups are chunked to this size.
 MAX_FILTER_VALUES = 100
@@ -132,20 +130,14 @@ def _first_error(body: Any) -> dict[str, Any]:
 
 def retry_after_s(response: httpx.Response) -> float | None:
     """Seconds to wait after a 429: the Retry-After header, else the "available in N seconds" detail."""
-    header = response.headers.get("Retry-After")
+    header = parse_retry_after(response.headers.get("Retry-After"))
     if header is not None:
-        try:
-            seconds = float(header)
-        except ValueError:
-            seconds = math.nan
-        if math.isfinite(seconds):  # "inf" / "nan" would make a countdown no broker can hold
-            return max(0.0, seconds)
+        return header
     try:
         detail = str(_first_error(response.json()).get("detail") or "")
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    found = EXPECTED_IN.search(detail)
-    return float(found.group(1)) if found else None
+    return parse_retry_after(None, detail)
 
 
 def filter_value(value: str | list[str]) -> str:

@@ -4,11 +4,9 @@ One message per customer carries the tenant id (never a key), the run id and the
 snapshot. The task is acknowledged late and requeued if its worker dies; it is idempotent because
 the plan is recomputed from Klaviyo's current state and the outcome is recorded once per run.
 
-What happens on each kind of error (DESIGN.md decisions 10-12):
-  Deferred (limiter, lock)  -> retried after the wait; not an attempt
-  Throttled (429)           -> the whole tenant backs off for Retry-After; retried after it
-  RetryableError (5xx...)   -> exponential backoff with jitter, up to `max_attempts`, then `failed`
-  TenantFatalError (401/3)  -> the tenant is paused with one clear error; its tasks end `failed`
+What happens on each kind of error is `worker.retry.decide`'s answer: a deferral or a 429 is retried
+without spending an attempt (a 429 backs the whole tenant off), other passing errors are retried with
+backoff up to `max_attempts` and then `failed`, a 401/403 pauses the tenant.
 """
 
 from __future__ import annotations
@@ -36,19 +34,18 @@ from worker.messages import (
     CustomerMessage,
     customer_id_of,
     enqueue,
+    read_snapshot,
     task_repr,
 )
 from worker.outcomes import Outcome
 from worker.ratelimit import LimiterUnavailable
+from worker.retry import Fail, PauseTenant, decide, retry_policy
 from worker.runtime import LOOKUPS_PER_SYNC, Runtime, current_run
 from worker.settings import Settings
 from worker.sync import sync_customer
 
 log = structlog.get_logger("tasks")
 
-#: A 429 is not the customer's fault: it does not spend an attempt, but a storm that never ends
-#: still has to stop somewhere.
-MAX_THROTTLES = 200
 LOCK_WAIT_S = 1.0
 
 _runtime: Runtime | None = None
@@ -88,8 +85,10 @@ def _sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, A
     customer_id = customer_id_of(customer)
     bound = log.bind(tenant=tenant, run=run, customer_id=customer_id, attempt=attempt)
 
+    policy = retry_policy(rt.settings)
+
     def again(countdown_s: float, *, next_attempt: int = attempt, next_throttles: int = throttles) -> None:
-        countdown_s = min(max(countdown_s, 0.05), rt.settings.max_countdown_s)
+        countdown_s = policy.clamp(countdown_s)
         raise self.retry(
             kwargs={"tenant": tenant, "run": run, "customer": customer, "attempt": next_attempt,
                     "throttles": next_throttles},
@@ -122,28 +121,25 @@ def _sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, A
             if wait_s > 0:
                 raise Deferred("waiting for the rate limit before the lookups", retry_after_s=wait_s)
             return sync_customer(rt.deps(tenant), run, customer).outcome.value
-    except Deferred as exc:
-        bound.debug("sync_deferred", reason=str(exc), countdown_s=exc.retry_after_s)
-        store.count_deferral(run)
-        again(exc.retry_after_s or LOCK_WAIT_S)
-    except Throttled as exc:
-        wait_s = backoff.after_throttle_s(exc.retry_after_s, rt.settings.retry_base_s, rt.settings.max_countdown_s)
-        rt.limiter.back_off(tenant, wait_s)
-        bound.info("klaviyo_throttled", retry_after_s=exc.retry_after_s, countdown_s=round(wait_s, 2))
-        if throttles + 1 >= MAX_THROTTLES:
-            return fail(f"Klaviyo kept throttling: {MAX_THROTTLES} 429 answers in a row")
-        again(wait_s, next_throttles=throttles + 1)
-    except RetryableError as exc:
-        if attempt >= rt.settings.max_attempts:
-            return fail(f"gave up after {attempt} attempts: {exc}")
-        wait_s = backoff.exponential_s(attempt, rt.settings.retry_base_s, rt.settings.retry_max_s)
-        bound.info("sync_retry", error=str(exc), countdown_s=round(wait_s, 2))
-        again(wait_s, next_attempt=attempt + 1)
-    except TenantFatalError as exc:
-        if store.pause_tenant(tenant, exc.reason):
-            log.error("tenant_paused", tenant=tenant, reason=exc.reason,
-                      fix="fix the key, then run `loyale-sync verify` and `loyale-sync retry-failures`")
-        return fail(f"tenant paused: {exc.reason}")
+    except (RetryableError, TenantFatalError) as exc:
+        decision = decide(exc, attempt, throttles, policy)
+        if isinstance(decision, PauseTenant):
+            if store.pause_tenant(tenant, decision.reason):
+                log.error("tenant_paused", tenant=tenant, reason=decision.reason,
+                          fix="fix the key, then run `loyale-sync verify` and `loyale-sync retry-failures`")
+            return fail(decision.failure)
+        if decision.back_off_s is not None:   # a 429: the whole tenant waits
+            rt.limiter.back_off(tenant, decision.back_off_s)
+            bound.info("klaviyo_throttled", retry_after_s=exc.retry_after_s if isinstance(exc, Throttled) else None,
+                       countdown_s=round(decision.back_off_s, 2))
+        if isinstance(decision, Fail):
+            return fail(decision.reason)
+        if decision.deferred:
+            bound.debug("sync_deferred", reason=decision.reason, countdown_s=decision.countdown_s)
+            store.count_deferral(run)
+        elif decision.back_off_s is None:
+            bound.info("sync_retry", error=decision.reason, countdown_s=round(decision.countdown_s, 2))
+        again(decision.countdown_s, next_attempt=decision.attempt, next_throttles=decision.throttles)
     finally:
         current_run.reset(run_token)
         store.unlock_customer(tenant, customer_id, token)
@@ -211,8 +207,8 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
 
 
 def _requeue(app: Celery, item: Item, countdown_s: float) -> None:
-    message = CustomerMessage(tenant=item.tenant, run=item.run, customer=item.customer, attempt=item.attempt,
-                              throttles=item.throttles, collisions=item.collisions)
+    message = CustomerMessage(tenant=item.tenant, run=item.run, customer=read_snapshot(item.customer),
+                              attempt=item.attempt, throttles=item.throttles, collisions=item.collisions)
     enqueue(app, message, QUEUE_BACKFILL, countdown=countdown_s, task_id=item.task_id)
 
 
