@@ -524,7 +524,7 @@ def test_hostile_klaviyo_answers_map_to_the_error_that_says_what_to_do(case, can
 @pytest.mark.parametrize(("header", "detail", "expected"), [
     (None, "Request was throttled. Expected available in 7 seconds.", 7.0),
     ("soon", "Expected available in 3 seconds.", 3.0),
-    ("Wed, 21 Oct 2015 07:28:00 GMT", None, None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", None, 0.0),   # an HTTP-date (RFC 9110) in the past: now
     ("-5", None, 0.0),
     ("inf", None, None),
     ("nan", None, None),
