@@ -12,7 +12,7 @@ def exponential_s(attempt: int, base_s: float, max_s: float, rand: Callable[[], 
     Half-jitter keeps a floor, so a retry never comes back immediately, and spreads a herd of
     retries over the other half.
     """
-    cap = min(max_s, base_s * (2.0 ** max(0, attempt - 1)))
+    cap = min(max_s, base_s * (2.0 ** min(max(0, attempt - 1), 64)))
     return cap / 2 + rand() * cap / 2
 
 
@@ -28,4 +28,4 @@ def exponential_additive_s(attempt: int, base_s: float, max_s: float, jitter_s: 
                            rand: Callable[[], float] = random.random) -> float:
     """min(max_s, base_s * 2**(attempt-1) + uniform [0, jitter_s)): tenacity's `wait_exponential_jitter`,
     which the Loyale client's waits follow."""
-    return min(max_s, base_s * (2.0 ** max(0, attempt - 1)) + rand() * jitter_s)
+    return min(max_s, base_s * (2.0 ** min(max(0, attempt - 1), 64)) + rand() * jitter_s)
