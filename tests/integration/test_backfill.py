@@ -97,8 +97,11 @@ def test_a_429_storm_delays_the_run_but_loses_nothing_and_retry_after_is_honoure
     """Given Klaviyo limits scaled far down (the fake answers many 429s), when a backfill runs, then every
     customer still ends in the expected state, and after each 429 no request of that account reaches
     Klaviyo before its Retry-After has passed (the whole tenant backs off)."""
-    klaviyo.set_knobs(rate_limit_scale=0.1, window_scale=0.05, request_log_size=50_000)
-    scenario = build_scenario(loyale, klaviyo, "storm", customers=200, merge_customers=True, seed=31)
+    # Limits low enough that even a worker slowed down by a loaded machine exceeds them: 2 profile reads
+    # per 0.05 s and 21 per 3 s (7 a second) against ~2.5 requests per customer. At a tenth of the
+    # real limits, a worker on a busy 2-core machine stayed under them and the storm never came.
+    klaviyo.set_knobs(rate_limit_scale=0.03, window_scale=0.05, request_log_size=50_000)
+    scenario = build_scenario(loyale, klaviyo, "storm", customers=40, merge_customers=True, seed=31)
     # Our limiter believes the real limits (as when the brand's other integrations spend the quota),
     # so it lets far more through than the scaled-down fake accepts.
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
