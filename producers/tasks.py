@@ -42,8 +42,8 @@ from worker.messages import (
     enqueue,
 )
 from worker.retry import Retry, decide, retry_policy
+from worker.runtime import get_runtime
 from worker.suppressions import recheck_suppressions as recheck
-from worker.tasks import get_runtime
 
 log = structlog.get_logger("producer_tasks")
 

@@ -39,6 +39,15 @@ def test_producers_import_neither_the_worker_tasks_nor_the_klaviyo_side():
     assert not set(NOT_FOR_PRODUCERS) & set(loaded), loaded
 
 
+def test_the_producer_tasks_import_neither_the_app_nor_the_sync_tasks():
+    """The producers' Celery tasks run in worker processes and use the process's runtime (Loyale, the
+    store, the Klaviyo client for the suppression re-check), but never the app or the sync tasks: the
+    app registers them, not the other way round."""
+    loaded = json.loads(run_python("import producers.tasks; import sys, json; "
+                                   "print(json.dumps(sorted(m for m in sys.modules if m.startswith('worker'))))"))
+    assert not {"worker.app", "worker.tasks", "worker.batch", "worker.bulk_import"} & set(loaded), loaded
+
+
 def test_the_app_registers_every_task_and_queue_without_an_import_cycle():
     """`celery -A worker.app worker` consumes the producers' queue as before: importing the app alone
     registers the producers' tasks and the beat schedule's tasks exist."""

@@ -1,7 +1,7 @@
 """The Celery application: `celery -A worker.app worker`.
 
 Building it loads settings (environment only: no network, no tenants). Tenants, Redis and HTTP
-clients are built per worker process on first use (`worker.tasks.get_runtime`).
+clients are built per worker process on first use (`worker.runtime.get_runtime`).
 
 This module is where the two sides meet: it registers the worker's tasks and the producers' tasks
 and beat schedule (`producers.tasks.register`, `producers.schedule`). Nothing imports it but the
@@ -21,6 +21,7 @@ from worker import tasks
 from worker.errors import ConfigError
 from worker.logs import configure_logging
 from worker.messages import QUEUE_INCREMENTAL, QUEUES
+from worker.runtime import set_runtime
 from worker.settings import Settings, get_settings
 
 log = structlog.get_logger("app")
@@ -87,7 +88,7 @@ def _setup_logging(**_: object) -> None:
 
 def _fresh_runtime(**_: object) -> None:
     # Clients built before fork must not be shared by children.
-    tasks.set_runtime(None)
+    set_runtime(None)
 
 
 setup_logging.connect(_setup_logging)

@@ -134,3 +134,21 @@ class Runtime:
 
 
 __all__ = ["Runtime", "current_run", "make_http_client", "make_redis", "RetryableError"]
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """This process's dependencies, built on first use (in the worker child, after fork)."""
+    global _runtime
+    if _runtime is None:
+        from worker.settings import get_settings
+
+        _runtime = Runtime.build(get_settings())
+    return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    global _runtime
+    _runtime = runtime

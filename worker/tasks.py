@@ -40,31 +40,13 @@ from worker.messages import (
 from worker.outcomes import Outcome
 from worker.ratelimit import LimiterUnavailable
 from worker.retry import Fail, PauseTenant, decide, retry_policy
-from worker.runtime import LOOKUPS_PER_SYNC, Runtime, current_run
+from worker.runtime import LOOKUPS_PER_SYNC, current_run, get_runtime
 from worker.settings import Settings
 from worker.sync import sync_customer
 
 log = structlog.get_logger("tasks")
 
 LOCK_WAIT_S = 1.0
-
-_runtime: Runtime | None = None
-
-
-def get_runtime() -> Runtime:
-    """This process's dependencies, built on first use (in the worker child, after fork)."""
-    global _runtime
-    if _runtime is None:
-        from worker.settings import get_settings
-
-        _runtime = Runtime.build(get_settings())
-    return _runtime
-
-
-def set_runtime(runtime: Runtime | None) -> None:
-    global _runtime
-    _runtime = runtime
-
 
 def sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, Any], attempt: int = 1,
                        throttles: int = 0) -> str:
