@@ -71,7 +71,6 @@ def register(app: Celery) -> None:
 
     def incremental_pass(self: Task, tenant: str) -> dict[str, Any] | None:
         rt = get_runtime()
-        rt.store.log_pass(tenant, self.request.id or "")
         token = self.request.id or uuid.uuid4().hex
         # a pass still running (a slow Loyale) makes the next one skip rather than read the same again
         if not rt.store.try_pass_lock(tenant, "incremental", token, ttl_s=rt.settings.incremental_interval_s * 10):

@@ -127,8 +127,3 @@ def change_seen(tenant: str, customer_id: str, updated_us: int) -> str:
 def pass_lock(tenant: str, kind: str) -> str:
     """One incremental pass (or scheduled backfill) of a tenant at a time."""
     return f"{PREFIX}:tenant:{tenant}:pass:{kind}"
-
-
-def pass_log(tenant: str) -> str:
-    """List of the pass tasks that started (time, task id): shows each scheduled pass ran once."""
-    return f"{PREFIX}:tenant:{tenant}:passes"

@@ -1,13 +1,10 @@
 """The producers' state: each tenant's incremental watermark, the changes already enqueued (so an
-overlapping pass does not enqueue them again), the locks that keep one pass of a kind running at a time,
-and the log of passes run."""
+overlapping pass does not enqueue them again), and the locks that keep one pass of a kind running at
+a time."""
 
 from __future__ import annotations
 
-import json
-import time
 from datetime import datetime
-from typing import Any
 
 from worker import keys
 from worker.state.client import TextRedis, lua
@@ -47,13 +44,3 @@ class Passes:
 
     def release_pass_lock(self, tenant: str, kind: str, token: str) -> None:
         self._release_pass(keys=[keys.pass_lock(tenant, kind)], args=[token])
-
-    def log_pass(self, tenant: str, task_id: str) -> None:
-        pipe = self.redis.pipeline()
-        pipe.rpush(keys.pass_log(tenant), json.dumps({"at": time.time(), "task": task_id}))
-        pipe.ltrim(keys.pass_log(tenant), -1000, -1)
-        pipe.execute()
-
-    def passes(self, tenant: str) -> list[dict[str, Any]]:
-        return [json.loads(e) for e in self.redis.lrange(keys.pass_log(tenant), 0, -1)]
-
