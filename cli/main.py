@@ -199,14 +199,16 @@ def incremental(tenant: TenantOpt = None) -> None:
     """Run one incremental pass now: enqueue the customers changed since the last pass (every tenant
     unless --tenant). Celery beat runs this every SYNC_INCREMENTAL_INTERVAL_S."""
     from producers.incremental import FilterIgnored, run_incremental
+    from producers.watermarks import Watermarks
     from worker.app import app as celery_app
 
     failed = False
     with ctx.runtime() as rt:
         for chosen in ctx.selected(rt.tenants, tenant):
             try:
-                result = run_incremental(app=celery_app, store=rt.store, loyale=ctx.loyale_client(rt.http, chosen),
-                                         tenant=chosen.id, overlap_s=rt.settings.incremental_overlap_s)
+                result = run_incremental(app=celery_app, store=rt.store, watermarks=Watermarks(rt.redis),
+                                         loyale=ctx.loyale_client(rt.http, chosen), tenant=chosen.id,
+                                         overlap_s=rt.settings.incremental_overlap_s)
             except (FilterIgnored, TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
                 ctx.err_console.print(f"[bold red]{chosen.id}:[/] {exc}")
                 failed = True

@@ -9,6 +9,7 @@ import redis
 import typer
 
 from cli import context as ctx
+from producers.watermarks import Watermarks
 from worker.broker import open_broker
 from worker.errors import ConfigError
 from worker.messages import QUEUE_BACKFILL, QUEUE_INCREMENTAL, QUEUE_PRODUCERS
@@ -42,7 +43,8 @@ def register(app: typer.Typer) -> None:
             raise ctx.fail(str(exc)) from None
         state = scrape_redis(config.redis_url)
         broker = open_broker(config.broker, timeout_s=REDIS_TIMEOUT_S)
-        collector = SyncCollector(Store(state, config.retention_days), broker, tenant_ids, QUEUES)
+        collector = SyncCollector(Store(state, config.retention_days), broker, tenant_ids, QUEUES,
+                                  watermark=Watermarks(state).watermark)
         chosen_port = port if port is not None else config.metrics_port
         try:
             server = start_server(registry_for(collector), host, chosen_port)

@@ -32,6 +32,7 @@ import structlog
 from celery import Celery
 
 from producers.loyale import PAGE_SIZE_MAX, LoyaleClient
+from producers.watermarks import Watermarks
 from worker.errors import RetryableError, SyncError
 from worker.messages import QUEUE_INCREMENTAL, CustomerMessage, customer_id_of, enqueue
 from worker.models import parse_datetime
@@ -145,10 +146,10 @@ def _tie_group(loyale: LoyaleClient, stamp: datetime, seen: set[str], size: int,
                          "the next pass reads these changes again")
 
 
-def run_incremental(*, app: Celery, store: Store, loyale: LoyaleClient, tenant: str, overlap_s: float,
-                    now: datetime | None = None, page_size: int = PAGE_SIZE_MAX) -> PassResult:
+def run_incremental(*, app: Celery, store: Store, watermarks: Watermarks, loyale: LoyaleClient, tenant: str,
+                    overlap_s: float, now: datetime | None = None, page_size: int = PAGE_SIZE_MAX) -> PassResult:
     started = now or datetime.now(UTC)
-    watermark = store.watermark(tenant) or started - timedelta(seconds=overlap_s)
+    watermark = watermarks.watermark(tenant) or started - timedelta(seconds=overlap_s)
     since = watermark - timedelta(seconds=overlap_s)
     run_id = store.create_run(tenant, "incremental", since=since.isoformat())
     read = enqueued = 0
@@ -159,14 +160,14 @@ def run_incremental(*, app: Celery, store: Store, loyale: LoyaleClient, tenant: 
     for batch in changed_since(loyale, since, page_size=page_size, on_ignored=ignored):
         changes = [(raw, _stamp(raw)) for raw in batch]
         read += len(changes)
-        fresh = store.claim_changes(tenant, [(customer_id_of(raw), updated) for raw, updated in changes],
-                                    ttl_s=int(overlap_s * 3) + 60)
+        fresh = watermarks.claim_changes(tenant, [(customer_id_of(raw), updated) for raw, updated in changes],
+                                         ttl_s=int(overlap_s * 3) + 60)
         new = [(raw, updated) for (raw, updated), is_new in zip(changes, fresh, strict=True) if is_new]
         store.mark_enqueued(run_id, [customer_id_of(raw) for raw, _ in new])
         for raw, _ in new:
             enqueue(app, CustomerMessage(tenant=tenant, run=run_id, customer=loyale.snapshot(raw)), QUEUE_INCREMENTAL)
         enqueued += len(new)
     store.finish_producing(run_id, store.enqueued_count(run_id))
-    store.set_watermark(tenant, started)
+    watermarks.set_watermark(tenant, started)
     log.info("incremental_pass", tenant=tenant, run=run_id, read=read, enqueued=enqueued, since=since.isoformat())
     return PassResult(run_id, since, read, enqueued, started)

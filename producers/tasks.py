@@ -27,6 +27,7 @@ from producers.backfill import run_backfill
 from producers.incremental import FilterIgnored, run_incremental
 from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing, gone_snapshot
 from producers.rescue import rescue_stalled_runs as rescue
+from producers.watermarks import Watermarks
 from worker.errors import RetryableError, TenantFatalError
 from worker.messages import (
     QUEUE_BACKFILL,
@@ -71,14 +72,15 @@ def register(app: Celery) -> None:
 
     def incremental_pass(self: Task, tenant: str) -> dict[str, Any] | None:
         rt = get_runtime()
+        watermarks = Watermarks(rt.redis)
         token = self.request.id or uuid.uuid4().hex
         # a pass still running (a slow Loyale) makes the next one skip rather than read the same again
-        if not rt.store.try_pass_lock(tenant, "incremental", token, ttl_s=rt.settings.incremental_interval_s * 10):
+        if not watermarks.try_pass_lock(tenant, "incremental", token, ttl_s=rt.settings.incremental_interval_s * 10):
             log.info("incremental_pass_skipped", tenant=tenant, reason="the previous pass is still running")
             return None
         try:
-            result = run_incremental(app=app, store=rt.store, loyale=loyale_for(tenant), tenant=tenant,
-                                     overlap_s=rt.settings.incremental_overlap_s)
+            result = run_incremental(app=app, store=rt.store, watermarks=watermarks, loyale=loyale_for(tenant),
+                                     tenant=tenant, overlap_s=rt.settings.incremental_overlap_s)
             return {"run": result.run_id, "enqueued": result.enqueued}
         except (FilterIgnored, TenantFatalError, LoyaleRouteMissing) as exc:
             log.error("incremental_pass_failed", tenant=tenant, error=str(exc))
@@ -88,13 +90,14 @@ def register(app: Celery) -> None:
                         hint="the next pass reads these changes again")
             return None
         finally:
-            rt.store.release_pass_lock(tenant, "incremental", token)
+            watermarks.release_pass_lock(tenant, "incremental", token)
 
 
     def scheduled_backfill(self: Task, tenant: str) -> str | None:
         rt = get_runtime()
+        watermarks = Watermarks(rt.redis)
         token = self.request.id or uuid.uuid4().hex
-        if not rt.store.try_pass_lock(tenant, "backfill", token, ttl_s=6 * 3600):
+        if not watermarks.try_pass_lock(tenant, "backfill", token, ttl_s=6 * 3600):
             log.info("scheduled_backfill_skipped", tenant=tenant, reason="a scheduled backfill is still running")
             return None
         try:
@@ -105,7 +108,7 @@ def register(app: Celery) -> None:
             log.error("scheduled_backfill_failed", tenant=tenant, error=str(exc))
             return None
         finally:
-            rt.store.release_pass_lock(tenant, "backfill", token)
+            watermarks.release_pass_lock(tenant, "backfill", token)
 
 
     def customer_hint(self: Task, tenant: str, customer_id: str, run: str, attempt: int = 1) -> str | None:
@@ -144,22 +147,24 @@ def register(app: Celery) -> None:
 
     def rescue_stalled_runs() -> int:
         rt = get_runtime()
+        watermarks = Watermarks(rt.redis)
         token = uuid.uuid4().hex
-        if not rt.store.try_pass_lock("*", "rescue", token, ttl_s=max(60.0, rt.settings.rescue_interval_s)):
+        if not watermarks.try_pass_lock("*", "rescue", token, ttl_s=max(60.0, rt.settings.rescue_interval_s)):
             return 0
         try:
             rescued = rescue(app, rt.store, rt.broker(), list(rt.tenants), loyale_for,
                                  rt.settings.stall_after_effective_s)
             return sum(r.enqueued for r in rescued)
         finally:
-            rt.store.release_pass_lock("*", "rescue", token)
+            watermarks.release_pass_lock("*", "rescue", token)
 
 
     def recheck_suppressions() -> dict[str, int]:
         """Every tenant's pending suppressions, checked once (one checker at a time, fleet-wide)."""
         rt = get_runtime()
+        watermarks = Watermarks(rt.redis)
         token = uuid.uuid4().hex
-        if not rt.store.try_pass_lock("*", "suppressions", token,
+        if not watermarks.try_pass_lock("*", "suppressions", token,
                                       ttl_s=max(60.0, rt.settings.suppression_recheck_interval_s)):
             return {}
         totals = {"settled": 0, "resent": 0, "waiting": 0}
@@ -177,7 +182,7 @@ def register(app: Celery) -> None:
                     totals[name] += getattr(done, name)
             return totals
         finally:
-            rt.store.release_pass_lock("*", "suppressions", token)
+            watermarks.release_pass_lock("*", "suppressions", token)
 
     app.task(name=TASK_INCREMENTAL_PASS, bind=True, ignore_result=True, queue=QUEUE_PRODUCERS)(incremental_pass)
     app.task(name=TASK_SCHEDULED_BACKFILL, bind=True, ignore_result=True, queue=QUEUE_PRODUCERS)(scheduled_backfill)

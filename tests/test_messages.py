@@ -48,6 +48,17 @@ def test_the_producer_tasks_import_neither_the_app_nor_the_sync_tasks():
     assert not {"worker.app", "worker.tasks", "worker.batch", "worker.bulk_import"} & set(loaded), loaded
 
 
+def test_the_worker_side_imports_no_producer_module_but_the_app():
+    """Only `worker.app` imports `producers/` (to register the producers' tasks and beat schedule); the
+    metrics read the producers' watermark through the callable `cli.metrics` hands them."""
+    loaded = json.loads(run_python(
+        "import importlib, json, pkgutil, sys, worker; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(worker.__path__, 'worker.') "
+        "if m.name != 'worker.app']; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('producers'))))"))
+    assert loaded == [], loaded
+
+
 def test_the_app_registers_every_task_and_queue_without_an_import_cycle():
     """`celery -A worker.app worker` consumes the producers' queue as before: importing the app alone
     registers the producers' tasks and the beat schedule's tasks exist."""

@@ -66,12 +66,16 @@ class SyncCollector:
     """A prometheus_client collector that reads the sync's state from Redis on every scrape.
 
     `store` is the state store; `broker` the Celery broker (often the same Redis server); `tenants`
-    the configured tenant ids (for the per-tenant gauges; counters carry every tenant they ever saw).
+    the configured tenant ids (for the per-tenant gauges; counters carry every tenant they ever saw);
+    `watermark` a tenant's incremental watermark, kept by the producers (`producers.watermarks`, which
+    `worker/` does not import: `cli.metrics` hands it over).
     """
 
     def __init__(self, store: Store, broker: Broker, tenants: Iterable[str], queues: Iterable[str], *,
-                 clock: Callable[[], float] = time.time, recent_runs: int = RECENT_RUNS) -> None:
+                 watermark: Callable[[str], datetime | None], clock: Callable[[], float] = time.time,
+                 recent_runs: int = RECENT_RUNS) -> None:
         self.store = store
+        self.watermark = watermark
         self.broker = broker
         self.tenants = sorted(tenants)
         self.queues = list(queues)
@@ -131,7 +135,7 @@ class SyncCollector:
                                    "its key (401/403); `loyale-sync verify` says why.", labels=["tenant"])
         now = self.clock()
         for tenant in self.tenants:
-            since = unsynced_since(self.store.watermark(tenant), self.store.runs(tenant, limit=self.recent_runs))
+            since = unsynced_since(self.watermark(tenant), self.store.runs(tenant, limit=self.recent_runs))
             if since is not None:
                 unsynced.add_metric([tenant], max(0.0, now - since))
             paused.add_metric([tenant], 1 if self.store.tenant_paused(tenant) is not None else 0)

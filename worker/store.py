@@ -7,7 +7,6 @@ import redis
 from worker.state.client import text_client
 from worker.state.journal import Journal
 from worker.state.locks import LOCK_TTL_S, PHONE_TAKEN_TTL_S, Locks
-from worker.state.passes import Passes
 from worker.state.runs import (
     LEDGER_MAX_ENTRIES,
     METRICS_OUTCOMES_KEY,
@@ -22,7 +21,7 @@ from worker.state.suppressions import Suppressions
 from worker.state.tenants import TenantPause
 
 
-class Store(RunLedger, Locks, Journal, Suppressions, TenantPause, Passes):
+class Store(RunLedger, Locks, Journal, Suppressions, TenantPause):
     """All sync state in Redis. `client` must decode responses (`worker.runtime.make_redis` does)."""
 
     def __init__(self, client: redis.Redis, retention_days: int = 30, journal_retention_days: int = 90) -> None:
@@ -33,7 +32,6 @@ class Store(RunLedger, Locks, Journal, Suppressions, TenantPause, Passes):
         Journal.__init__(self, text, journal_ttl_s)
         Suppressions.__init__(self, text)
         TenantPause.__init__(self, text)
-        Passes.__init__(self, text)
 
 
 __all__ = ["LEDGER_MAX_ENTRIES", "LOCK_TTL_S", "METRICS_OUTCOMES_KEY", "METRICS_REQUESTS_KEY", "PHONE_TAKEN_TTL_S",

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from fakes.processes import BeatProcess, WebhookProcess
+from producers.watermarks import Watermarks
 from tests.harness import WorkerProcess, sync_env, wait_for, write_tenants_file
 from tests.integration.scenario import Scenario, _index, build_scenario, mapped_fields, reasons
 from tests.integration.test_backfill import cli, run_id_from
@@ -109,11 +110,12 @@ def test_a_stream_of_changes_for_two_tenants_ends_exactly_as_the_policy_says(loy
             time.sleep(1)
         assert left == [], f"{len(left)} problems, first: {left[:5]}\nbeat: {beat.log()[-1500:]}\n" \
                            f"worker: {worker.log()[-3000:]}\nwebhooks: {hooks.log()[-1000:]}"
-        store = Store(redis.Redis.from_url(redis_url, decode_responses=True))
+        state = redis.Redis.from_url(redis_url, decode_responses=True)
+        store, watermarks = Store(state), Watermarks(state)
         for s in scenarios:
             passes = [r for r in store.runs(s.tenant_id, limit=1000) if r.kind == "incremental"]
             assert len(passes) >= 5, "beat did not run the passes"
-            assert store.watermark(s.tenant_id) is not None
+            assert watermarks.watermark(s.tenant_id) is not None
             for c in loyale.customers(s.scheme_id):
                 history = store.history(s.tenant_id, c["id"])
                 assert history, f"{c['id']}: never synced"

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from producers.incremental import SORTS, run_incremental
 from producers.loyale import LoyaleClient
+from producers.watermarks import Watermarks
 from tests.harness import WorkerProcess, sync_env, wait_for, write_tenants_file
 from tests.integration.scenario import private_key, reasons
 from worker.app import create_app
@@ -195,10 +196,11 @@ def test_an_incremental_pass_skips_no_one_while_customers_are_updated_under_it(l
     stamp = {"updatedDate": "2026-03-01T12:00:00.000000Z"} if same_stamp else {}
     loyale.add_customers(scheme, customers(250, **stamp), emit=False)
     watermark = datetime(2026, 3, 1, 11, tzinfo=UTC) if same_stamp else datetime.now(UTC) - timedelta(hours=1)
-    store.set_watermark("t", watermark)
+    watermarks = Watermarks(store.redis)
+    watermarks.set_watermark("t", watermark)
     loyale.set_knobs(paging_drift_per_page=3, paging_drift_max=9)
 
-    result = run_incremental(app=app, store=store, loyale=client, tenant="t", overlap_s=1)
+    result = run_incremental(app=app, store=store, watermarks=watermarks, loyale=client, tenant="t", overlap_s=1)
 
     everyone = {c["id"] for c in loyale.customers(scheme)}
     moved = {c["id"] for c in loyale.customers(scheme) if c.get("updatedBy") == "staff-edit@loyale.test"}

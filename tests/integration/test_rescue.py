@@ -72,7 +72,8 @@ def test_with_the_broker_on_another_server_a_waiting_message_is_seen_there_and_n
         listed = cli(env, "runs", "--tenant", scenario.tenant_id)
         assert listed.returncode == 0, listed.stderr
         assert "waiting on the broker: sync.backfill 0, sync.incremental 5" in listed.stdout
-        collector = SyncCollector(store, broker, [scenario.tenant_id], ["sync.incremental", "sync.backfill"])
+        collector = SyncCollector(store, broker, [scenario.tenant_id], ["sync.incremental", "sync.backfill"],
+                                  watermark=lambda _: None)   # no incremental pass here
         [depths] = [family for family in collector.collect() if family.name == "loyale_sync_queue_depth"]
         assert {s.labels["queue"]: s.value for s in depths.samples} == {"sync.incremental": 5, "sync.backfill": 0}
 

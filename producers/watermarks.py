@@ -1,22 +1,28 @@
-"""The producers' state: each tenant's incremental watermark, the changes already enqueued (so an
-overlapping pass does not enqueue them again), and the locks that keep one pass of a kind running at
-a time."""
+"""The producers' state in Redis: each tenant's incremental watermark, the changes already enqueued (so an
+overlapping pass does not enqueue them again), and the locks that keep one pass of a kind running at a
+time. Keys in `worker.keys`, so the data written before this module moved still reads.
+
+`worker.metrics` reads the watermark too (the oldest unsynced change), through the callable `cli.metrics`
+hands it (`Watermarks.watermark`): `worker/` never imports `producers/`."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
+import redis
+
 from worker import keys
-from worker.state.client import TextRedis, lua
+from worker.state.client import text_client
+from worker.state.locks import RELEASE_LOCK
 from worker.state.runs import epoch_us
 
-RELEASE_LOCK = lua(__file__, "release_lock.lua")
 
+class Watermarks:
+    """`client` must decode responses (`worker.runtime.make_redis` does)."""
 
-class Passes:
-    def __init__(self, client: TextRedis) -> None:
-        self.redis = client
-        self._release_pass = client.register_script(RELEASE_LOCK)
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = text_client(client)
+        self._release_pass = self.redis.register_script(RELEASE_LOCK)
 
     def watermark(self, tenant: str) -> datetime | None:
         raw = self.redis.get(keys.watermark(tenant))
