@@ -22,7 +22,6 @@ import structlog
 from celery import Celery, Task
 from celery.exceptions import Reject
 
-from worker import backoff
 from worker.adaptive_batches import AdaptiveBatches
 from worker.batch import Again, BatchSettings, BatchSync, Done, Item, Result, email_lock
 from worker.errors import Deferred, RetryableError, TenantFatalError, Throttled
@@ -39,7 +38,7 @@ from worker.messages import (
 )
 from worker.outcomes import Outcome
 from worker.ratelimit import LimiterUnavailable
-from worker.retry import Fail, PauseTenant, decide, retry_policy
+from worker.retry import Fail, PauseTenant, Retry, decide, retry_policy
 from worker.runtime import LOOKUPS_PER_SYNC, current_run, get_runtime
 from worker.settings import Settings
 from worker.sync import sync_customer
@@ -133,9 +132,10 @@ def _sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, A
 def backfill_batch(app: Celery, requests: list[Any]) -> None:
     """Run by a backfill worker on the customers it holds (celery-batches hands them over together).
 
-    Every customer ends recorded or back on the queue. If something unexpected breaks the batch, all
-    its customers are put back; if even that fails, this pool process exits so that the broker
-    redelivers the unacknowledged messages instead of their being acknowledged unprocessed.
+    Every customer ends recorded or back on the queue. If something unexpected breaks the batch, each
+    of its customers is retried as after a passing error (`decide`: backoff, `failed` at max_attempts);
+    if even that fails, this pool process exits so that the broker redelivers the unacknowledged
+    messages instead of their being acknowledged unprocessed.
     """
     started = time.monotonic()
     try:
@@ -174,15 +174,17 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
         log.exception("batch_failed", error=repr(exc), customers=len(requests))
         try:
             rt = get_runtime()
+            policy = retry_policy(rt.settings)
+            unexpected = RetryableError(f"internal error: {exc!r}")   # retried as a 5xx would be
             for request in requests:
                 item = Item.from_request(request)
-                if item.attempt >= rt.settings.max_attempts:
-                    rt.store.record_outcome(run_id=item.run, tenant=item.tenant, customer_id=item.customer_id,
-                                            outcome=Outcome.FAILED, reason=f"internal error: {exc!r}")
+                decision = decide(unexpected, item.attempt, item.throttles, policy)
+                if isinstance(decision, Retry):
+                    item.attempt, item.throttles = decision.attempt, decision.throttles
+                    _requeue(app, item, decision.countdown_s)
                 else:
-                    item.attempt += 1
-                    _requeue(app, item, backoff.exponential_s(item.attempt, rt.settings.retry_base_s,
-                                                              rt.settings.retry_max_s))
+                    rt.store.record_outcome(run_id=item.run, tenant=item.tenant, customer_id=item.customer_id,
+                                            outcome=Outcome.FAILED, reason=decision.reason)
         except Exception:  # noqa: BLE001
             log.critical("batch_requeue_failed", customers=len(requests))
             os._exit(70)
