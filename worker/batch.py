@@ -186,21 +186,14 @@ class StageFailed(Exception):
 
 @dataclass
 class BatchSettings:
-    max_attempts: int = 8
-    retry_base_s: float = 2.0
-    retry_max_s: float = 300.0
-    max_countdown_s: float = 900.0
+    #: What an error means for the batch's customers: the same policy as the per-customer task's.
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll_first_s: float = 0.2
     poll_max_s: float = 5.0
     job_timeout_s: float = 900.0
     lock_ttl_s: float = 120.0
     #: Jobs tried for one row (a cancelled or never-ending job is sent again for its rows).
     job_rounds: int = 3
-
-    @property
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(max_attempts=self.max_attempts, base_s=self.retry_base_s, max_s=self.retry_max_s,
-                           max_countdown_s=self.max_countdown_s)
 
 
 class _LookupCalls:
@@ -255,12 +248,12 @@ class BatchSync:
               throttles: int | None = None) -> None:
         item = replace(work.item, attempt=attempt or work.item.attempt,
                        throttles=work.item.throttles if throttles is None else throttles)
-        work.result = Again(item, self.settings.policy.clamp(countdown_s), reason)
+        work.result = Again(item, self.settings.retry.clamp(countdown_s), reason)
 
     def retry_later(self, work: Work, reason: str) -> None:
         """A failed attempt for this customer: back on the queue with backoff, or failed at the limit."""
         self.carry_out(work, decide(RetryableError(reason), work.item.attempt, work.item.throttles,
-                                    self.settings.policy))
+                                    self.settings.retry))
 
     def carry_out(self, work: Work, decision: Decision) -> None:
         if isinstance(decision, Retry):
@@ -276,8 +269,8 @@ class BatchSync:
         per-customer task would (defer, back off, pause the tenant, retry later), and end the stage."""
         open_works = [w for w in works if w.open]
         known = error if isinstance(error, RetryableError | TenantFatalError) else RetryableError(str(error))
-        draw = self.settings.policy.rand()
-        policy = replace(self.settings.policy, rand=lambda: draw)   # one wait for the whole batch
+        draw = self.settings.retry.rand()
+        policy = replace(self.settings.retry, rand=lambda: draw)   # one wait for the whole batch
         first = decide(known, 1, 0, policy)
         if isinstance(first, PauseTenant):
             if self.store.pause_tenant(self.tenant, first.reason):
@@ -487,7 +480,7 @@ class BatchSync:
             self.klaviyo, self.tenant, Polling(
                 poll_first_s=self.settings.poll_first_s, poll_max_s=self.settings.poll_max_s,
                 job_timeout_s=self.settings.job_timeout_s, lock_ttl_s=self.settings.lock_ttl_s,
-                retry_base_s=self.settings.retry_base_s, max_countdown_s=self.settings.max_countdown_s),
+                retry_base_s=self.settings.retry.base_s, max_countdown_s=self.settings.retry.max_countdown_s),
             call=partial(self.call, works), fail=partial(self.end_stage, works),
             refresh_locks=lambda: self.store.refresh_locks(self.tenant, self._locks, self.settings.lock_ttl_s),
             back_off=self.back_off, sleep=self.sleep)

@@ -140,9 +140,8 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
     started = time.monotonic()
     try:
         rt = get_runtime()
-        settings = BatchSettings(max_attempts=rt.settings.max_attempts, retry_base_s=rt.settings.retry_base_s,
-                                 retry_max_s=rt.settings.retry_max_s, max_countdown_s=rt.settings.max_countdown_s,
-                                 job_timeout_s=rt.settings.bulk_job_timeout_s, lock_ttl_s=rt.settings.lock_ttl_s)
+        settings = BatchSettings(retry=retry_policy(rt.settings), job_timeout_s=rt.settings.bulk_job_timeout_s,
+                                 lock_ttl_s=rt.settings.lock_ttl_s)
         groups: dict[tuple[str, str], list[Item]] = defaultdict(list)
         for request in requests:
             item = Item.from_request(request)
