@@ -3,7 +3,8 @@ and `retry-failures`.
 
 Everything here reads the run records and the per-customer ledger that the workers keep in Redis;
 only `retry-failures` reads Loyale and enqueues. Reports show ids, outcomes and reasons, never a key
-or a customer's record.
+or a customer's record. The commands only wire the parts: the queries in `cli/queries.py`, the tables
+and text in `cli/render.py`, the re-drive's producer in `cli/redrive.py`.
 """
 
 from __future__ import annotations
@@ -11,217 +12,46 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from itertools import groupby
-from typing import Annotated, Any
-from urllib.parse import urlsplit
+from typing import Annotated
 
-import redis
 import typer
-from celery import Celery
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from cli import context as ctx
-from cli.render import outcome_table, short, wait_for_run
-from producers.backfill import wait_for_room
-from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing, gone_snapshot
-from worker.broker import open_broker
-from worker.errors import RetryableError, TenantFatalError
-from worker.messages import QUEUE_BACKFILL, QUEUE_INCREMENTAL, CustomerMessage, Snapshot, enqueue
-from worker.outcomes import PROBLEMS, REDRIVABLE, Outcome
-from worker.runtime import Runtime, make_redis
-from worker.settings import Settings, TenantConfig
-from worker.store import RunInfo, Store
+from cli.queries import (
+    RECENT_RUNS,
+    open_failures,
+    problem_rows,
+    queues_text,
+    redis_errors,
+    run_or_fail,
+    runs_to_scan,
+    state,
+)
+from cli.redrive import redrive
+from cli.render import (
+    failures_table,
+    history_table,
+    iso,
+    ordered_counts,
+    outcome_table,
+    problems_table,
+    requests_by_endpoint,
+    requests_table,
+    runs_table,
+    wait_for_run,
+    when,
+)
+from worker.outcomes import PROBLEMS, Outcome
 
-#: How far back `failures` and `retry-failures` look, per tenant, when no --run is given.
-RECENT_RUNS = 20
 #: The terminal table of `report` stops here; --csv and --json always carry every customer.
 REPORT_TABLE_ROWS = 500
-#: Reasons are what the operator reads: ids and times do not wrap, reasons do, but not to a sliver.
-REASON_WIDTH = 30
-RANK = {outcome.value: index for index, outcome in enumerate(Outcome)}
 
 TenantOpt = Annotated[str | None, typer.Option("--tenant", "-t", help="Tenant id (default: every tenant).")]
 RunArg = Annotated[str, typer.Argument(help="The run id, as printed when the run started (see `loyale-sync runs`).")]
 SourceRunOpt = Annotated[str | None, typer.Option(
     "--run", help=f"Only this run (default: the last {RECENT_RUNS} runs of each tenant).")]
-
-
-# --- reading Redis -------------------------------------------------------------------------------
-
-
-def _where(url: str) -> str:
-    """Host and port of a Redis URL, without the password it may carry."""
-    parts = urlsplit(url)
-    return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
-
-
-@contextmanager
-def redis_errors(config: Settings) -> Iterator[None]:
-    try:
-        yield
-    except redis.RedisError as exc:
-        raise ctx.fail(f"Redis at {_where(config.redis_url)} failed ({type(exc).__name__}: {exc}); check "
-                       "SYNC_REDIS_URL and that Redis is running") from None
-
-
-@contextmanager
-def state() -> Iterator[tuple[dict[str, TenantConfig], Store]]:
-    """The tenants and the store, for commands that only read Redis (no HTTP clients, no rate limits)."""
-    config = ctx.settings()
-    all_tenants = ctx.tenants(config)
-    client = make_redis(config.redis_url)
-    try:
-        with redis_errors(config):
-            yield all_tenants, Store(client, config.retention_days)
-    finally:
-        client.close()
-
-
-def queues_text(config: Settings) -> str:
-    """What waits on the broker's sync queues (`SYNC_BROKER_URL`, perhaps not the state Redis), in one line."""
-    broker = open_broker(config.broker)
-    try:
-        depths = broker.depths([QUEUE_BACKFILL, QUEUE_INCREMENTAL])
-    except redis.RedisError as exc:
-        return f"[yellow]queues unknown:[/] the broker at {_where(config.broker)} failed ({type(exc).__name__})"
-    finally:
-        broker.close()
-    return "waiting on the broker: " + ", ".join(f"{queue} {depth}" for queue, depth in depths.items())
-
-
-def run_or_fail(store: Store, run_id: str) -> RunInfo:
-    info = store.run(run_id)
-    if info is None:
-        raise ctx.fail(f"no run {escape(repr(run_id))} in Redis (a typo, or older than SYNC_RETENTION_DAYS); "
-                       "`loyale-sync runs` lists the recent ones")
-    return info
-
-
-# --- formatting ------------------------------------------------------------------------------------
-
-
-def when(epoch_s: float | None) -> str:
-    return "—" if not epoch_s else datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def readable_loyale_time(value: str | None) -> str:
-    """The ledger's ISO `updatedDate` (Loyale's text), for people: to the second, in UTC."""
-    try:
-        return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
-    except ValueError:
-        return value or "—"
-
-
-def iso(epoch_s: float | None) -> str | None:
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat() if epoch_s else None
-
-
-def duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def ordered_counts(counts: dict[str, int]) -> list[tuple[str, int]]:
-    """Counts in the order of `Outcome` (an outcome this version does not know goes last)."""
-    return sorted(((k, v) for k, v in counts.items() if v), key=lambda kv: (RANK.get(kv[0], len(RANK)), kv[0]))
-
-
-def counts_text(counts: dict[str, int]) -> str:
-    problems = {o.value for o in PROBLEMS}
-    return ", ".join(f"[red]{k} {v}[/]" if k in problems else f"{k} {v}" for k, v in ordered_counts(counts)) or "—"
-
-
-def progress_text(info: RunInfo) -> str:
-    return f"{info.completed} / {info.expected}" if info.expected is not None else f"{info.completed} / ?"
-
-
-def requests_by_endpoint(raw: dict[str, int]) -> dict[str, dict[str, int]]:
-    """`{"GET /api/profiles 200": 3}` (the store's keys) -> `{"GET /api/profiles": {"200": 3}}`."""
-    grouped: dict[str, dict[str, int]] = {}
-    for key, count in sorted(raw.items()):
-        endpoint, _, status = key.rpartition(" ")
-        grouped.setdefault(endpoint or key, {})[status] = count
-    return grouped
-
-
-def problem_rows(store: Store, run_id: str) -> list[dict[str, Any]]:
-    """Every non-success customer of the run: ids, outcome and reason only (the ledger keeps no record)."""
-    rows = [{"customer_id": cid, "outcome": entry.get("outcome", ""), "reason": entry.get("reason", ""),
-             "profile_id": entry.get("profile_id"), "recorded_at": iso(entry.get("at"))}
-            for cid, entry in store.problems(run_id).items()]
-    return sorted(rows, key=lambda r: (RANK.get(r["outcome"], len(RANK)), r["customer_id"]))
-
-
-# --- failures ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Failure:
-    tenant: str
-    customer_id: str
-    outcome: str
-    reason: str
-    run: str
-    at: float | None
-
-
-def runs_to_scan(store: Store, all_tenants: dict[str, TenantConfig], tenant: str | None,
-                 run_id: str | None) -> list[RunInfo]:
-    if run_id is None:
-        return [info for chosen in ctx.selected(all_tenants, tenant) for info in store.runs(chosen.id, RECENT_RUNS)]
-    info = run_or_fail(store, run_id)
-    if tenant is not None and info.tenant != tenant:
-        raise ctx.fail(f"run {run_id} belongs to tenant {info.tenant!r}, not {tenant!r}")
-    return [info]
-
-
-def open_failures(store: Store, runs: list[RunInfo]) -> list[Failure]:
-    """The `failed` and `rejected` customers of these runs that no later sync has resolved.
-
-    A customer counts once, as the newest entry of its ledger says: if that is a success (a later run,
-    a webhook, a retry), it is no longer a failure, whichever run it failed in.
-    """
-    candidates: dict[tuple[str, str], Failure] = {}
-    for info in sorted(runs, key=lambda r: r.started_at, reverse=True):
-        for cid, entry in store.problems(info.id).items():
-            if entry.get("outcome") in REDRIVABLE and (info.tenant, cid) not in candidates:
-                candidates[(info.tenant, cid)] = Failure(info.tenant, cid, entry["outcome"], entry.get("reason", ""),
-                                                         info.id, entry.get("at"))
-    found: list[Failure] = []
-    by_tenant = sorted(candidates.values(), key=lambda f: f.tenant)
-    for tenant, group in groupby(by_tenant, key=lambda f: f.tenant):
-        failures = list(group)
-        latest = store.latest_entries(tenant, [f.customer_id for f in failures])
-        for failure in failures:
-            now = latest.get(failure.customer_id)
-            if now is None:  # the ledger expired or was trimmed: the run's record is all we know
-                found.append(failure)
-            elif now.get("outcome") in REDRIVABLE:
-                found.append(Failure(tenant, failure.customer_id, now["outcome"], now.get("reason", ""),
-                                     now.get("run") or failure.run, now.get("at")))
-    return sorted(found, key=lambda f: (f.tenant, f.outcome, f.customer_id))
-
-
-def fresh_snapshot(loyale: LoyaleClient, customer_id: str) -> Snapshot:
-    """The customer as Loyale holds it now (as `sync.customer_hint` reads it): a retry sends today's data."""
-    try:
-        return loyale.snapshot(loyale.customer(customer_id))
-    except CustomerNotFound:
-        return gone_snapshot(customer_id)
-
-
-# --- commands ----------------------------------------------------------------------------------------
 
 
 def register(app: typer.Typer) -> None:
@@ -245,18 +75,7 @@ def runs(
             if not found:
                 ctx.console.print(f"{chosen.id}: no runs in Redis")
                 continue
-            table = Table(title=f"runs of {chosen.id} (newest first)")
-            table.add_column("run", no_wrap=True)
-            table.add_column("kind", no_wrap=True)
-            table.add_column("state", no_wrap=True)
-            table.add_column("customers", justify="right", no_wrap=True)
-            table.add_column("outcomes", min_width=24)
-            table.add_column("started", no_wrap=True)
-            table.add_column("duration", justify="right", no_wrap=True)
-            for info in found:
-                table.add_row(info.id, info.kind, info.state, progress_text(info), counts_text(info.counts),
-                              when(info.started_at), duration(info.duration_s))
-            ctx.console.print(table)
+            ctx.console.print(runs_table(chosen.id, found))
     ctx.console.print(queues_text(ctx.settings()))
 
 
@@ -317,26 +136,11 @@ def report(
     details = [f"started {when(info.started_at)}", f"waits for the rate limiter: {info.deferrals}"]
     details += [escape(f"{k}: {v}") for k, v in sorted(info.meta.items())]
     ctx.console.print("; ".join(details))
-    spent_table = Table(title=f"Klaviyo requests: {sum(spent.values())}")
-    spent_table.add_column("endpoint")
-    spent_table.add_column("status", justify="right")
-    spent_table.add_column("requests", justify="right")
-    for endpoint, statuses in requests_by_endpoint(spent).items():
-        for code, count in statuses.items():
-            spent_table.add_row(endpoint, code, str(count))
-    ctx.console.print(spent_table)
+    ctx.console.print(requests_table(spent))
     if not rows:
         ctx.console.print("every customer succeeded")
         return
-    table = Table(title=f"customers that did not succeed: {len(rows)}")
-    table.add_column("customer", no_wrap=True)
-    table.add_column("outcome", no_wrap=True)
-    table.add_column("reason", min_width=REASON_WIDTH)
-    table.add_column("Klaviyo profile", no_wrap=True)
-    for row in rows[:REPORT_TABLE_ROWS]:
-        table.add_row(escape(row["customer_id"]), row["outcome"], escape(short(row["reason"], 200)),
-                      escape(row["profile_id"] or "—"))
-    ctx.console.print(table)
+    ctx.console.print(problems_table(rows, REPORT_TABLE_ROWS))
     if len(rows) > REPORT_TABLE_ROWS:
         ctx.console.print(f"first {REPORT_TABLE_ROWS} of {len(rows)} shown; all of them: "
                           f"loyale-sync report {run_id} --csv")
@@ -354,19 +158,7 @@ def customer(
     if not entries:
         raise ctx.fail(f"no history for customer {escape(repr(customer_id))} of {chosen.id}: never synced, synced "
                        "more than SYNC_RETENTION_DAYS ago, or a typo (ids are Loyale's)")
-    table = Table(title=f"customer {escape(customer_id)} of {chosen.id} (newest first)")
-    table.add_column("time (UTC) / run", no_wrap=True)
-    table.add_column("outcome", no_wrap=True)
-    table.add_column("reason", min_width=REASON_WIDTH)
-    table.add_column("Klaviyo profile", no_wrap=True)
-    for entry in entries:
-        reason = escape(entry.get("reason") or "")
-        reason += "".join(f"\n[yellow]warning:[/] {escape(w)}" for w in entry.get("warnings") or [])
-        if entry.get("updated_date"):
-            reason += f"\n[dim]Loyale updatedDate {readable_loyale_time(entry['updated_date'])}[/]"
-        table.add_row(f"{when(entry.get('at')).removesuffix(' UTC')}\n{entry.get('run', '')}",
-                      str(entry.get("outcome", "")), reason, escape(entry.get("profile_id") or "—"))
-    ctx.console.print(table)
+    ctx.console.print(history_table(customer_id, chosen.id, entries))
 
 
 def failures(tenant: TenantOpt = None, run: SourceRunOpt = None) -> None:
@@ -378,18 +170,7 @@ def failures(tenant: TenantOpt = None, run: SourceRunOpt = None) -> None:
     if not found:
         ctx.console.print(f"no failed or rejected customers in {scope}")
         return
-    several = len({f.tenant for f in found}) > 1
-    table = Table(title=f"failed and rejected customers in {scope}: {len(found)}")
-    if several:
-        table.add_column("tenant", no_wrap=True)
-    table.add_column("customer", no_wrap=True)
-    table.add_column("outcome", no_wrap=True)
-    table.add_column("reason", min_width=REASON_WIDTH)
-    table.add_column("run", no_wrap=True)
-    for failure in found:
-        cells = (escape(failure.customer_id), failure.outcome, escape(failure.reason), failure.run)
-        table.add_row(*((failure.tenant, *cells) if several else cells))
-    ctx.console.print(table)
+    ctx.console.print(failures_table(found, scope))
     if any(f.outcome == Outcome.REJECTED.value for f in found):
         ctx.console.print("rejected customers fail again until their data is fixed in Loyale")
     ctx.console.print("re-drive them: loyale-sync retry-failures" + (f" --tenant {tenant}" if tenant else "")
@@ -440,37 +221,3 @@ def retry_failures(
             ctx.console.print("follow with: " + "; ".join(f"loyale-sync status {r}" for r in started))
     if failed:
         raise typer.Exit(1)
-
-
-def redrive(rt: Runtime, celery_app: Celery, chosen: TenantConfig, found: list[Failure]) -> tuple[str, str | None]:
-    """Enqueue the tenant's failures under a new run; returns the run id and what stopped it early, if anything."""
-    loyale = ctx.loyale_client(rt.http, chosen)
-    sources = ",".join(sorted({f.run for f in found}))
-    run_id = rt.store.create_run(chosen.id, "retry", source=sources)
-    ctx.console.print(f"run [bold]{run_id}[/]: re-reading {len(found)} customers of {chosen.id} from Loyale "
-                      f"(failures of {sources})…")
-    bar = Progress(TextColumn("enqueued"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=ctx.console, transient=True)
-    task = bar.add_task("enqueue", total=len(found))
-    enqueued = 0
-    error: str | None = None
-    bar.start()
-    try:
-        for index, failure in enumerate(found):
-            if index % 100 == 0:
-                wait_for_room(rt.store, run_id, rt.settings.max_queued_per_tenant)
-            message = CustomerMessage(tenant=chosen.id, run=run_id,
-                                      customer=fresh_snapshot(loyale, failure.customer_id))
-            if rt.store.mark_enqueued(run_id, [message.customer_id])[0]:
-                enqueue(celery_app, message, QUEUE_INCREMENTAL)
-                enqueued += 1
-            bar.update(task, completed=index + 1)
-    except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
-        error = (f"reading Loyale failed ({exc}); {enqueued} of {len(found)} enqueued in run {run_id}; "
-                 "run `loyale-sync retry-failures` again for the rest")
-    finally:
-        bar.stop()
-        # the run ends when the customers enqueued so far have their outcomes, even if reading stopped early
-        rt.store.finish_producing(run_id, rt.store.enqueued_count(run_id))
-    ctx.console.print(f"enqueued {enqueued} customers on {QUEUE_INCREMENTAL}")
-    return run_id, error
