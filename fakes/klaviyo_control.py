@@ -112,6 +112,12 @@ class FakeKlaviyoControl:
         via, job_id, row, at}, oldest first."""
         return self._call("GET", "/merges")["merges"]
 
+    def bulk_jobs(self, account_id: str | None = None) -> list[dict[str, Any]]:
+        """Bulk import jobs of an account: {id, status, rows, created, completed} (epoch seconds on the
+        fake clock; completed is None until the job has ended), in the order they were submitted."""
+        params = {"account_id": account_id} if account_id is not None else None
+        return self._call("GET", "/bulk-jobs", params=params)["jobs"]
+
     def set_job_timing(self, job_seconds: float, job_seconds_per_1000_rows: float = 0.0,
                        job_queued_share: float = 0.0) -> dict[str, Any]:
         return self.set_knobs(job_seconds=job_seconds, job_seconds_per_1000_rows=job_seconds_per_1000_rows,

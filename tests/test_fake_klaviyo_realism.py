@@ -144,6 +144,20 @@ def test_rows_are_applied_by_time_even_if_nobody_polls_the_job(api: httpx.Client
     assert found(api, 'equals(email,"b@x.com")') != []
 
 
+def test_bulk_jobs_lists_when_each_job_was_created_and_completed(api: httpx.Client,
+                                                                 control: FakeKlaviyoControl) -> None:
+    control.set_job_timing(job_seconds=4)
+    first = submit(api, [row(email="a@x.com")])["id"]
+    control.advance_clock(1)
+    second = submit(api, [row(email="b@x.com"), row(email="c@x.com")])["id"]
+    control.advance_clock(3)                       # the first has ended, the second has 1 s to go
+    jobs = {j["id"]: j for j in control.bulk_jobs(ACCOUNT)}
+    assert (jobs[first]["status"], jobs[first]["rows"]) == ("complete", 1)
+    assert jobs[first]["completed"] == pytest.approx(jobs[first]["created"] + 4)
+    assert jobs[second]["created"] == pytest.approx(jobs[first]["created"] + 1)
+    assert (jobs[second]["status"], jobs[second]["completed"]) == ("processing", None)
+
+
 def test_duration_grows_with_rows(api: httpx.Client, control: FakeKlaviyoControl) -> None:
     control.set_job_timing(job_seconds=1, job_seconds_per_1000_rows=45)   # 200 rows: 1 + 9 = 10 s
     jid = submit(api, [row(email=f"u{i}@x.com") for i in range(200)])["id"]

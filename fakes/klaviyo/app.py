@@ -374,6 +374,16 @@ def control_routes(fake: FakeKlaviyo) -> list[Route]:
         settle(fake)
         return JSONResponse({"merges": list(fake.merges)})
 
+    async def bulk_jobs(request: Request) -> JSONResponse:
+        settle(fake)
+        account = _account(request.query_params.get("account_id"))
+        if account is None:
+            return _bad("unknown account", 404)
+        return JSONResponse({"jobs": [
+            {"id": job.id, "status": job.status, "rows": job.total_count, "created": job.created_at.timestamp(),
+             "completed": job.completed_at.timestamp() if job.completed_at else None}
+            for job in account.bulk_jobs.values()]})
+
     return [
         Route("/_fake/health", health),
         Route("/_fake/info", info),
@@ -391,6 +401,7 @@ def control_routes(fake: FakeKlaviyo) -> list[Route]:
         Route("/_fake/realistic", realistic, methods=["POST"]),
         Route("/_fake/kind", kind, methods=["POST"]),
         Route("/_fake/merges", merges),
+        Route("/_fake/bulk-jobs", bulk_jobs),
     ]
 
 
