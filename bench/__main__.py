@@ -26,13 +26,14 @@ from typing import Any
 import psutil
 import redis
 
+from bench.ceiling import run_ceiling
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.loyale_control import FakeLoyaleControl
 from fakes.processes import REPO, RedisServer, WorkerProcess, sync_env, write_tenants_file
 from fakes.serving import ServerProcess
 from worker.ratelimit import endpoint_limits, load_spec_limits
-from worker.settings import DEFAULT_SPEC_PATH
-from worker.store import Store
+from worker.settings import DEFAULT_SPEC_PATH, Settings, TenantConfig
+from worker.store import RunInfo, Store
 
 LOOKUPS = "GET /api/profiles"
 
@@ -125,9 +126,10 @@ def stack(time_scale: float | None = None) -> Iterator[Stack]:
 
 
 def brand(s: Stack, tenant: str, customers: int, *, existing_share: int = 3, seed: int = 1,
-          headroom: float = 0.0) -> dict[str, Any]:
-    """A scheme of `customers`, every `existing_share`-th already in Klaviyo with conflicting data."""
-    scheme = s.loyale.create_scheme(customers=customers, seed=seed)
+          headroom: float = 0.0, scheme: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A scheme of `customers` (or `scheme`, another brand's, read again), every `existing_share`-th
+    customer already in Klaviyo with conflicting data, in a Klaviyo account of the brand's own."""
+    scheme = scheme or s.loyale.create_scheme(customers=customers, seed=seed)
     key = "pk_" + os.urandom(17).hex()
     account = s.klaviyo.add_account(keys=[{"key": key}])
     seeds, seen = [], set()
@@ -141,7 +143,7 @@ def brand(s: Stack, tenant: str, customers: int, *, existing_share: int = 3, see
     for start in range(0, len(seeds), 5000):
         with suppress(Exception):  # a synthetic email the fake refuses: that profile is just not seeded
             s.klaviyo.seed_profiles(seeds[start:start + 5000], account_id=account)
-    return {"tenant": tenant, "account": account, "config": {
+    return {"tenant": tenant, "account": account, "scheme": scheme, "config": {
         "loyale_base_url": s.loyale.base_url, "loyale_scheme_id": scheme["scheme_id"],
         "loyale_admin_email": scheme["admin_email"], "loyale_admin_password": scheme["admin_password"],
         "klaviyo_base_url": s.klaviyo.base_url, "klaviyo_private_key": key, "merge_customers": True,
@@ -177,6 +179,46 @@ def account_requests(klaviyo: FakeKlaviyoControl, account: str) -> list[dict[str
     return [e for e in klaviyo.request_log() if e["account_id"] == account]
 
 
+def producer_rate(info: RunInfo) -> float | None:
+    """Customers the producer enqueued per second, from its own start (the run's creation) to its finish."""
+    if info.produced_at is None or info.expected is None:
+        return None
+    return round(info.expected / max(info.produced_at - info.started_at, 1e-9), 1)
+
+
+def measured(s: Stack, name: str, b: dict[str, Any], *, customers: int, workers: int, seconds: float,
+             limiter: dict[str, float], peak_rss_mb: float, extra: dict[str, Any]) -> Result:
+    """The figures of one run of brand `b`, from the fake Klaviyo's log of its account."""
+    log = account_requests(s.klaviyo, b["account"])
+    lookups = sorted(e["received_ts"] for e in log if e["endpoint"] == LOOKUPS)
+    span_min = max(lookups[-1] - lookups[0], 1e-9) / 60 if len(lookups) > 1 else 0
+    table = load_spec_limits(DEFAULT_SPEC_PATH if DEFAULT_SPEC_PATH.exists() else None)
+    allowed = endpoint_limits(table, headroom=b["config"]["headroom"], margin_ms=0,
+                              rate_scale=limiter["rate"], window_scale=limiter["window"])[LOOKUPS]
+    return Result(
+        scenario=name, customers=customers, workers=workers, seconds=round(seconds, 1),
+        klaviyo_requests=len(log), requests_per_customer=round(len(log) / max(1, customers), 4),
+        throttled_429=sum(1 for e in log if e["status"] == 429),
+        allowed_requests_per_min=round(allowed.steady_per_min, 1),
+        achieved_requests_per_min=round(len(lookups) / span_min, 1) if span_min else 0.0,
+        customers_per_second=round(customers / seconds, 1), peak_rss_mb=round(peak_rss_mb, 1),
+        extra={**extra, "jobs_in_flight_max": in_flight_max(s.klaviyo.bulk_jobs(b["account"])),
+               "requests_by_endpoint": dict(Counter(e["endpoint"] for e in log).most_common())},
+    )
+
+
+def in_flight_max(jobs: list[dict[str, Any]]) -> int:
+    """The most jobs not yet complete at once (`FakeKlaviyoControl.bulk_jobs`; a job that never ended
+    counts to the end). A job ending at the instant another starts is not counted with it."""
+    events = sorted([(j["created"], 1) for j in jobs]
+                    + [(j["completed"], -1) for j in jobs if j["completed"] is not None])
+    most = current = 0
+    for _, step in events:
+        current += step
+        most = max(most, current)
+    return most
+
+
 def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: int, per_customer: bool,
                  env_extra: dict[str, str], limiter: dict[str, float], time_scale: float | None = None
                  ) -> list[Result]:
@@ -201,27 +243,16 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
                 wait_done(store, run_id, depth.append)
                 seconds = time.monotonic() - started
                 info = store.run(run_id)
-                log = account_requests(s.klaviyo, b["account"])
-                lookups = sorted(e["received_ts"] for e in log if e["endpoint"] == LOOKUPS)
-                span_min = max(lookups[-1] - lookups[0], 1e-9) / 60 if len(lookups) > 1 else 0
-                table = load_spec_limits(DEFAULT_SPEC_PATH if DEFAULT_SPEC_PATH.exists() else None)
-                allowed = endpoint_limits(table, headroom=b["config"]["headroom"], margin_ms=0,
-                                          rate_scale=limiter["rate"], window_scale=limiter["window"])[LOOKUPS]
-                results.append(Result(
-                    scenario=name, customers=info.completed, workers=workers, seconds=round(seconds, 1),
-                    klaviyo_requests=len(log), requests_per_customer=round(len(log) / max(1, info.completed), 4),
-                    throttled_429=sum(1 for e in log if e["status"] == 429),
-                    allowed_requests_per_min=round(allowed.steady_per_min, 1),
-                    achieved_requests_per_min=round(len(lookups) / span_min, 1) if span_min else 0.0,
-                    customers_per_second=round(info.completed / seconds, 1),
-                    peak_rss_mb=round(max(rss.peak_mb.values()), 1),
+                assert info is not None
+                results.append(measured(
+                    s, name, b, customers=info.completed, workers=workers, seconds=seconds, limiter=limiter,
+                    peak_rss_mb=max(rss.peak_mb.values()),
                     extra={"path": "per-customer" if per_customer else "batched",
                            "fake_klaviyo": fake_klaviyo_label(TIME_SCALE if time_scale is None else time_scale),
                            "outcomes": info.counts, "max_queue_depth": max(depth or [0]),
                            "producer_peak_rss_mb": round(rss.peak_mb.get("producer", 0.0), 1),
-                           "limiter_deferrals": info.deferrals,
-                           "requests_by_endpoint": dict(Counter(e["endpoint"] for e in log).most_common())},
-                ))
+                           "producer_enqueue_per_second": producer_rate(info),
+                           "limiter_deferrals": info.deferrals}))
                 rss.peak_mb.pop("producer", None)
         finally:
             for w in procs:
@@ -289,6 +320,62 @@ def realistic(customers: int, workers: int, time_scale: float) -> list[Result]:
     return results
 
 
+def ceiling(s: Stack, b: dict[str, Any], limiter: dict[str, float], extra: dict[str, Any]) -> Result:
+    """`bench.ceiling` for brand `b`, in this process: the machine's limit for the work."""
+    s.klaviyo.set_knobs(request_log_size=200_000)
+    tenant = TenantConfig(id=b["tenant"], **b["config"])
+    with RssSampler() as rss:
+        rss.watch("ceiling", os.getpid())
+        done = run_ceiling(s.redis_server.url, tenant)
+    return measured(s, "ceiling", b, customers=done.customers, workers=1, seconds=done.seconds, limiter=limiter,
+                    peak_rss_mb=max(rss.peak_mb.values()),
+                    extra={"path": "ceiling", **extra, "ceiling_customers_per_second":
+                           round(done.customers_per_second, 1), "bulk_jobs": done.jobs, "row_verdicts": done.rows,
+                           "planned": done.outcomes})
+
+
+#: The batch size of the job-latency scenario: the product's default (the tests' environment sets 500).
+BATCH_SIZE: int = Settings.model_fields["batch_size"].default
+
+
+def job_timing(s: Stack, job_seconds: float) -> dict[str, Any]:
+    """Every bulk job takes `job_seconds` (0: it ends on its next status GET); returns the knobs as JSON figures."""
+    knobs = s.klaviyo.set_knobs(job_seconds=job_seconds, job_seconds_per_1000_rows=0.0)
+    return {"fake_klaviyo": f"realistic x1, jobs {job_seconds:g} s",
+            **{name: knobs[name] for name in ("job_seconds", "job_seconds_per_1000_rows", "read_lag_s")}}
+
+
+def ceiling_only(customers: int) -> list[Result]:
+    """The ceiling alone, against the fake of `--kind` / `--time-scale` (see `bench.ceiling`)."""
+    scale = {"rate": 1.0, "window": 1.0}
+    with stack() as s:
+        b = brand(s, "ceiling", customers, seed=7)
+        return [ceiling(s, b, scale, {"fake_klaviyo": fake_klaviyo_label(TIME_SCALE)})]
+
+
+def job_latency(customers: int, workers: int, job_seconds: list[float]) -> list[Result]:
+    """Per job duration: the ceiling, then the batched path with `workers` processes, on the same customers
+    (one Loyale scheme, a Klaviyo account each, a third already there with conflicting data, Merge
+    Customers on), against the realistic fake (read lag 5 s) with every bulk job taking `job_seconds`."""
+    scale = {"rate": 1.0, "window": 1.0}
+    results: list[Result] = []
+    for seconds in job_seconds:
+        with stack(1.0) as s:
+            knobs = job_timing(s, seconds)
+            top = brand(s, f"ceiling{seconds:g}", customers, seed=7)
+            b = brand(s, f"latency{seconds:g}", customers, scheme=top["scheme"])
+            limit = ceiling(s, top, scale, knobs)
+            (run,) = run_scenario(s, "job-latency", [b], workers=workers, per_customer=False, limiter=scale,
+                                  time_scale=1.0, env_extra={"SYNC_BATCH_SIZE": str(BATCH_SIZE)})
+        run.extra.update({**knobs, "batch_size": BATCH_SIZE})
+        for r in (limit, run):
+            r.scenario = "job-latency"
+            r.extra["ceiling_customers_per_second"] = limit.customers_per_second
+            r.extra["ratio_to_ceiling"] = round(r.customers_per_second / max(limit.customers_per_second, 1e-9), 3)
+        results += [limit, run]
+    return results
+
+
 def producer_memory(workers: int, sizes: tuple[int, ...] = (10_000, 100_000)) -> list[Result]:
     """The producer's memory does not grow with the scheme (it streams and is held back by the bound)."""
     results = []
@@ -319,10 +406,13 @@ def print_table(results: list[Result]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["quota-bound", "real-limits", "producer-memory", "realistic", "all"],
-                        default="all")
+    parser.add_argument("--scenario", choices=["quota-bound", "real-limits", "producer-memory", "realistic",
+                                               "ceiling", "job-latency", "all"], default="all")
     parser.add_argument("--customers", type=int, default=None,
-                        help="customers (quota-bound: 600, real-limits: 20000, realistic: 5000)")
+                        help="customers (quota-bound: 600, real-limits: 20000, realistic: 5000, ceiling and "
+                             "job-latency: 100000)")
+    parser.add_argument("--job-seconds", default="0,30,90",
+                        help="job-latency: the bulk job durations to run, in seconds (default 0,30,90)")
     parser.add_argument("--kind", action="store_true",
                         help="the kind fake Klaviyo (jobs end on the next GET, nothing lags) for every scenario but "
                              "realistic")
@@ -335,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.time_scale < 0:
         parser.error("--time-scale must be at least 0")
+    try:
+        job_seconds = [float(x) for x in args.job_seconds.split(",") if x.strip()]
+    except ValueError:
+        parser.error("--job-seconds: numbers separated by commas, e.g. 0,30,90")
     global TIME_SCALE
     TIME_SCALE = None if args.kind else args.time_scale
     results: list[Result] = []
@@ -346,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
         results += producer_memory(args.workers)
     if args.scenario in ("realistic", "all"):
         results += realistic(args.customers or 5000, args.workers, args.time_scale)
+    if args.scenario == "ceiling":
+        results += ceiling_only(args.customers or 100_000)
+    if args.scenario in ("job-latency", "all"):
+        results += job_latency(args.customers or 100_000, args.workers, job_seconds)
     print_table(results)
     for r in results:
         print(r.line())
