@@ -8,19 +8,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cli import context as ctx
 from cli.queries import Failure
 from producers.backfill import wait_for_room
-from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing, gone_snapshot
+from producers.loyale import LoyaleRouteMissing, fresh_snapshot
 from worker.errors import RetryableError, TenantFatalError
-from worker.messages import QUEUE_INCREMENTAL, CustomerMessage, Snapshot, enqueue
+from worker.messages import QUEUE_INCREMENTAL, CustomerMessage, enqueue
 from worker.runtime import Runtime
 from worker.settings import TenantConfig
-
-
-def fresh_snapshot(loyale: LoyaleClient, customer_id: str) -> Snapshot:
-    """The customer as Loyale holds it now (as `sync.customer_hint` reads it): a retry sends today's data."""
-    try:
-        return loyale.snapshot(loyale.customer(customer_id))
-    except CustomerNotFound:
-        return gone_snapshot(customer_id)
 
 
 def redrive(rt: Runtime, celery_app: Celery, chosen: TenantConfig, found: list[Failure]) -> tuple[str, str | None]:

@@ -15,7 +15,7 @@ import structlog
 from celery import Celery
 
 from producers.loyale import LoyaleClient
-from worker.messages import QUEUE_BACKFILL, CustomerMessage, enqueue, snapshot_id
+from worker.messages import QUEUE_BACKFILL, CustomerMessage, enqueue_many, snapshot_id
 from worker.store import Store
 
 log = structlog.get_logger("backfill")
@@ -39,7 +39,7 @@ class Produced:
 
 def enqueue_customers(app: Celery, store: Store, loyale: LoyaleClient, tenant: str, run_id: str,
                       customers: list[object], queue: str, resume: bool = False) -> tuple[int, int]:
-    """Snapshot and enqueue a page of customers once each; returns (enqueued, duplicates).
+    """Snapshot and enqueue a page of customers once each, in one round trip; returns (enqueued, duplicates).
 
     `resume`: enqueue every customer without an outcome in the run, even if it was enqueued before
     (its message may have been lost with a Redis that kept nothing); a second delivery is harmless."""
@@ -48,11 +48,8 @@ def enqueue_customers(app: Celery, store: Store, loyale: LoyaleClient, tenant: s
     fresh = store.mark_enqueued(run_id, ids)
     if resume:
         fresh = [outcome is None for outcome in store.outcomes_of(run_id, ids)]
-    enqueued = 0
-    for snapshot, is_new in zip(snapshots, fresh, strict=True):
-        if is_new:
-            enqueue(app, CustomerMessage(tenant=tenant, run=run_id, customer=snapshot), queue)
-            enqueued += 1
+    enqueued = enqueue_many(app, [CustomerMessage(tenant=tenant, run=run_id, customer=snapshot)
+                                  for snapshot, is_new in zip(snapshots, fresh, strict=True) if is_new], queue)
     return enqueued, len(snapshots) - enqueued
 
 

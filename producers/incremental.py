@@ -34,7 +34,7 @@ from celery import Celery
 from producers.loyale import PAGE_SIZE_MAX, LoyaleClient
 from producers.watermarks import Watermarks
 from worker.errors import RetryableError, SyncError
-from worker.messages import QUEUE_INCREMENTAL, CustomerMessage, customer_id_of, enqueue
+from worker.messages import QUEUE_INCREMENTAL, CustomerMessage, customer_id_of, enqueue_many
 from worker.models import parse_datetime
 from worker.store import Store
 
@@ -164,9 +164,8 @@ def run_incremental(*, app: Celery, store: Store, watermarks: Watermarks, loyale
                                          ttl_s=int(overlap_s * 3) + 60)
         new = [(raw, updated) for (raw, updated), is_new in zip(changes, fresh, strict=True) if is_new]
         store.mark_enqueued(run_id, [customer_id_of(raw) for raw, _ in new])
-        for raw, _ in new:
-            enqueue(app, CustomerMessage(tenant=tenant, run=run_id, customer=loyale.snapshot(raw)), QUEUE_INCREMENTAL)
-        enqueued += len(new)
+        enqueued += enqueue_many(app, [CustomerMessage(tenant=tenant, run=run_id, customer=loyale.snapshot(raw))
+                                       for raw, _ in new], QUEUE_INCREMENTAL)
     store.finish_producing(run_id, store.enqueued_count(run_id))
     watermarks.set_watermark(tenant, started)
     log.info("incremental_pass", tenant=tenant, run=run_id, read=read, enqueued=enqueued, since=since.isoformat())

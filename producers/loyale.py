@@ -343,6 +343,14 @@ def gone_snapshot(customer_id: str) -> Snapshot:
     return read_snapshot({"id": customer_id, "deleted": True})
 
 
+def fresh_snapshot(loyale: LoyaleClient, customer_id: str) -> Snapshot:
+    """The customer as Loyale holds it now (as `sync.customer_hint` reads it); gone if Loyale answers 404."""
+    try:
+        return loyale.snapshot(loyale.customer(customer_id))
+    except CustomerNotFound:
+        return gone_snapshot(customer_id)
+
+
 def left_scheme(raw: dict[str, Any], scheme_id: str) -> bool:
     """True only when Loyale sends a non-empty `schemes` list that lacks the tenant's scheme.
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import structlog
 from celery import Celery
 
-from producers.loyale import CustomerNotFound, LoyaleClient, gone_snapshot
+from producers.loyale import LoyaleClient, fresh_snapshot
 from worker.broker import Broker
-from worker.messages import QUEUE_BACKFILL, QUEUE_INCREMENTAL, CustomerMessage, Snapshot, enqueue
+from worker.messages import QUEUE_BACKFILL, QUEUE_INCREMENTAL, CustomerMessage, enqueue_many
 from worker.store import RunInfo, Store
 
 log = structlog.get_logger("rescue")
@@ -55,13 +55,9 @@ class Rescued:
 def rescue_run(app: Celery, store: Store, loyale: LoyaleClient, run: RunInfo) -> Rescued:
     """Read each customer of `run` without an outcome from Loyale again and enqueue it again."""
     missing = store.missing(run.id)
-    for customer_id in missing:
-        try:
-            snapshot: Snapshot = loyale.snapshot(loyale.customer(customer_id))
-        except CustomerNotFound:
-            snapshot = gone_snapshot(customer_id)
-        enqueue(app, CustomerMessage(tenant=run.tenant, run=run.id, customer=snapshot),
-                run.meta.get("queue") or QUEUED_KINDS[run.kind])
+    # read one by one as they are published, a chunk per round trip
+    enqueue_many(app, (CustomerMessage(tenant=run.tenant, run=run.id, customer=fresh_snapshot(loyale, customer_id))
+                       for customer_id in missing), run.meta.get("queue") or QUEUED_KINDS[run.kind])
     store.set_run_field(run.id, progress_at=repr(time.time()))   # give the rescued customers time
     log.warning("run_rescued", run=run.id, tenant=run.tenant, customers=len(missing),
                 why="customers without an outcome and nothing left on the queues (a lost broker message)")

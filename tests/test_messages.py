@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
 
 from tests.builders import loyale_payload
+from worker.app import create_app
+from worker.broker import queue_lists
 from worker.messages import (
     QUEUE_BACKFILL,
     QUEUE_INCREMENTAL,
@@ -20,8 +30,11 @@ from worker.messages import (
     TASK_SCHEDULED_BACKFILL,
     CustomerMessage,
     UnreadableCustomer,
+    enqueue,
+    enqueue_many,
 )
 from worker.models import LoyaleCustomer, parse_customer
+from worker.settings import Settings
 
 PRODUCERS = "producers.backfill, producers.incremental, producers.rescue, producers.webhooks"
 NOT_FOR_PRODUCERS = ("worker.tasks", "worker.batch", "worker.klaviyo", "worker.ratelimit")
@@ -105,3 +118,108 @@ def test_a_record_without_id_travels_as_read_and_the_repr_holds_ids_only():
     good = CustomerMessage(tenant="t", run="r", customer=loyale_payload())
     assert good.repr() == repr({"tenant": "t", "run": "r", "customer_id": "c-1"})
     assert "Jane" not in good.repr() and "@" not in good.repr()
+
+
+# -- publishing many at once: the same messages as send_task's, one Redis round trip per chunk --------------
+
+#: What differs between two publications of the same customer: the task's and the delivery's ids, the time.
+PER_PUBLICATION = {"id", "root_id", "correlation_id", "delivery_tag", "uuid", "timestamp", "clock", "utcoffset"}
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[Celery]:
+    app = create_app(Settings(redis_url=redis_url))
+    yield app
+    app.close()
+
+
+def message(index: int) -> CustomerMessage:
+    return CustomerMessage(tenant="acme", run="backfill-1", customer=LoyaleCustomer.model_validate(
+        loyale_payload(id=f"c-{index}", email=f"c{index}@example.com")))
+
+
+def comparable(raw: bytes | str) -> dict[str, Any]:
+    """A message (or event) as Redis holds it, body decoded, the per-publication ids and times left out."""
+    def strip(value: Any) -> Any:
+        return ({k: strip(v) for k, v in value.items() if k not in PER_PUBLICATION} if isinstance(value, dict)
+                else value)
+    envelope = json.loads(raw)
+    envelope["body"] = json.loads(base64.b64decode(envelope["body"]))
+    return dict(strip(envelope))
+
+
+def published_events(pubsub: Any) -> list[dict[str, Any]]:
+    events, deadline = [], time.monotonic() + 5
+    while time.monotonic() < deadline and len(events) < 2:
+        got = pubsub.get_message(timeout=0.2)
+        if got and got["type"] == "pmessage":
+            events.append(comparable(got["data"]))
+    return events
+
+
+@pytest.mark.parametrize("queue", [QUEUE_BACKFILL, QUEUE_INCREMENTAL])
+def test_enqueue_many_puts_exactly_the_message_send_task_puts_on_the_queue(app, redis_url, queue):
+    """Given one customer enqueued by `enqueue` (one `send_task`) and the same customer by `enqueue_many`,
+    then the queue's list holds two messages that differ only in their ids: same task, kwargs, kwargsrepr,
+    headers and properties, in the same priority list; and Flower's task-sent events differ the same way."""
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    pubsub.psubscribe("*celeryev*")
+    pubsub.get_message(timeout=1)
+    enqueue(app, message(1), queue)
+    assert enqueue_many(app, [message(1)], queue) == 1
+    raw = client.lrange(queue, 0, -1)
+    assert len(raw) == 2 and not any(client.llen(name) for name in queue_lists(queue)[1:])
+    by_send_task, by_enqueue_many = (json.loads(r) for r in reversed(raw))   # LPUSH: the newest first
+    assert comparable(raw[1]) == comparable(raw[0])
+    for sent in (by_send_task, by_enqueue_many):
+        assert sent["headers"]["id"] == sent["headers"]["root_id"] == sent["properties"]["correlation_id"]
+        assert sent["headers"]["task"] == (TASK_BACKFILL_CUSTOMER if queue == QUEUE_BACKFILL else TASK_CUSTOMER)
+        assert sent["headers"]["kwargsrepr"] == message(1).repr()
+        assert json.loads(base64.b64decode(sent["body"]))[1] == message(1).kwargs()
+    events = published_events(pubsub)
+    assert len(events) == 2 and events[0] == events[1] and events[0]["body"]["type"] == "task-sent"
+    pubsub.close()
+
+
+class RoundTrips:
+    """Counts the packed writes redis-py sends (a pipeline is one, whatever it holds)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        send = redis.connection.AbstractConnection.send_packed_command
+
+        def counted(conn: Any, command: Any, check_health: bool = True) -> None:
+            self.count += 1
+            send(conn, command, check_health)
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+
+
+def test_a_chunk_of_messages_is_one_redis_round_trip(app, redis_url, monkeypatch):
+    """Given a connection already made, when 250 customers are enqueued by `enqueue_many` in chunks of 100,
+    then Redis got 250 LPUSHes and 250 task-sent PUBLISHes in 3 round trips, where one `send_task`
+    each took 2 round trips per customer."""
+    client = redis.Redis.from_url(redis_url)
+    enqueue_many(app, [message(0)], QUEUE_BACKFILL)   # connects and declares the queue
+    enqueue(app, message(0), QUEUE_BACKFILL)
+    monkeypatch.setattr("worker.messages.PUBLISH_CHUNK", 100)
+    client.config_resetstat()
+    trips = RoundTrips(monkeypatch)
+    assert enqueue_many(app, [message(i) for i in range(250)], QUEUE_BACKFILL) == 250
+    many = trips.count
+    stats = client.info("commandstats")
+    assert (stats["cmdstat_lpush"]["calls"], stats["cmdstat_publish"]["calls"]) == (250, 250)
+    trips.count = 0
+    for i in range(20):
+        enqueue(app, message(i), QUEUE_BACKFILL)
+    assert (many, trips.count) == (3, 40)
+    assert client.llen(QUEUE_BACKFILL) == 2 + 250 + 20
+
+
+def test_enqueue_many_on_a_transport_without_batches_sends_each_message(redis_url):
+    """A broker whose transport cannot batch (here kombu's in-memory one) still gets every message."""
+    app = create_app(Settings(redis_url=redis_url, broker_url="memory://"))
+    assert enqueue_many(app, [message(i) for i in range(3)], QUEUE_BACKFILL) == 3
+    with app.connection_for_read() as conn, conn.SimpleQueue(QUEUE_BACKFILL) as queue:
+        got = [queue.get(timeout=1) for _ in range(3)]
+        assert [m.headers["kwargsrepr"] for m in got] == [message(i).repr() for i in range(3)]

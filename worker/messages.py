@@ -11,9 +11,13 @@ own JSON) and, once retried, `attempt`, `throttles`, `collisions`. Messages enqu
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
+import structlog
 from celery import Celery
+from kombu.exceptions import BatchPublishError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from worker.models import LoyaleCustomer, parse_customer
@@ -38,6 +42,14 @@ TASK_RECHECK_SUPPRESSIONS = "sync.recheck_suppressions"
 TASK_CUSTOMER_HINT = "sync.customer_hint"
 
 NO_ID = "(no id)"
+
+#: Messages `enqueue_many` publishes per Redis round trip (a page of Loyale customers is 100).
+PUBLISH_CHUNK = 1000
+#: Redis commands a chunk may buffer before kombu flushes on its own: a message is an LPUSH and its
+#: task-sent event's PUBLISH, so a chunk stays one round trip; this is only the guard.
+PIPELINE_MAX_COMMANDS = 10 * PUBLISH_CHUNK
+
+log = structlog.get_logger("messages")
 
 
 class UnreadableCustomer(BaseModel):
@@ -127,3 +139,39 @@ def enqueue(app: Celery, message: CustomerMessage, queue: str, **options: Any) -
     """Put one customer on the queue: batched on the backfill queue, on its own on the incremental one."""
     app.send_task(TASK_BACKFILL_CUSTOMER if queue == QUEUE_BACKFILL else TASK_CUSTOMER, kwargs=message.kwargs(),
                   queue=queue, kwargsrepr=message.repr(), **options)
+
+
+def enqueue_many(app: Celery, messages: Iterable[CustomerMessage], queue: str) -> int:
+    """Put many customers on the queue, one message each, exactly as `enqueue` sends it; returns how many.
+
+    On kombu's Redis transport each chunk of `PUBLISH_CHUNK` is one round trip: `send_task` builds
+    and routes every message (headers, body, `kwargsrepr`, task-sent event: what workers, Flower and
+    celery-batches see is unchanged) inside kombu's `Producer.batch`, which buffers the LPUSHes and
+    event PUBLISHes in one pipeline. The queue is declared once per call. A chunk whose pipeline fails
+    (delivery uncertain) is sent again one `send_task` each, with Celery's publish retries: a customer
+    delivered twice is harmless. A transport without batch publishing gets one `send_task` each."""
+    sent = 0
+    with app.producer_or_acquire() as producer:
+        if not getattr(producer, "supports_batch_publish", False):
+            for message in messages:
+                enqueue(app, message, queue, producer=producer)
+                sent += 1
+            return sent
+        producer.maybe_declare(app.amqp.queues[queue], retry=True, **app.conf.task_publish_retry_policy)
+        for chunk in _chunks(messages, PUBLISH_CHUNK):
+            try:
+                with producer.batch(max_size=PIPELINE_MAX_COMMANDS):
+                    for message in chunk:
+                        enqueue(app, message, queue, producer=producer, declare=[], retry=False)
+            except BatchPublishError as exc:
+                log.warning("publish_chunk_resent", queue=queue, messages=len(chunk), error=str(exc.__cause__ or exc))
+                for message in chunk:
+                    enqueue(app, message, queue)
+            sent += len(chunk)
+    return sent
+
+
+def _chunks(messages: Iterable[CustomerMessage], size: int) -> Iterator[list[CustomerMessage]]:
+    it = iter(messages)
+    while chunk := list(islice(it, size)):
+        yield chunk
