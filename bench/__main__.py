@@ -199,7 +199,7 @@ def measured(s: Stack, name: str, b: dict[str, Any], *, customers: int, workers:
     lookups = sorted(e["received_ts"] for e in log if e["endpoint"] == LOOKUPS)
     span_min = max(lookups[-1] - lookups[0], 1e-9) / 60 if len(lookups) > 1 else 0
     table = load_spec_limits(DEFAULT_SPEC_PATH if DEFAULT_SPEC_PATH.exists() else None)
-    allowed = endpoint_limits(table, headroom=b["config"]["headroom"], margin_ms=0,
+    allowed = endpoint_limits(table, headroom=b["config"]["headroom"], transit_ms=0,
                               rate_scale=limiter["rate"], window_scale=limiter["window"])[LOOKUPS]
     return Result(
         scenario=name, customers=customers, workers=workers, seconds=round(seconds, 1),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import random
 import threading
 import time
 
@@ -11,9 +12,12 @@ import pytest
 import redis
 import redis.retry
 
+from fakes.klaviyo.ratelimit import Limit, scaled
+from fakes.klaviyo.ratelimit import RateLimiter as FakeKlaviyoLimiter
 from fakes.processes import RedisServer
 from worker.ratelimit import (
     BUILT_IN,
+    TRANSIT_S,
     EndpointLimit,
     LimiterUnavailable,
     RateLimiter,
@@ -46,14 +50,14 @@ def test_a_changed_spec_changes_the_limits(tmp_path):
     spec = {"paths": {"/api/profiles": {"get": {"x-klaviyo-ratelimit": {"burst": "3/s", "steady": "40/m"}}}}}
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
-    limits = endpoint_limits(load_spec_limits(path), margin_ms=0)
+    limits = endpoint_limits(load_spec_limits(path), transit_ms=0)
     assert limits["GET /api/profiles"] == EndpointLimit(Window(3, 1000), Window(40, 60_000))
     assert load_spec_limits(tmp_path / "absent.json") == BUILT_IN
 
 
 def test_headroom_leaves_a_share_of_each_window_to_other_integrations():
     limits = endpoint_limits(BUILT_IN, headroom=0.2)
-    assert limits["GET /api/profiles"] == EndpointLimit(Window(60, 1060), Window(600, 60_650))
+    assert limits["GET /api/profiles"] == EndpointLimit(Window(60, 2001), Window(600, 61_001))
     assert limits["GET /api/accounts"].burst.limit == 1   # never below one request
 
 
@@ -216,3 +220,53 @@ def test_places_taken_together_are_all_or_none_and_unused_ones_go_back(limiter):
     assert wait_s == 0
     # 1 used + 2 = 3 of 4 in the window; the pace (one per 15 s) puts the next one later
     assert limiter.acquire("acct", "t", "GET /api/profiles", steady_only) > 1
+
+
+def _grants_on_a_fake_clock(limiter: RateLimiter, limit: EndpointLimit, span_ms: int) -> list[int]:
+    """Grant times (ms on the limiter's injected clock) of a caller that asks at once and, when told to
+    wait, comes back exactly when told: the limiter alone decides how dense the grants are."""
+    granted, clock = [], [0]
+    limiter.clock_ms = lambda: clock[0]
+    while clock[0] < span_ms:
+        wait_s = limiter.acquire("acct", "t", "GET /api/profiles", limit)
+        if wait_s == 0:
+            granted.append(clock[0])
+        else:
+            clock[0] += max(1, round(wait_s * 1000))
+    return granted
+
+
+def _first_429(arrivals_s: list[float], burst: tuple[int, float], steady: tuple[int, float]) -> float | None:
+    """Klaviyo's own counting (the fake's fixed windows), in process: when the first 429 would come."""
+    klaviyo = FakeKlaviyoLimiter()
+    for at in sorted(arrivals_s):
+        if not klaviyo.hit(("acct", "GET /api/profiles"), burst, steady, at).allowed:
+            return at
+    return None
+
+
+@pytest.mark.parametrize(("rate_scale", "window_scale"), [(0.1, 0.2), (1.0, 1.0)], ids=["quota-bound", "real"])
+@pytest.mark.parametrize("delays", ["shrinking", "random"])
+def test_requests_that_reach_klaviyo_up_to_transit_late_are_never_throttled(limiter, rate_scale, window_scale,
+                                                                           delays):
+    """A grant at t reaches Klaviyo at t + d, 0 <= d <= transit. The worst case: delays that shrink from
+    transit to 0 over each (window + transit) of grants. Klaviyo's window opens at the first, latest
+    request and closes just after the last, timely one: it counts the grants of window + transit, more
+    than its limit unless the limiter counts each grant over that long. Random delays mix both ways."""
+    transit_ms = round(TRANSIT_S * 1000)
+    limits = endpoint_limits(BUILT_IN, rate_scale=rate_scale, window_scale=window_scale, transit_ms=transit_ms)
+    limit = limits["GET /api/profiles"]
+    klaviyo_steady_ms = round(60_000 * window_scale)
+    granted = _grants_on_a_fake_clock(limiter, limit, span_ms=3 * klaviyo_steady_ms)
+    rng = random.Random(12)
+    if delays == "shrinking":
+        period = klaviyo_steady_ms + transit_ms
+        late = [transit_ms * (1 - (t % period) / period) for t in granted]
+    else:
+        late = [rng.uniform(0, transit_ms) for _ in granted]
+    arrivals_s = [(t + d) / 1000 for t, d in zip(granted, late, strict=True)]
+    burst = scaled(Limit(75, 1.0), rate_scale, window_scale)
+    steady = scaled(Limit(750, 60.0), rate_scale, window_scale)
+    assert _first_429(arrivals_s, burst, steady) is None
+    # and the quota is used: every Klaviyo window of the run but the last holds nearly its limit
+    assert len(granted) >= 3 * steady[0] * klaviyo_steady_ms / (klaviyo_steady_ms + transit_ms) - 3

@@ -101,7 +101,8 @@ class Runtime:
         if tenant_id not in self._limits:
             self._limits[tenant_id] = endpoint_limits(
                 self.limits_table, headroom=self.tenants[tenant_id].headroom,
-                rate_scale=self.settings.limiter_rate_scale, window_scale=self.settings.limiter_window_scale)
+                rate_scale=self.settings.limiter_rate_scale, window_scale=self.settings.limiter_window_scale,
+                transit_ms=round(self.settings.limiter_transit_s * 1000))
         return self._limits[tenant_id]
 
     def account(self, tenant_id: str) -> str:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
+from worker.ratelimit.limiter import TRANSIT_S
 
 #: Where the shared reference keeps Klaviyo's OpenAPI spec next to a checkout of this repository.
 DEFAULT_SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "klaviyo-openapi" / "stable.json"
@@ -127,6 +128,9 @@ class Settings(BaseSettings):
     #: Multiply Klaviyo's limits / window lengths: only for running against a fake with scaled limits.
     limiter_rate_scale: float = 1.0
     limiter_window_scale: float = 1.0
+    #: The longest a granted request may take to be counted by Klaviyo: each window of the limiter is
+    #: this much longer than Klaviyo's (see `worker.ratelimit.limiter.TRANSIT_S` for the default's why).
+    limiter_transit_s: float = TRANSIT_S
     http_timeout_s: float = 20.0
     http_connect_timeout_s: float = 5.0
 

@@ -3,6 +3,7 @@ under (`accounts`), and the gate every Klaviyo request passes (`gate`)."""
 
 from worker.ratelimit.limiter import (
     BUILT_IN,
+    TRANSIT_S,
     EndpointLimit,
     LimiterUnavailable,
     RateLimiter,
@@ -12,5 +13,5 @@ from worker.ratelimit.limiter import (
     load_spec_limits,
 )
 
-__all__ = ["BUILT_IN", "EndpointLimit", "LimiterUnavailable", "RateLimiter", "Window", "endpoint_limits",
+__all__ = ["BUILT_IN", "TRANSIT_S", "EndpointLimit", "LimiterUnavailable", "RateLimiter", "Window", "endpoint_limits",
            "key_fingerprint", "load_spec_limits"]
