@@ -15,6 +15,7 @@ import redis.retry
 from fakes.klaviyo.ratelimit import Limit, scaled
 from fakes.klaviyo.ratelimit import RateLimiter as FakeKlaviyoLimiter
 from fakes.processes import RedisServer
+from worker import keys
 from worker.ratelimit import (
     BUILT_IN,
     TRANSIT_S,
@@ -25,6 +26,7 @@ from worker.ratelimit import (
     endpoint_limits,
     load_spec_limits,
 )
+from worker.ratelimit.gate import Gate
 from worker.runtime import make_redis
 from worker.settings import DEFAULT_SPEC_PATH
 
@@ -270,3 +272,27 @@ def test_requests_that_reach_klaviyo_up_to_transit_late_are_never_throttled(limi
     assert _first_429(arrivals_s, burst, steady) is None
     # and the quota is used: every Klaviyo window of the run but the last holds nearly its limit
     assert len(granted) >= 3 * steady[0] * klaviyo_steady_ms / (klaviyo_steady_ms + transit_ms) - 3
+
+
+class _OneAccount:
+    def account(self, tenant_id: str) -> str:
+        return "acct"
+
+
+def test_a_place_taken_in_advance_is_not_used_once_it_is_older_than_half_the_transit(limiter):
+    """A sync's second lookup goes after the first one's round trip: if that took long, the request
+    asks the limiter afresh, so it never reaches Klaviyo later after its grant than the log allows."""
+    limit = EndpointLimit(burst=Window(100, 1000), steady=Window(100, 60_000))
+    clock = [100.0]
+    gate = Gate(limiter, _OneAccount(), lambda _: {"GET /api/profiles": limit},
+                prepaid_for_s=0.5, clock=lambda: clock[0])
+    steady_log = keys.rate_log("acct", "GET /api/profiles", "steady")
+    with gate.prepaid("t", "GET /api/profiles", 2) as wait_s:
+        assert wait_s == 0 and limiter.redis.zcard(steady_log) == 2
+        clock[0] += 0.5
+        gate("t", "GET /api/profiles")                 # within 0.5 s of asking: the place taken
+        assert limiter.redis.zcard(steady_log) == 2
+        clock[0] += 0.01
+        gate("t", "GET /api/profiles")                 # too old: a place of its own, now
+        assert limiter.redis.zcard(steady_log) == 3
+    assert limiter.redis.zcard(steady_log) == 2        # the stale place was given back

@@ -68,7 +68,8 @@ class Runtime:
     def __post_init__(self) -> None:
         accounts = AccountCache(self.redis, lambda t: self.tenants[t].klaviyo_private_key.get_secret_value(),
                                 lambda t: str(self.klaviyo(t).account()["id"]))
-        self.gate = Gate(self.limiter, accounts, self.limits, wait_inline_s=self.wait_inline_s)
+        self.gate = Gate(self.limiter, accounts, self.limits, wait_inline_s=self.wait_inline_s,
+                         prepaid_for_s=self.settings.limiter_transit_s / 2)
 
     @classmethod
     def build(cls, settings: Settings, tenants: dict[str, TenantConfig] | None = None, *,

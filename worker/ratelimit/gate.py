@@ -1,6 +1,11 @@
 """The gate every Klaviyo request passes: it asks the fleet-wide limiter (which also holds the tenant's
 429 back-off) for a place, under the account the tenant's key belongs to.
 
+A sync takes its lookups' places together before its first request (`prepaid`); a place is used only
+within `prepaid_for_s` of asking for it (half `SYNC_LIMITER_TRANSIT_S`), later requests ask afresh, so
+a prepaid request is sent no later after its grant than the limiter leaves room for (see
+`worker.ratelimit.limiter`).
+
 A Celery task never sleeps on a limit: the gate raises `Deferred` with the wait, and the task comes back
 after that countdown. An interactive caller (`sync-one`, `preview`, `verify`), or a batch inside
 `waiting_inline`, waits in place up to a bound instead.
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from worker.errors import Deferred
 from worker.klaviyo import GET_ACCOUNTS
 from worker.ratelimit.accounts import AccountCache
-from worker.ratelimit.limiter import EndpointLimit, RateLimiter
+from worker.ratelimit.limiter import TRANSIT_S, EndpointLimit, RateLimiter
 
 
 @dataclass
@@ -26,6 +31,8 @@ class Prepaid:
 
     grant_id: str
     count: int
+    #: The gate's clock just before the places were asked for: no later than the limiter granted them.
+    asked_at: float
     used: int = 0
 
 
@@ -36,16 +43,20 @@ _wait_inline_s: ContextVar[float] = ContextVar("wait_inline_s")
 
 class Gate:
     """`limits(tenant)` gives the tenant's limit per endpoint; `wait_inline_s` is how long a request may wait
-    for the limiter in place (0: a Celery task, deferred instead)."""
+    for the limiter in place (0: a Celery task, deferred instead); `prepaid_for_s` how long a place taken
+    in advance stays usable."""
 
     def __init__(self, limiter: RateLimiter, accounts: AccountCache,
                  limits: Callable[[str], dict[str, EndpointLimit]], *, wait_inline_s: float = 0.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 prepaid_for_s: float = TRANSIT_S / 2, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limiter = limiter
         self.accounts = accounts
         self.limits = limits
         self.wait_inline_s = wait_inline_s
+        self.prepaid_for_s = prepaid_for_s
         self._sleep = sleep
+        self._clock = clock
 
     def limit(self, tenant_id: str, endpoint: str) -> EndpointLimit:
         limits = self.limits(tenant_id)
@@ -54,7 +65,8 @@ class Gate:
     def __call__(self, tenant_id: str, endpoint: str) -> None:
         """Before every Klaviyo request: a place from the limiter, or `Deferred` with the wait."""
         entry = (_prepaid.get() or {}).get(endpoint)
-        if entry is not None and entry.used < entry.count and self.limiter.backoff_remaining_s(tenant_id) <= 0:
+        if (entry is not None and entry.used < entry.count and self._clock() - entry.asked_at <= self.prepaid_for_s
+                and self.limiter.backoff_remaining_s(tenant_id) <= 0):
             entry.used += 1
             return
         limit = self.limit(tenant_id, endpoint)
@@ -74,11 +86,12 @@ class Gate:
         """Take `count` places for `endpoint` at once. Yields 0.0 when taken (the requests inside use
         them; unused ones are given back on exit), else the seconds to wait, having taken none."""
         account, limit = self.accounts.account(tenant_id), self.limit(tenant_id, endpoint)
+        asked_at = self._clock()
         wait_s, grant_id = self.limiter.acquire_many(account, tenant_id, endpoint, limit, count)
         if wait_s > 0:
             yield wait_s
             return
-        entry = Prepaid(grant_id, count)
+        entry = Prepaid(grant_id, count, asked_at)
         token = _prepaid.set({endpoint: entry})
         try:
             yield 0.0

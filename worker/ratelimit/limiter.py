@@ -14,6 +14,9 @@ log is `transit` longer than Klaviyo's window (`endpoint_limits`, `SYNC_LIMITER_
     are serialized by the script, so the last of them saw all the others in its log and was granted
     only if the log, itself included, held no more than the limit.
 
+`transit` covers our side too: a sync's places taken in advance (`Gate.prepaid`) are used only within
+half of it, later requests ask afresh; the other half is for sending and Klaviyo's front door.
+
 The price is the rate: a limit per L + transit instead of per L (1.7 % at Klaviyo's 60 s windows with
 the default transit of 1 s). Grants are also spaced at that rate (see `EndpointLimit.pace_ms`), so a
 window's quota is spread over it rather than spent at its start. A denied caller is given its own future
