@@ -59,7 +59,7 @@ def test_a_changed_spec_changes_the_limits(tmp_path):
 
 def test_headroom_leaves_a_share_of_each_window_to_other_integrations():
     limits = endpoint_limits(BUILT_IN, headroom=0.2)
-    assert limits["GET /api/profiles"] == EndpointLimit(Window(60, 2001), Window(600, 61_001))
+    assert limits["GET /api/profiles"] == EndpointLimit(Window(60, 1501), Window(600, 60_501))
     assert limits["GET /api/accounts"].burst.limit == 1   # never below one request
 
 
