@@ -239,11 +239,24 @@ def test_a_state_redis_outage_loses_nothing(loyale, klaviyo, redis_url):
         state.stop()
         time.sleep(3)   # the outage itself, not a wait for a result
         state.start()
-        info = wait_for(lambda: (i := store.run(run_id)).done and i, 240, what="the run to finish")
+        info = wait_for(lambda: (i := store.run(run_id)).done and i, 240, what="the run to finish",
+                        diagnose=lambda: _outage_diagnosis(store, run_id, redis_url, worker))
     finally:
         worker.stop()
         state.cleanup()
     assert info.completed == info.expected == 400 and "failed" not in info.counts
+
+
+def _outage_diagnosis(store, run_id: str, broker_url: str, worker: WorkerProcess) -> str:
+    """What a run that did not finish after the outage is waiting for: its counts, the customers without an
+    outcome, what waits on the broker, and the worker's last log lines."""
+    info = store.run(run_id)
+    missing = store.missing(run_id)
+    broker = redis.Redis.from_url(broker_url, decode_responses=True)
+    queued = {key: broker.llen(key) for key in broker.scan_iter("sync.*") if broker.type(key) == "list"}
+    unacked = broker.hlen("unacked") if broker.exists("unacked") else 0
+    return (f"counts {info.counts if info else None}, {len(missing)} without outcome {missing[:5]}, "
+            f"queued {queued}, unacked {unacked}\nworker log:\n{worker.log()[-4000:]}")
 
 
 def backfill_with_two_workers(env: dict[str, str], tenant: str, name: str):
