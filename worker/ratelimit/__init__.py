@@ -3,7 +3,6 @@ under (`accounts`), and the gate every Klaviyo request passes (`gate`)."""
 
 from worker.ratelimit.limiter import (
     BUILT_IN,
-    TRANSIT_S,
     EndpointLimit,
     LimiterUnavailable,
     RateLimiter,
@@ -12,6 +11,7 @@ from worker.ratelimit.limiter import (
     key_fingerprint,
     load_spec_limits,
 )
+from worker.settings import TRANSIT_S
 
 __all__ = ["BUILT_IN", "TRANSIT_S", "EndpointLimit", "LimiterUnavailable", "RateLimiter", "Window", "endpoint_limits",
            "key_fingerprint", "load_spec_limits"]

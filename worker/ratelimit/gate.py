@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from worker.errors import Deferred
 from worker.klaviyo import GET_ACCOUNTS
 from worker.ratelimit.accounts import AccountCache
-from worker.ratelimit.limiter import TRANSIT_S, EndpointLimit, RateLimiter
+from worker.ratelimit.limiter import EndpointLimit, RateLimiter
+from worker.settings import TRANSIT_S
 
 
 @dataclass

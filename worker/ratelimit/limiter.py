@@ -49,6 +49,7 @@ import redis
 import structlog
 
 from worker import keys
+from worker.settings import TRANSIT_S
 
 log = structlog.get_logger("ratelimit")
 
@@ -206,16 +207,6 @@ def load_spec_limits(spec_path: Path | None) -> dict[str, tuple[str, str]]:
 #: Requests that may go back to back after a quiet moment: a customer's two lookups and its write
 #: should not wait for each other.
 PACE_BURST = 3
-#: Seconds from a grant until Klaviyo has counted its request, at most: each window's log is this much
-#: longer than Klaviyo's (see the module docstring). Measured on a loaded 2-core machine (load 4, four
-#: processes taking a sync's two lookups together and sending them one after the other), grant to
-#: response: 4 ms median, 29 ms at p99, 186 ms at worst (the second lookup, after the first's round
-#: trip), which overran the 170 ms the old margin left a 12 s window (the benchmark's `quota-bound`,
-#: where 8 requests met a 429). 0.5 s: a prepaid place is used within 0.25 s of its grant (`Gate`),
-#: and the send itself took under 50 ms. It costs 0.8 % of Klaviyo's 60 s quota; against windows
-#: scaled down it costs more (transit is real time): 1 s cut the benchmark's 0.2 s burst window to
-#: 6 lookups per 1.2 s, 18 % of its rate.
-TRANSIT_S = 0.5
 
 
 def endpoint_limits(table: dict[str, tuple[str, str]], *, headroom: float = 0.0, rate_scale: float = 1.0,
