@@ -286,3 +286,7 @@ verify.register(app)
 from cli import metrics  # noqa: E402
 
 metrics.register(app)
+
+from cli import flower  # noqa: E402
+
+flower.register(app)

@@ -1,16 +1,25 @@
 """Flower as operators run it (docker-compose.yml, Procfile): a real `celery -A worker.app flower` with basic
-auth from the environment, watching a real worker (-E) that syncs customers from the fakes over HTTP."""
+auth from the environment, watching a real worker (-E) that syncs customers from the fakes over HTTP; and the
+Procfile's own line (`loyale-sync flower`, the same as compose's), which never serves Flower without auth."""
 
 from __future__ import annotations
 
 import json
 import secrets
+import shlex
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
 
 import httpx
+import pytest
 
-from fakes.processes import FlowerProcess, WorkerProcess, sync_env, wait_for, write_tenants_file
+from fakes.processes import REPO, FlowerProcess, WorkerProcess, sync_env, wait_for, write_tenants_file
+from fakes.serving import free_port
 from tests.integration.scenario import build_scenario
 from tests.integration.test_backfill import cli, run_id_from
+from tests.test_deployment import procfile
 
 
 def test_flower_requires_auth_and_shows_the_worker_and_its_tasks_without_personal_data(loyale, klaviyo, redis_url):
@@ -69,3 +78,63 @@ def test_flower_requires_auth_and_shows_the_worker_and_its_tasks_without_persona
     finally:
         flower.stop()
         worker.stop()
+
+
+# --- the Procfile's line: `loyale-sync flower`, which checks FLOWER_BASIC_AUTH, then becomes Flower ----------
+
+
+def procfile_flower(port: int) -> list[str]:
+    """The Procfile's flower command (compose runs the same, tests/test_deployment.py checks) with this
+    interpreter, on a loopback port of the test's instead of 5555."""
+    args = shlex.split(procfile()["flower"])
+    assert args[:2] == ["loyale-sync", "flower"] and "--port=5555" in args, args
+    return [sys.executable, "-m", "cli", *(f"--port={port}" if a == "--port=5555" else a for a in args[1:]),
+            "--address=127.0.0.1"]
+
+
+@dataclass
+class ProcfileFlower(FlowerProcess):
+    name: str = "procfile-flower"
+
+    def command(self) -> list[str]:
+        return procfile_flower(self.port)
+
+
+def flower_env(redis_url: str, **flower: str) -> dict[str, str]:
+    env = {k: v for k, v in sync_env(redis_url, write_tenants_file({})).items() if not k.startswith("FLOWER_")}
+    return env | flower
+
+
+@pytest.mark.parametrize("auth", [None, "", "ops:", ":long-enough-password", "ops:password123", "ops:demo"])
+def test_the_procfile_flower_refuses_to_start_without_sound_basic_auth(redis_url, auth):
+    env = flower_env(redis_url, **({} if auth is None else {"FLOWER_BASIC_AUTH": auth}))
+    port = free_port()
+    result = subprocess.run(procfile_flower(port), env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    said = " ".join(result.stderr.split())
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Flower is never served without auth: set FLOWER_BASIC_AUTH=user:password in .env" in said, said
+    assert "openssl rand -hex 16" in said, said
+    # It stopped before Flower: no banner, no server, and the port it was given was never taken.
+    assert "Visit me at" not in result.stdout + result.stderr
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    if auth and auth.partition(":")[2]:
+        assert auth.partition(":")[2] not in said, "the message shows the password"
+
+
+def test_the_procfile_flower_with_basic_auth_answers_nothing_without_credentials(redis_url):
+    password = secrets.token_urlsafe(16)
+    flower = ProcfileFlower(flower_env(redis_url, FLOWER_BASIC_AUTH=f"ops:{password},viewer:{password[::-1]}"))
+    flower.start()
+    try:
+        flower.wait_ready()
+        assert httpx.get(f"{flower.url}/", timeout=5).status_code == 401
+        assert httpx.get(f"{flower.url}/", auth=("ops", "wrong"), timeout=5).status_code == 401
+        assert httpx.get(f"{flower.url}/", auth=("ops", password), timeout=5).status_code == 200
+        assert httpx.get(f"{flower.url}/", auth=("viewer", password[::-1]), timeout=5).status_code == 200
+        # The password reached Flower from the environment, never on its command line.
+        assert password not in " ".join(flower.command())
+    except (AssertionError, TimeoutError, RuntimeError) as exc:
+        raise AssertionError(f"{exc}\nflower: {flower.log()[-2000:]}") from exc
+    finally:
+        flower.stop()
