@@ -1,6 +1,7 @@
 """docker-compose.yml, Procfile, Dockerfile and .env.example agree with the code, without Docker: every
 service runs a command that exists (ours, Celery's or a fake's) with options it accepts, on queues that
-exist; Redis persists; Flower is never served without auth; the demo is behind its profile."""
+exist; Redis persists; Flower is never served without auth (every Flower goes through `loyale-sync flower`);
+the demo and RabbitMQ are behind their profiles."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shlex
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import pytest
@@ -24,6 +26,9 @@ from worker.settings import Settings
 REPO = Path(__file__).resolve().parent.parent
 PROCESSES = {"worker", "backfill-worker", "beat", "flower", "webhooks", "metrics"}
 DEMO = {"fake-loyale", "fake-klaviyo", "demo-backfill"}
+#: Services of other images: the broker and state store.
+INFRASTRUCTURE = {"redis", "rabbitmq"}
+PROFILES = {**{name: ["demo"] for name in DEMO}, "rabbitmq": ["rabbitmq"]}
 CELERY_SUBCOMMANDS = {"worker", "beat", "flower"}
 #: ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}
 VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -107,6 +112,8 @@ def check_command(args: list[str]) -> click.Context | None:
 
         commands = typer.main.get_command(app).commands
         assert args[1] in commands, f"{args}: {args[1]!r} is not a loyale-sync command (have {sorted(commands)})"
+        if args[1] == "flower":   # checks FLOWER_BASIC_AUTH, then becomes `celery -A worker.app flower` with the rest
+            return check_command(["celery", "-A", "worker.app", "flower", *args[2:]])
         return commands[args[1]].make_context(args[1], args[2:])
     if args[:2] == ["python", "-m"]:
         module = importlib.import_module(f"{args[2]}.__main__")
@@ -122,24 +129,26 @@ def check_command(args: list[str]) -> click.Context | None:
 
 
 def test_compose_has_every_process_and_the_demo():
-    assert set(services()) == {"redis"} | PROCESSES | DEMO
+    assert set(services()) == INFRASTRUCTURE | PROCESSES | DEMO
 
 
 def test_every_service_command_exists_with_the_options_it_is_given():
     for name, service in services().items():
-        if name != "redis":
+        if name not in INFRASTRUCTURE:
             check_command(argv(service["command"]))
 
 
 def test_app_services_share_one_image_the_env_file_and_redis():
     for name, service in services().items():
-        if name == "redis":
+        if name in INFRASTRUCTURE:
             continue
         assert service["build"] == "." and service["image"] == services()["worker"]["image"], name
         env_files = service["env_file"] if isinstance(service["env_file"], list) else [service["env_file"]]
         assert ".env" in env_files, name
         depends = service["depends_on"]
         assert "redis" in depends, f"{name} does not depend on redis"
+        # with the rabbitmq profile, wait for the broker; without it, do not need it
+        assert depends["rabbitmq"] == {"condition": "service_healthy", "required": False}, name
         assert environment(service)["SYNC_REDIS_URL"].startswith("redis://redis:6379"), name
 
 
@@ -152,10 +161,24 @@ def test_redis_persists_on_a_named_volume():
     assert [v for v in volumes if v[0] in compose()["volumes"] and v[1] == "/data"], volumes
 
 
+def flower_commands() -> dict[str, list[str]]:
+    """Every command, of compose and of the Procfile, that starts Flower (whichever way it is spelled)."""
+    commands = {f"compose {name}": argv(s["command"]) for name, s in services().items() if "command" in s}
+    commands |= {f"Procfile {name}": shlex.split(command) for name, command in procfile().items()}
+    return {where: args for where, args in commands.items() if "flower" in args}
+
+
+def test_every_flower_goes_through_the_basic_auth_check():
+    found = flower_commands()
+    assert set(found) == {"compose flower", "Procfile flower"}, found
+    for where, args in found.items():
+        assert args[:2] == ["loyale-sync", "flower"], f"{where} starts Flower without the check: {args}"
+
+
 def test_flower_serves_5555_with_basic_auth_from_the_environment_only():
     flower = services()["flower"]
     assert any(str(port).split(":")[-1] == "5555" for port in flower["ports"])
-    assert argv(flower["command"])[:4] == ["celery", "-A", "worker.app", "flower"]
+    assert argv(flower["command"])[:2] == ["loyale-sync", "flower"]
     auth = environment(flower)["FLOWER_BASIC_AUTH"]
     # a required variable of .env / the shell: compose refuses to start without it, and no password is in the file
     assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", auth), auth
@@ -166,9 +189,9 @@ def test_flower_serves_5555_with_basic_auth_from_the_environment_only():
     assert "FLOWER_UNAUTHENTICATED_API" not in (REPO / "Procfile").read_text()
 
 
-def test_demo_services_are_only_in_the_demo_profile():
+def test_demo_services_and_rabbitmq_are_only_in_their_profiles():
     for name, service in services().items():
-        assert service.get("profiles", []) == (["demo"] if name in DEMO else []), name
+        assert service.get("profiles", []) == PROFILES.get(name, []), name
     modules = {tuple(argv(services()[name]["command"])[:3]) for name in DEMO}
     assert {("python", "-m", "fakes.loyale"), ("python", "-m", "fakes.klaviyo")} <= modules
     one_shot = services()["demo-backfill"]
@@ -185,6 +208,41 @@ def test_workers_consume_every_queue_and_the_backfill_worker_prefetches_two_batc
     backfill = contexts["backfill-worker"].params
     expected = WorkerProcess.backfill({"SYNC_BATCH_SIZE": str(batch_size)}, concurrency=backfill["concurrency"])
     assert backfill["prefetch_multiplier"] == expected.prefetch_multiplier == 2 * batch_size // backfill["concurrency"]
+
+
+def header() -> str:
+    """The leading comment of docker-compose.yml: how to run it."""
+    lines = (REPO / "docker-compose.yml").read_text().splitlines()
+    return "\n".join(line for line in lines[:next(i for i, line in enumerate(lines) if not line.startswith("#"))])
+
+
+def test_rabbitmq_profile_keeps_its_data_reports_health_and_never_runs_without_a_password():
+    rabbitmq = services()["rabbitmq"]
+    assert re.fullmatch(r"rabbitmq:[34]-management", rabbitmq["image"]), rabbitmq["image"]
+    # the node's name (rabbit@hostname) names its data directory: fixed, so a new container finds the data
+    assert rabbitmq["hostname"] == "rabbitmq"
+    volumes = [v.split(":") for v in rabbitmq["volumes"]]
+    assert [v for v in volumes if v[0] in compose()["volumes"] and v[1] == "/var/lib/rabbitmq"], volumes
+    assert rabbitmq["healthcheck"]["test"][:2] == ["CMD", "rabbitmq-diagnostics"]
+    assert any(str(port).split(":")[-1] == "15672" for port in rabbitmq["ports"]), "the management UI"
+    assert rabbitmq["restart"] == "unless-stopped"
+    # Unset, RabbitMQ gives its user the password "guest": the entrypoint refuses to start instead.
+    env = environment(rabbitmq)
+    assert env["RABBITMQ_DEFAULT_PASS"] == "${RABBITMQ_DEFAULT_PASS:-}"
+    script = rabbitmq["entrypoint"][-1].replace("$$", "$")
+    assert rabbitmq["entrypoint"][:2] == ["sh", "-c"]
+    assert script.startswith('test -n "$RABBITMQ_DEFAULT_PASS" || {') and "exit 1" in script
+    assert script.endswith("exec docker-entrypoint.sh rabbitmq-server")
+
+
+def test_services_reach_rabbitmq_with_the_url_of_env_example_and_the_header_says_how():
+    rabbitmq = services()["rabbitmq"]
+    [url] = re.findall(r"^# SYNC_BROKER_URL=(amqp://\S+)$", env_example(), re.M)
+    parts = urlsplit(url)
+    assert (parts.hostname, parts.port) == (rabbitmq["hostname"], 5672)
+    assert parts.username == interpolate(environment(rabbitmq)["RABBITMQ_DEFAULT_USER"])
+    assert "--profile rabbitmq" in header() and "SYNC_BROKER_URL=amqp://" in header()
+    assert "RABBITMQ_DEFAULT_PASS=" in header()
 
 
 # --- Procfile ------------------------------------------------------------------------------------------
