@@ -162,6 +162,11 @@ class ChildProcess:
             self.kill()
 
 
+def backfill_prefetch(batch_size: int, concurrency: int) -> int:
+    """Celery's prefetch multiplier for a backfill worker: (concurrency + 1) batches held in all."""
+    return max(1, (concurrency + 1) * batch_size // concurrency)
+
+
 def celery_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker.app", *args]
 
@@ -217,18 +222,23 @@ class WorkerProcess(ChildProcess):
     name: str = "w1"
     #: Backfill workers hold many messages (celery-batches groups them); incremental ones hold one.
     prefetch_multiplier: int = 1
+    #: Celery's pool: backfill workers run their batches on threads (see `backfill`).
+    pool: str = "prefork"
 
     def command(self) -> list[str]:
         return celery_command(
-            "worker", "-Q", self.queues, "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--without-gossip",
-            "--without-mingle", "--prefetch-multiplier", str(self.prefetch_multiplier), "-E", "--loglevel", "WARNING")
+            "worker", "-Q", self.queues, "-P", self.pool, "-c", str(self.concurrency), "-n", f"{self.name}@%h",
+            "--without-gossip", "--without-mingle", "--prefetch-multiplier", str(self.prefetch_multiplier), "-E",
+            "--loglevel", "WARNING")
 
     @classmethod
-    def backfill(cls, env: dict[str, str], concurrency: int = 2, name: str = "bf", **kw: Any) -> WorkerProcess:
-        """A backfill worker: consumes `sync.backfill` and holds enough messages to fill its batches."""
+    def backfill(cls, env: dict[str, str], concurrency: int = 2, name: str = "bf", pool: str = "threads",
+                 **kw: Any) -> WorkerProcess:
+        """A backfill worker as the Procfile starts it: batches on `concurrency` threads (prefork still
+        works, with a process per batch), holding enough messages to fill one batch more than it runs."""
         batch = int(env.get("SYNC_BATCH_SIZE", "5000"))
-        return cls(env, concurrency=concurrency, queues="sync.backfill", name=name,
-                   prefetch_multiplier=max(1, 2 * batch // concurrency), **kw)
+        return cls(env, concurrency=concurrency, queues="sync.backfill", name=name, pool=pool,
+                   prefetch_multiplier=backfill_prefetch(batch, concurrency), **kw)
 
     def wait_ready(self, timeout_s: float = 60.0) -> WorkerProcess:
         probe = Celery(broker=self.env.get("SYNC_BROKER_URL") or self.env["SYNC_REDIS_URL"], set_as_current=False)

@@ -199,15 +199,18 @@ def test_demo_services_and_rabbitmq_are_only_in_their_profiles():
     assert {"fake-loyale", "fake-klaviyo"} <= set(one_shot["depends_on"])
 
 
-def test_workers_consume_every_queue_and_the_backfill_worker_prefetches_two_batches():
+def test_workers_consume_every_queue_and_the_backfill_worker_prefetches_a_batch_per_thread_and_one():
     contexts = {name: check_command(argv(services()[name]["command"])) for name in ("worker", "backfill-worker")}
     assert contexts["worker"].params["queues"] == ["sync.incremental", "sync.producers"]
     assert contexts["backfill-worker"].params["queues"] == ["sync.backfill"]
     assert {q for ctx in contexts.values() for q in ctx.params["queues"]} == app_queues()
     batch_size = int(re.search(r"^SYNC_BATCH_SIZE=(\d+)", env_example(), re.M)[1])
     backfill = contexts["backfill-worker"].params
-    expected = WorkerProcess.backfill({"SYNC_BATCH_SIZE": str(batch_size)}, concurrency=backfill["concurrency"])
-    assert backfill["prefetch_multiplier"] == expected.prefetch_multiplier == 2 * batch_size // backfill["concurrency"]
+    threads = backfill["concurrency"]
+    expected = WorkerProcess.backfill({"SYNC_BATCH_SIZE": str(batch_size)}, concurrency=threads)
+    # batches wait for Klaviyo's jobs side by side, on threads
+    assert backfill["pool"].__module__ == "celery.concurrency.thread" and expected.pool == "threads"
+    assert backfill["prefetch_multiplier"] == expected.prefetch_multiplier == (threads + 1) * batch_size // threads
 
 
 def header() -> str:

@@ -16,11 +16,13 @@ timer on a reconnect; celery-batches would keep a dead one and flush only every 
 arrivals, so a shorter tail waited in the worker until something else arrived).
 
 Also: a batch whose pool process died (SIGKILL, out of memory) has its messages rejected back to the
-queue at once instead of staying unacknowledged in this worker until it exits.
+queue at once instead of staying unacknowledged in this worker until it exits (prefork; on the threads
+pool the backfill worker runs, such a death is the whole worker's, and the broker redelivers).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection
 from time import monotonic
 from typing import Any, Protocol
@@ -47,6 +49,7 @@ class AdaptiveBatches(Batches):  # type: ignore[misc]  # celery-batches ships no
     def __init__(self) -> None:
         super().__init__()
         self._in_flight = 0
+        self._in_flight_lock = threading.Lock()   # batches end on the pool's threads
         self._last_size = 0
         self._waiting_since: float | None = None
 
@@ -80,25 +83,29 @@ class AdaptiveBatches(Batches):  # type: ignore[misc]  # celery-batches ships no
         self._last_size, self._waiting_since = 0, None
         super()._do_flush()
 
+    def _count_in_flight(self, change: int) -> None:
+        with self._in_flight_lock:
+            self._in_flight += change
+
     def flush(self, requests: Collection[Request]) -> Any:
         acks_early, acks_late = partition(lambda r: bool(r.task.acks_late), requests)
         acks_early, acks_late = list(acks_early), list(acks_late)
         serializable = ([SimpleRequest.from_request(r) for r in requests],)
-        self._in_flight += 1
+        self._count_in_flight(+1)
 
         def on_accepted(pid: int, time_accepted: float) -> None:
             for req in acks_early:
                 req.acknowledge()
 
         def on_return(result: Any) -> None:
-            self._in_flight -= 1
+            self._count_in_flight(-1)
             for req in acks_late:
                 req.acknowledge()
 
         def on_error(exc: Any) -> None:
             # The pool process died (errors inside the batch are traced and come back through
             # `on_return`): its customers were not all synced, so they go back on the queue.
-            self._in_flight -= 1
+            self._count_in_flight(-1)
             logger.error("batch of %d customers ended without returning (%r): messages requeued", len(acks_late), exc)
             for req in acks_late:
                 req.reject(requeue=True)

@@ -41,6 +41,7 @@ be suppressed.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -67,12 +68,14 @@ from worker.errors import (
     TenantFatalError,
     Throttled,
 )
-from worker.klaviyo import MAX_FILTER_VALUES, ImportError_, KlaviyoClient
+from worker.job_watcher import JobWatcher
+from worker.klaviyo import MAX_FILTER_VALUES, BulkImportJob, ImportError_, KlaviyoClient
 from worker.merge import Plan, plan_sync, stale_plan
 from worker.messages import customer_id_of
 from worker.models import KlaviyoProfile
 from worker.outcomes import Outcome, after_interruption
 from worker.pipeline import Prepared, Ready, Stopped, lookup_many, prepare_many
+from worker.ratelimit.gate import waiting_inline
 from worker.retry import Decision, Fail, PauseTenant, Retry, RetryPolicy, decide
 from worker.store import Store
 from worker.sync import PHONE_CLAIM_TTL_S, SyncDeps, phone_of, sync_customer
@@ -216,11 +219,13 @@ class BatchSync:
     """Sync one tenant's customers together. Nothing here raises: every item ends Done or Again."""
 
     def __init__(self, deps: SyncDeps, settings: BatchSettings, back_off: Callable[[str, float], None],
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, watcher: JobWatcher | None = None) -> None:
         self.deps = deps
         self.settings = settings
         self.back_off = back_off
         self.sleep = sleep
+        #: Polls this batch's bulk jobs with those of the process's other batches (`worker.job_watcher`).
+        self.watcher = watcher or JobWatcher(back_off, retry=settings.retry)
         self.tenant = deps.tenant.id
         self.store: Store = deps.store
         self.klaviyo: KlaviyoClient = deps.klaviyo
@@ -479,11 +484,10 @@ class BatchSync:
         importer: BulkImport[Planned] = BulkImport(
             self.klaviyo, self.tenant, Polling(
                 poll_first_s=self.settings.poll_first_s, poll_max_s=self.settings.poll_max_s,
-                job_timeout_s=self.settings.job_timeout_s, lock_ttl_s=self.settings.lock_ttl_s,
-                retry_base_s=self.settings.retry.base_s, max_countdown_s=self.settings.retry.max_countdown_s),
+                job_timeout_s=self.settings.job_timeout_s, lock_ttl_s=self.settings.lock_ttl_s),
             call=partial(self.call, works), fail=partial(self.end_stage, works),
             refresh_locks=lambda: self.store.refresh_locks(self.tenant, self._locks, self.settings.lock_ttl_s),
-            back_off=self.back_off, sleep=self.sleep)
+            watcher=self.watcher, poll_job=self._job_poller())
         pending = writers
         for _ in range(self.settings.job_rounds):
             if not pending:
@@ -501,6 +505,17 @@ class BatchSync:
         for p in writers:
             if p.open and p.confirmed and not p.plan.writes_suppression:
                 self.finish_planned(p)
+
+    def _job_poller(self) -> Callable[[str], BulkImportJob]:
+        """How the watcher thread polls this batch's jobs: in this batch's context (its run, for the
+        request counts), but never waiting for the limiter in place (it polls every batch's jobs)."""
+        context = contextvars.copy_context()
+
+        def poll(job_id: str) -> BulkImportJob:
+            with waiting_inline(0.0):
+                return self.klaviyo.bulk_import_job(job_id)
+
+        return lambda job_id: context.run(poll, job_id)
 
     @staticmethod
     def _row(p: Planned) -> dict[str, Any]:

@@ -4,9 +4,10 @@ what each verdict means for its customer.
   submit      rows go in jobs of at most 10,000 rows and under Klaviyo's 5 MB body limit, every job
               submitted before any is polled; a 400 that names rows of our request refuses those rows
               (the rest are submitted again), one that names none (a 413, say) is halved until it does
-  poll        every job is polled until Klaviyo applied it or it is given up (`job_timeout_s`); the
-              customers' locks are refreshed all along, so an incremental sync of one of them waits for
-              the job instead of being overtaken by this older snapshot
+  poll        every job is polled (by the process's `worker.job_watcher.JobWatcher`, which polls the
+              jobs of all its batches) until Klaviyo applied it or it is given up (`job_timeout_s`);
+              the customers' locks are refreshed all along, so an incremental sync of one of them waits
+              for the job instead of being overtaken by this older snapshot
   settle      a row is confirmed only when its job completed, the job's counts add up and no import
               error names the row. Import errors are matched to rows by `original_payload` (the spec's
               pointer is only `/data`; a pointer is trusted only where the payload agrees); an error
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -25,9 +27,9 @@ from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import structlog
 
-from worker.errors import Deferred, RecordRejected, RetryableError, SyncError, TenantFatalError, Throttled
+from worker.errors import RecordRejected, SyncError
+from worker.job_watcher import JobWatcher
 from worker.klaviyo import MAX_BULK_PROFILES, BulkImportJob, ImportError_, KlaviyoClient, row_identifiers
-from worker.retry import RetryPolicy, throttle_wait_s
 
 log = structlog.get_logger("bulk_import")
 
@@ -93,26 +95,26 @@ class Polling:
     poll_max_s: float
     job_timeout_s: float
     lock_ttl_s: float
-    retry_base_s: float
-    max_countdown_s: float
 
 
 class BulkImport(Generic[K]):
     """One round of bulk jobs for a tenant. `call` makes a Klaviyo call as the batch does (retried in
-    place; a failure for everyone raises); `fail` ends the batch's stage for a tenant-fatal error."""
+    place; a failure for everyone raises); `fail` ends the batch's stage for a tenant-fatal error;
+    `watcher` polls the jobs, each with `poll_job(job_id)`."""
 
     def __init__(self, klaviyo: KlaviyoClient, tenant: str, polling: Polling, *,
                  call: Caller, fail: Callable[[SyncError], NoReturn],
-                 refresh_locks: Callable[[], None], back_off: Callable[[str, float], None],
-                 sleep: Callable[[float], None]) -> None:
+                 refresh_locks: Callable[[], None], watcher: JobWatcher,
+                 poll_job: Callable[[str], BulkImportJob], clock: Callable[[], float] = time.monotonic) -> None:
         self.klaviyo = klaviyo
         self.tenant = tenant
         self.polling = polling
         self.call = call
         self.fail = fail
         self.refresh_locks = refresh_locks
-        self.back_off = back_off
-        self.sleep = sleep
+        self.watcher = watcher
+        self.poll_job = poll_job
+        self.clock = clock
 
     def round(self, rows: list[Row[K]], verdict: Callable[[K, Verdict], None]) -> None:
         """Submit every row, wait for every job, and give each row its verdict as soon as it is known."""
@@ -181,40 +183,31 @@ class BulkImport(Generic[K]):
                         rows=len(rows) - len(failed))
 
     def wait_all(self, jobs: list[JobRows[K]]) -> None:
-        """Poll every job until Klaviyo has applied it or it is given up (Klaviyo's jobs take seconds
-        to minutes), refreshing the customers' locks all along."""
+        """Hand every running job to the process's `JobWatcher` and wait until Klaviyo has applied each
+        or it is given up (`job_timeout_s`; Klaviyo's jobs take seconds to minutes), refreshing the
+        customers' locks all along. Other batches of the process run meanwhile."""
+        running = [entry for entry in jobs if not entry.job.done]
+        if not running:
+            return
         polling = self.polling
-        delay_s, waited_s = polling.poll_first_s, 0.0
+        watches = [self.watcher.watch(self.tenant, entry.job, partial(self.poll_job, entry.job.id),
+                                      first_s=polling.poll_first_s, max_s=polling.poll_max_s)
+                   for entry in running]
         # Refresh several times per lock TTL, however slowly the job is polled.
-        poll_max_s = min(polling.poll_max_s, polling.lock_ttl_s / 3)
-        while True:
-            running = [entry for entry in jobs if not entry.job.done]
-            if not running or waited_s > polling.job_timeout_s:
-                return
-            self.refresh_locks()
-            for entry in running:
-                try:
-                    entry.job = self.klaviyo.bulk_import_job(entry.job.id)
-                except Throttled as exc:
-                    # Honour the wait, and back the whole tenant off like any other 429.
-                    wait_s = throttle_wait_s(exc, RetryPolicy(base_s=polling.retry_base_s,
-                                                              max_countdown_s=polling.max_countdown_s))
-                    self.back_off(self.tenant, wait_s)
-                    self.sleep(wait_s)
-                    waited_s += wait_s
-                    break
-                except Deferred as exc:   # the job runs at Klaviyo: wait here rather than lose track
-                    self.sleep(exc.retry_after_s or delay_s)
-                    waited_s += exc.retry_after_s or delay_s
-                    break
-                except RetryableError:
-                    continue              # asked again on the next round, until the job timeout
-                except TenantFatalError as exc:
-                    self.fail(exc)
-            if any(not entry.job.done for entry in jobs):
-                self.sleep(delay_s)
-                waited_s += delay_s
-                delay_s = min(poll_max_s, delay_s * 2)
+        refresh_every_s = min(polling.poll_max_s, polling.lock_ttl_s / 3)
+        deadline = self.clock() + polling.job_timeout_s
+        try:
+            while True:
+                self.refresh_locks()
+                settled = self.watcher.wait(watches, min(refresh_every_s, deadline - self.clock()))
+                for entry, watch in zip(running, watches, strict=True):
+                    entry.job = watch.job
+                if (error := next((w.error for w in watches if w.error is not None), None)) is not None:
+                    self.fail(error)
+                if settled or self.clock() >= deadline:
+                    return
+        finally:
+            self.watcher.forget(watches)
 
 
 def row_index(pointer: str | None) -> int | None:

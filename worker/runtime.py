@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -14,10 +15,12 @@ from redis.retry import Retry
 
 from worker.broker import Broker, open_broker
 from worker.errors import RetryableError
+from worker.job_watcher import JobWatcher
 from worker.klaviyo import KlaviyoClient
 from worker.ratelimit import EndpointLimit, RateLimiter, endpoint_limits, load_spec_limits
 from worker.ratelimit.accounts import AccountCache
 from worker.ratelimit.gate import Gate
+from worker.retry import retry_policy
 from worker.settings import Settings, TenantConfig
 from worker.store import Store
 from worker.sync import SyncDeps
@@ -61,6 +64,8 @@ class Runtime:
     #: a Celery task (0) is deferred with a countdown instead, so a worker never sleeps on a limit.
     wait_inline_s: float = 0.0
     gate: Gate = field(init=False)
+    #: Polls the bulk import jobs of every batch this process runs (`worker.job_watcher`).
+    watcher: JobWatcher = field(init=False)
     _klaviyo: dict[str, KlaviyoClient] = field(default_factory=dict)
     _limits: dict[str, dict[str, EndpointLimit]] = field(default_factory=dict)
     _broker: Broker | None = None
@@ -70,6 +75,7 @@ class Runtime:
                                 lambda t: str(self.klaviyo(t).account()["id"]))
         self.gate = Gate(self.limiter, accounts, self.limits, wait_inline_s=self.wait_inline_s,
                          prepaid_for_s=self.settings.limiter_transit_s / 2)
+        self.watcher = JobWatcher(self.limiter.back_off, retry=retry_policy(self.settings))
 
     @classmethod
     def build(cls, settings: Settings, tenants: dict[str, TenantConfig] | None = None, *,
@@ -88,6 +94,10 @@ class Runtime:
         )
 
     def klaviyo(self, tenant_id: str) -> KlaviyoClient:
+        with _building:   # a backfill worker runs its batches on threads
+            return self._client(tenant_id)
+
+    def _client(self, tenant_id: str) -> KlaviyoClient:
         if tenant_id not in self._klaviyo:
             tenant = self.tenants[tenant_id]
             self._klaviyo[tenant_id] = KlaviyoClient(
@@ -139,16 +149,18 @@ __all__ = ["Runtime", "current_run", "make_http_client", "make_redis", "Retryabl
 
 
 _runtime: Runtime | None = None
+_building = threading.RLock()
 
 
 def get_runtime() -> Runtime:
     """This process's dependencies, built on first use (in the worker child, after fork)."""
     global _runtime
-    if _runtime is None:
-        from worker.settings import get_settings
+    with _building:
+        if _runtime is None:
+            from worker.settings import get_settings
 
-        _runtime = Runtime.build(get_settings())
-    return _runtime
+            _runtime = Runtime.build(get_settings())
+        return _runtime
 
 
 def set_runtime(runtime: Runtime | None) -> None:

@@ -160,7 +160,8 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
                 # A batch holds thousands of customers and spends one lookup per hundred: it waits out
                 # a short limit (the 1 s burst window) in place rather than requeue them all.
                 with rt.waiting_inline(rt.settings.batch_wait_inline_s):
-                    results += BatchSync(rt.deps(tenant), settings, back_off=rt.limiter.back_off).run(items)
+                    results += BatchSync(rt.deps(tenant), settings, back_off=rt.limiter.back_off,
+                                         watcher=rt.watcher).run(items)
             finally:
                 current_run.reset(token)
         for result in results:

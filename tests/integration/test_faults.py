@@ -112,7 +112,7 @@ def test_a_batch_whose_pool_process_dies_goes_back_on_the_queue_at_once(loyale, 
     scenario = build_scenario(loyale, klaviyo, "oom", customers=600, merge_customers=True, seed=94)
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
                    SYNC_VISIBILITY_TIMEOUT_S="3600", SYNC_LIMITER_RATE_SCALE="50", SYNC_BATCH_SIZE="200")
-    worker = WorkerProcess.backfill(env, concurrency=1, name="oom").start().wait_ready()
+    worker = WorkerProcess.backfill(env, concurrency=1, name="oom", pool="prefork").start().wait_ready()
     try:
         result = cli(env, "backfill", "--tenant", scenario.tenant_id)
         assert result.returncode == 0, result.stderr

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -100,11 +100,15 @@ class Gate:
             _prepaid.reset(token)
             self.limiter.refund(account, endpoint, limit, grant_id, entry.used, count)
 
-    @contextmanager
-    def waiting_inline(self, wait_s: float) -> Iterator[None]:
-        """Inside: wait up to `wait_s` for the limiter in place instead of raising `Deferred`."""
-        token = _wait_inline_s.set(wait_s)
-        try:
-            yield
-        finally:
-            _wait_inline_s.reset(token)
+    def waiting_inline(self, wait_s: float) -> AbstractContextManager[None]:
+        return waiting_inline(wait_s)
+
+
+@contextmanager
+def waiting_inline(wait_s: float) -> Iterator[None]:
+    """Inside: wait up to `wait_s` for the limiter in place instead of raising `Deferred` (0: never wait)."""
+    token = _wait_inline_s.set(wait_s)
+    try:
+        yield
+    finally:
+        _wait_inline_s.reset(token)
