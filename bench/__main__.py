@@ -30,7 +30,7 @@ import redis
 from bench.ceiling import run_ceiling
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.loyale_control import FakeLoyaleControl
-from fakes.processes import REPO, RedisServer, WorkerProcess, sync_env, write_tenants_file
+from fakes.processes import REPO, RedisServer, WorkerProcess, procfile_backfill_worker, sync_env, write_tenants_file
 from fakes.serving import ServerProcess
 from producers.backfill import run_backfill
 from producers.loyale import LoyaleClient, Page
@@ -169,12 +169,15 @@ def backfill(env: dict[str, str], tenant: str, rss: RssSampler, per_customer: bo
 
 
 def wait_done(store: Store, run_id: str, on_sample: Callable[[int], None] | None = None,
-              timeout_s: float = 3600) -> None:
+              timeout_s: float = 3600, progress: list[tuple[float, int]] | None = None) -> None:
+    """Wait for the run; `on_sample` gets the customers waiting, `progress` (seconds, completed) pairs."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         info = store.run(run_id)
         if on_sample is not None and info is not None:
             on_sample(store.enqueued_count(run_id) - info.completed)
+        if progress is not None and info is not None:
+            progress.append((time.monotonic(), info.completed))
         if info is not None and info.done:
             return
         time.sleep(0.2)
@@ -183,6 +186,17 @@ def wait_done(store: Store, run_id: str, on_sample: Callable[[int], None] | None
 
 def account_requests(klaviyo: FakeKlaviyoControl, account: str) -> list[dict[str, Any]]:
     return [e for e in klaviyo.request_log() if e["account_id"] == account]
+
+
+def steady_rate(progress: list[tuple[float, int]], total: int) -> float | None:
+    """Customers per second between 10 % and 90 % of the run's outcomes: the rate while the pipeline is
+    full, without the start (the first lookups and jobs) or the tail (the last job's duration)."""
+    low = next((t for t, done in progress if done >= total * 0.1), None)
+    high = next(((t, done) for t, done in progress if done >= total * 0.9), None)
+    if low is None or high is None or high[0] <= low:
+        return None
+    first = next(done for t, done in progress if t == low)
+    return round((high[1] - first) / (high[0] - low), 1)
 
 
 def producer_rate(info: RunInfo) -> float | None:
@@ -231,8 +245,10 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
     env = sync_env(s.redis_server.url, write_tenants_file({b["tenant"]: b["config"] for b in brands}),
                    SYNC_LOG_LEVEL="WARNING", **env_extra)
     store = Store(redis.Redis.from_url(s.redis_server.url, decode_responses=True))
+    pool, threads = procfile_backfill_worker()   # backfill workers as the Procfile starts them
     procs = [(WorkerProcess(env, concurrency=1, name=f"{name}-{i}") if per_customer
-              else WorkerProcess.backfill(env, concurrency=1, name=f"{name}-{i}")) for i in range(workers)]
+              else WorkerProcess.backfill(env, concurrency=threads, pool=pool, name=f"{name}-{i}"))
+             for i in range(workers)]
     results = []
     with RssSampler() as rss:
         for i, w in enumerate(procs):
@@ -243,10 +259,11 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
         try:
             for b in brands:
                 depth: list[int] = []
+                progress: list[tuple[float, int]] = []
                 s.klaviyo.set_knobs(request_log_size=200_000)
                 started = time.monotonic()
                 run_id = backfill(env, b["tenant"], rss, per_customer)
-                wait_done(store, run_id, depth.append)
+                wait_done(store, run_id, depth.append, progress=progress)
                 seconds = time.monotonic() - started
                 info = store.run(run_id)
                 assert info is not None
@@ -258,6 +275,7 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
                            "outcomes": info.counts, "max_queue_depth": max(depth or [0]),
                            "producer_peak_rss_mb": round(rss.peak_mb.get("producer", 0.0), 1),
                            "producer_enqueue_per_second": producer_rate(info),
+                           "steady_customers_per_second": steady_rate(progress, info.completed),
                            "limiter_deferrals": info.deferrals}))
                 rss.peak_mb.pop("producer", None)
         finally:

@@ -26,6 +26,7 @@ from producers.loyale import LoyaleClient
 from worker.batch import BatchSettings
 from worker.bulk_import import BulkImport, Polling, Row, Verdict, chunks
 from worker.errors import RetryableError, SyncError
+from worker.job_watcher import JobWatcher
 from worker.klaviyo import MAX_BULK_PROFILES, MAX_SUPPRESSION_EMAILS, KlaviyoClient
 from worker.merge import Memory, Plan, Policy, plan_sync
 from worker.messages import snapshot_json
@@ -106,10 +107,9 @@ class CeilingRun:
         batch = BatchSettings()
         self.importer: BulkImport[str] = BulkImport(
             klaviyo, tenant.id, Polling(poll_first_s=batch.poll_first_s, poll_max_s=batch.poll_max_s,
-                                        job_timeout_s=batch.job_timeout_s, lock_ttl_s=batch.lock_ttl_s,
-                                        retry_base_s=batch.retry.base_s, max_countdown_s=batch.retry.max_countdown_s),
-            call=retried, fail=fail, refresh_locks=lambda: None, back_off=lambda tenant, wait_s: None,
-            sleep=time.sleep)
+                                        job_timeout_s=batch.job_timeout_s, lock_ttl_s=batch.lock_ttl_s),
+            call=retried, fail=fail, refresh_locks=lambda: None,
+            watcher=JobWatcher(lambda tenant, wait_s: None), poll_job=klaviyo.bulk_import_job)
         self.verdicts: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.lock = threading.Lock()

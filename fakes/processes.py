@@ -4,6 +4,7 @@ workers, each started on demand and stopped cleanly (nothing here is used in pro
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -160,6 +161,16 @@ class ChildProcess:
             self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def procfile_backfill_worker() -> tuple[str, int]:
+    """The pool and concurrency the Procfile starts the backfill worker with (tests and the benchmark
+    start it the same way)."""
+    line = next(ln for ln in (REPO / "Procfile").read_text().splitlines() if ln.startswith("backfill-worker:"))
+    pool, threads = re.search(r"--pool=(\w+)", line), re.search(r"--concurrency=(\d+)", line)
+    if pool is None or threads is None:
+        raise ValueError(f"the Procfile's backfill-worker line names no --pool= or --concurrency=: {line}")
+    return pool[1], int(threads[1])
 
 
 def backfill_prefetch(batch_size: int, concurrency: int) -> int:

@@ -4,25 +4,16 @@ once Klaviyo confirmed its job."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from tests.harness import REPO, WorkerProcess, sync_env, wait_for, write_tenants_file
+from fakes.processes import procfile_backfill_worker
+from tests.harness import WorkerProcess, sync_env, wait_for, write_tenants_file
 from tests.integration.scenario import build_scenario, check_final_state
 from tests.integration.test_backfill import cli, run_id_from
 
 pytestmark = pytest.mark.integration
 
 BATCH = 25
-
-
-def procfile_backfill_worker() -> tuple[str, int]:
-    """The pool and concurrency the Procfile starts the backfill worker with."""
-    line = next(ln for ln in (REPO / "Procfile").read_text().splitlines() if ln.startswith("backfill-worker:"))
-    pool, threads = re.search(r"--pool=(\w+)", line), re.search(r"--concurrency=(\d+)", line)
-    assert pool and threads, line
-    return pool[1], int(threads[1])
 JOB_STATUS = "GET /api/profile-bulk-import-jobs/{job_id}"
 
 
