@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from cli import context as ctx
 from cli.render import RANK, iso
-from worker.broker import open_broker
+from worker.broker import BrokerError, open_broker
 from worker.messages import QUEUE_BACKFILL, QUEUE_INCREMENTAL
 from worker.outcomes import REDRIVABLE
 from worker.runtime import make_redis
@@ -31,9 +31,10 @@ RECENT_RUNS = 20
 
 
 def _where(url: str) -> str:
-    """Host and port of a Redis URL, without the password it may carry."""
+    """Host and port of a Redis or AMQP URL, without the password it may carry."""
     parts = urlsplit(url)
-    return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
+    default_port = 5672 if parts.scheme.startswith("amqp") or parts.scheme == "pyamqp" else 6379
+    return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or default_port}"
 
 
 @contextmanager
@@ -63,8 +64,9 @@ def queues_text(config: Settings) -> str:
     broker = open_broker(config.broker)
     try:
         depths = broker.depths([QUEUE_BACKFILL, QUEUE_INCREMENTAL])
-    except redis.RedisError as exc:
-        return f"[yellow]queues unknown:[/] the broker at {_where(config.broker)} failed ({type(exc).__name__})"
+    except BrokerError as exc:
+        cause = type(exc.__cause__).__name__
+        return f"[yellow]queues unknown:[/] the broker at {_where(config.broker)} failed ({cause})"
     finally:
         broker.close()
     return "waiting on the broker: " + ", ".join(f"{queue} {depth}" for queue, depth in depths.items())

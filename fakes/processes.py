@@ -121,6 +121,148 @@ class RedisServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def stop_group(proc: subprocess.Popen | None, timeout_s: float) -> None:
+    """SIGTERM the process group of `proc` (started with `start_new_session`); SIGKILL it after `timeout_s`."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+#: Why the RabbitMQ tests are skipped where they are.
+RABBITMQ_MISSING = ("rabbitmq-server is not installed (Debian: apt-get install rabbitmq-server): "
+                    "the tests on the RabbitMQ broker are skipped")
+
+
+def rabbitmq_server_path() -> str | None:
+    """The script that starts a RabbitMQ node in the foreground, or None when RabbitMQ is not installed.
+    Debian's /usr/sbin/rabbitmq-server is a wrapper that switches to the `rabbitmq` user when run as
+    root (dropping our environment) and refuses other users: the real script sits beside it."""
+    found = shutil.which("rabbitmq-server") or next(
+        (p for p in ("/usr/sbin/rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmq-server") if os.access(p, os.X_OK)),
+        None)
+    if found is None:
+        return None
+    real = Path(found).resolve()
+    if real.name == "rabbitmq-script-wrapper":
+        real = (real.parent / "rabbitmq-server").resolve()
+    return str(real) if os.access(real, os.X_OK) else None
+
+
+@dataclass
+class RabbitServer:
+    """A RabbitMQ node of its own in a temporary directory: its own node name, AMQP port, distribution
+    port, Erlang cookie (HOME), data, logs and configuration, no plugins. The machine's RabbitMQ (and
+    its /etc/rabbitmq) is never read nor touched; only the Erlang port mapper (epmd) is shared, which
+    tells nodes apart by name. Messages survive `restart()` (quorum queues are on disk)."""
+
+    port: int = field(default_factory=free_port)
+    dist_port: int = field(default_factory=free_port)
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="lks-rabbit-"))
+    proc: subprocess.Popen | None = None
+
+    @property
+    def node(self) -> str:
+        return f"rabbit-test-{os.getpid()}-{self.port}@localhost"
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def env(self) -> dict[str, str]:
+        work = Path(self.workdir)
+        keep = ("PATH", "LANG", "LC_ALL", "TMPDIR")
+        return {**{k: v for k, v in os.environ.items() if k in keep}, "HOME": self.workdir,
+                "RABBITMQ_NODENAME": self.node, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "RABBITMQ_CONF_ENV_FILE": str(work / "rabbitmq-env.conf"),
+                "RABBITMQ_CONFIG_FILE": str(work / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(work / "advanced.config"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(work / "enabled_plugins"),
+                "RABBITMQ_MNESIA_BASE": str(work / "mnesia"), "RABBITMQ_LOG_BASE": str(work / "log"),
+                "RABBITMQ_PID_FILE": str(work / "rabbitmq.pid"), "ERL_EPMD_ADDRESS": "127.0.0.1"}
+
+    def _write_config(self) -> None:
+        work = Path(self.workdir)
+        (work / "rabbitmq-env.conf").write_text("")       # not /etc/rabbitmq/rabbitmq-env.conf
+        (work / "enabled_plugins").write_text("[].\n")
+        (work / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{self.port}\nlog.console = false\nlog.file.level = warning\n")
+
+    def start(self, timeout_s: float = 60.0) -> RabbitServer:
+        exe = rabbitmq_server_path()
+        if exe is None:
+            raise RuntimeError(RABBITMQ_MISSING)
+        self._write_config()
+        self.proc = subprocess.Popen([exe], env=self.env(), cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                     stdout=open(Path(self.workdir) / "stdout.log", "ab"),  # noqa: SIM115
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for(self._ours_answers, timeout_s, interval_s=0.2, what=f"RabbitMQ node {self.node}",
+                     diagnose=lambda: self.log()[-2000:])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ours_answers(self) -> bool:
+        import amqp
+
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"rabbitmq-server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        connection = amqp.Connection(f"127.0.0.1:{self.port}", connect_timeout=1)
+        try:
+            connection.connect()
+        except (OSError, amqp.exceptions.AMQPError):
+            return False
+        try:   # ours, not another node that took the port first (the cluster is named after the node)
+            return str(connection.server_properties.get("cluster_name", "")).split("@")[0] == self.node.split("@")[0]
+        finally:
+            connection.close()
+
+    def connect(self, **options: Any):
+        """A plain AMQP connection to the node (py-amqp), for tests that look under the app."""
+        import amqp
+
+        connection = amqp.Connection(f"127.0.0.1:{self.port}", connect_timeout=5, **options)
+        connection.connect()
+        return connection
+
+    def purge(self, queues: list[str]) -> None:
+        """Empty these queues of every message (those that exist; a test starts from nothing waiting)."""
+        import amqp
+
+        with self.connect() as connection:
+            for queue in queues:
+                channel = connection.channel()
+                try:
+                    channel.queue_purge(queue)
+                    channel.close()
+                except amqp.exceptions.NotFound:
+                    pass
+
+    def log(self) -> str:
+        logs = [Path(self.workdir) / "stdout.log", *sorted((Path(self.workdir) / "log").glob("*.log"))]
+        return "\n".join(p.read_text(errors="replace") for p in logs if p.exists())
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM: RabbitMQ shuts down cleanly (queues written, connections closed) and exits."""
+        stop_group(self.proc, timeout_s)
+
+    def restart(self) -> RabbitServer:
+        """Stop and start the same node on the same port and data: its quorum queues keep their messages."""
+        self.stop()
+        return self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 @dataclass
 class ChildProcess:
     """A command of ours as a child process in its own process group, its output in a log file."""
@@ -154,13 +296,7 @@ class ChildProcess:
             self.proc.wait()
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_group(self.proc, timeout_s)
 
 
 def procfile_backfill_worker() -> tuple[str, int]:

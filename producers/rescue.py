@@ -14,6 +14,12 @@ hold, and then every customer of it without an outcome is read again from Loyale
     timeout plus the longest countdown, so any message still held by a worker, or restored from a
     dead one, would have produced one);
   - the sync queues are empty on the broker (a backlog of other work is not a lost message).
+
+On RabbitMQ (`SYNC_BROKER_URL=amqp://`) that loss does not happen: a delivery stays the broker's until it
+is acknowledged, and goes back on the queue when the consumer's connection dies, so the stall is sized
+from the consumer timeout instead of the visibility timeout. The rescue stays on as a safety net for
+what still loses a message there: an operator purging a queue, or RabbitMQ 4's default delivery limit
+on quorum queues (a message returned 20 times is dropped).
 """
 
 from __future__ import annotations

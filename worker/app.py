@@ -10,6 +10,9 @@ and beat schedule (`producers.tasks.register`, `producers.schedule`). Nothing im
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import structlog
 from celery import Celery
 from celery.signals import setup_logging, worker_process_init
@@ -22,18 +25,79 @@ from worker.errors import ConfigError
 from worker.logs import configure_logging
 from worker.messages import QUEUE_INCREMENTAL, QUEUES
 from worker.runtime import set_runtime
-from worker.settings import Settings, get_settings
+from worker.settings import BrokerTransport, Settings, broker_transport, get_settings
 
 log = structlog.get_logger("app")
 
 
-def _queue(name: str) -> Queue:
+def _queue(name: str, transport: BrokerTransport) -> Queue:
     # kombu ships no types: its constructors are untyped calls.
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+    if transport == "redis":
+        return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+    # RabbitMQ: durable quorum queues (replicated, written to disk before the publish is confirmed; a
+    # consumer's unacknowledged messages go back at once when its connection dies). On a topic exchange,
+    # because Celery's native delayed delivery hands a countdown message back to the queue's exchange
+    # with a `#.<queue>` binding, which a direct exchange cannot match.
+    return Queue(name, Exchange(name, type="topic", durable=True),  # type: ignore[no-untyped-call]
+                 routing_key=name, durable=True, queue_arguments={"x-queue-type": "quorum"})
+
+
+def transport_conf(settings: Settings) -> dict[str, Any]:
+    """The Celery settings that differ between the brokers (README "Choosing a broker")."""
+    if settings.broker_transport == "redis":
+        return {"broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Round robin between the incremental and the backfill queue.
+            "queue_order_strategy": "round_robin",
+            # Messages of a worker that died are restored once older than the visibility timeout;
+            # sweep often enough that recovery takes about 1.1x the timeout, not a fixed 100 s.
+            "unacked_restore_interval": max(1, settings.visibility_timeout_s // 100),
+            # The sweep holds a mutex in Redis; a worker killed while holding it would block every
+            # other worker's sweep for kombu's default 5 minutes. A sweep takes milliseconds.
+            "unacked_mutex_expire": 15,
+        }}
+    # RabbitMQ keeps no visibility timeout, unacked hash or restore sweep (so none of the options above):
+    # a delivery stays with its consumer until acknowledged, rejected, or the consumer's connection or
+    # channel closes, and then it is ready again at once. A worker holding one past the server's
+    # consumer_timeout (SYNC_CONSUMER_TIMEOUT_S) loses its channel and the deliveries go back.
+    return {
+        # A publish returns only once RabbitMQ has the message (on a quorum queue: on a majority's
+        # disks), so a producer or a requeue that returned has not lost it.
+        "broker_transport_options": {"confirm_publish": True},
+        # Quorum queues refuse a global QoS; Celery sees the x-queue-type and uses per-consumer
+        # prefetch (a static count: `--prefetch-multiplier` x concurrency, as celery-batches needs) and
+        # native delayed delivery: a countdown waits in RabbitMQ's `celery_delayed_*` quorum queues, not
+        # in a worker's memory, so it neither holds a prefetch slot nor meets the consumer timeout.
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": "quorum",
+        # Anything Celery declares on its own (a queue not in task_queues) is a quorum queue as well.
+        "task_default_queue_type": "quorum",
+        "task_default_exchange_type": "topic",
+        "task_create_missing_queue_type": "quorum",
+        "task_create_missing_queue_exchange_type": "topic",
+        # No priorities: the project sets none, and quorum queues before RabbitMQ 4.0 ignore them.
+    }
+
+
+class SyncCelery(Celery):  # type: ignore[misc]  # Celery is untyped
+    """Celery, with countdowns RabbitMQ's native delayed delivery can carry. That routes a message by its
+    countdown in whole seconds (`int(countdown)`), and refuses one under a second (celery 5.6 raises
+    ValueError from kombu's `calculate_routing_key`); Redis takes any. On RabbitMQ a countdown is rounded
+    up to the next whole second: never earlier than asked (a limiter's deferral), at most a second later."""
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, countdown: float | None = None,
+                  eta: Any = None, **options: Any) -> Any:
+        if countdown is not None and countdown > 0 and self.whole_second_countdowns:
+            countdown = float(math.ceil(countdown))
+        return super().send_task(name, args, kwargs, countdown, eta, **options)
+
+    @property
+    def whole_second_countdowns(self) -> bool:
+        return broker_transport(self.conf.broker_url) == "amqp"
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("loyale_klaviyo_sync", broker=settings.broker, set_as_current=False)
+    app = SyncCelery("loyale_klaviyo_sync", broker=settings.broker, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -45,19 +109,8 @@ def create_app(settings: Settings) -> Celery:
         accept_content=["json"],
         # Each queue on its own exchange and key: declared bare, all three would be bound to the default
         # queue's exchange with one key, and a message sent there would land in every queue.
-        task_queues=[_queue(name) for name in QUEUES],
+        task_queues=[_queue(name, settings.broker_transport) for name in QUEUES],
         task_default_queue=QUEUE_INCREMENTAL,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout_s,
-            # Round robin between the incremental and the backfill queue.
-            "queue_order_strategy": "round_robin",
-            # Messages of a worker that died are restored once older than the visibility timeout;
-            # sweep often enough that recovery takes about 1.1x the timeout, not a fixed 100 s.
-            "unacked_restore_interval": max(1, settings.visibility_timeout_s // 100),
-            # The sweep holds a mutex in Redis; a worker killed while holding it would block every
-            # other worker's sweep for kombu's default 5 minutes. A sweep takes milliseconds.
-            "unacked_mutex_expire": 15,
-        },
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,
         task_send_sent_event=True,
@@ -70,6 +123,7 @@ def create_app(settings: Settings) -> Celery:
         redbeat_key_prefix="lks:redbeat:",
         redbeat_lock_timeout=max(30, int(settings.incremental_interval_s * 5)),
         beat_max_loop_interval=min(5.0, settings.incremental_interval_s),
+        **transport_conf(settings),
     )
     tasks.register(app, settings)
     producers.tasks.register(app)

@@ -8,10 +8,10 @@ counters survive worker restarts:
     loyale_sync_klaviyo_requests_total{tenant,endpoint,status}   counter  Klaviyo requests sent inside runs
                                                                           (status 0: no answer, e.g. a timeout)
     loyale_sync_klaviyo_throttled_total{tenant,endpoint}         counter  those answered 429
-    loyale_sync_queue_depth{queue}                               gauge    messages waiting on the broker's list
+    loyale_sync_queue_depth{queue}                               gauge    messages waiting on the broker's queue
     loyale_sync_oldest_unsynced_change_seconds{tenant}           gauge    see `unsynced_since`
     loyale_sync_tenant_paused{tenant}                            gauge    1 while the tenant is paused (401/403)
-    loyale_sync_redis_up                                         gauge    0 when Redis failed this scrape
+    loyale_sync_redis_up                                         gauge    0 when Redis or the broker failed
 
 The counters are cumulative hashes the store keeps beside its per-run counts (`Store.outcome_totals`,
 `Store.request_totals`); they only go up, and start again from 0 only if Redis loses its data.
@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from worker.broker import Broker
+from worker.broker import Broker, BrokerError
 from worker.store import RunInfo, Store
 
 log = structlog.get_logger("metrics")
@@ -86,7 +86,7 @@ class SyncCollector:
         up = GaugeMetricFamily("loyale_sync_redis_up", "1 if the state Redis and the broker answered this scrape.")
         try:
             families = [self._customers(), *self._requests(), self._queue_depth(), *self._tenant_gauges()]
-        except redis.RedisError as exc:
+        except (redis.RedisError, BrokerError) as exc:
             log.warning("metrics_redis_failed", error=str(exc))
             up.add_metric([], 0)
             yield up

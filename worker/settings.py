@@ -105,13 +105,30 @@ class TenantConfig(BaseModel):
 #: 6 lookups per 1.2 s, 18 % of its rate.
 TRANSIT_S = 0.5
 
+BrokerTransport = Literal["redis", "amqp"]
+#: URL schemes of the brokers we know how to run on and to ask about queue depths (`worker.broker`).
+BROKER_SCHEMES: dict[str, BrokerTransport] = {
+    "redis": "redis", "rediss": "redis", "unix": "redis", "redis+socket": "redis",
+    "amqp": "amqp", "amqps": "amqp", "pyamqp": "amqp",
+}
+
+
+def broker_transport(url: str) -> BrokerTransport:
+    """Which broker a `SYNC_BROKER_URL` names; a ConfigError names the schemes we support."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in BROKER_SCHEMES:
+        raise ConfigError(f"broker URL scheme {scheme + '://' if scheme else '(none)'} is not supported: "
+                          "use redis:// (or rediss://) or amqp:// (or amqps://) in SYNC_BROKER_URL")
+    return BROKER_SCHEMES[scheme]
+
 class Settings(BaseSettings):
     """Process-wide settings. Durations carry their unit in the name."""
 
     model_config = SettingsConfigDict(env_prefix="SYNC_", env_file=".env", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    #: Celery broker; defaults to `redis_url`.
+    #: Celery broker; defaults to `redis_url`. `amqp://user:password@host:5672/vhost` for RabbitMQ
+    #: (README "Choosing a broker"); Redis stays the state store either way.
     broker_url: str | None = None
     tenants_file: Path | None = None
 
@@ -151,6 +168,10 @@ class Settings(BaseSettings):
     #: Redis broker visibility timeout: an unacked message is redelivered after this long. Every
     #: countdown we schedule stays far below it (see `max_countdown_s`).
     visibility_timeout_s: int = 3600
+    #: RabbitMQ's `consumer_timeout` (rabbitmq.conf; 30 min unless the server sets another): a delivery
+    #: a worker holds unacknowledged longer is taken back by closing that worker's channel. Tell us the
+    #: server's value; countdowns and the rescue are sized from it on an `amqp://` broker.
+    consumer_timeout_s: int = 1800
     #: How long a run's ledger and outcomes are kept in Redis.
     retention_days: int = 30
     #: How long the journal of overwritten Klaviyo values is kept (`loyale-sync undo` needs it).
@@ -180,7 +201,7 @@ class Settings(BaseSettings):
     incremental_interval_s: float = 60.0
     #: A run whose customers got no outcome for this long, with the queues empty, is rescued: its
     #: customers without an outcome are enqueued again (producers/rescue.py). Default (0): the
-    #: visibility timeout plus the longest countdown plus five minutes.
+    #: visibility timeout (RabbitMQ: the consumer timeout) plus the longest countdown plus five minutes.
     stall_after_s: float = 0.0
     #: How often beat looks for such runs.
     rescue_interval_s: float = 60.0
@@ -198,13 +219,27 @@ class Settings(BaseSettings):
         return self.broker_url or self.redis_url
 
     @property
+    def broker_transport(self) -> BrokerTransport:
+        return broker_transport(self.broker)
+
+    @property
+    def redelivery_timeout_s(self) -> float:
+        """The longest a message a worker holds (reserved, in a batch, waiting out a countdown) stays away
+        from the queue: Redis restores it after the visibility timeout, RabbitMQ takes it back after its
+        consumer timeout (and at once when the worker's connection dies)."""
+        return self.consumer_timeout_s if self.broker_transport == "amqp" else self.visibility_timeout_s
+
+    @property
     def stall_after_effective_s(self) -> float:
-        return self.stall_after_s or self.visibility_timeout_s + self.max_countdown_s + 300
+        return self.stall_after_s or self.redelivery_timeout_s + self.max_countdown_s + 300
 
     @property
     def max_countdown_s(self) -> float:
-        """Longest countdown a task may be given: a quarter of the visibility timeout."""
-        return self.visibility_timeout_s / 4
+        """Longest countdown a task may be given: a quarter of the redelivery timeout. On RabbitMQ a
+        countdown waits in the broker (Celery's native delayed delivery), not in a worker, so the consumer
+        timeout never takes it back; the bound stays for a worker that holds one all the same (a delay
+        shorter than a second, or delayed delivery not set up: Celery then holds the message until due)."""
+        return self.redelivery_timeout_s / 4
 
     def load_tenants(self) -> dict[str, TenantConfig]:
         """All configured tenants by id; raises ConfigError saying what is wrong and how to fix it."""
