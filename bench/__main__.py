@@ -223,6 +223,7 @@ def measured(s: Stack, name: str, b: dict[str, Any], *, customers: int, workers:
         achieved_requests_per_min=round(len(lookups) / span_min, 1) if span_min else 0.0,
         customers_per_second=round(customers / seconds, 1), peak_rss_mb=round(peak_rss_mb, 1),
         extra={**extra, "jobs_in_flight_max": in_flight_max(s.klaviyo.bulk_jobs(b["account"])),
+               "throttled_by_endpoint": dict(Counter(e["endpoint"] for e in log if e["status"] == 429)),
                "requests_by_endpoint": dict(Counter(e["endpoint"] for e in log).most_common())},
     )
 
@@ -261,10 +262,12 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
                 depth: list[int] = []
                 progress: list[tuple[float, int]] = []
                 s.klaviyo.set_knobs(request_log_size=200_000)
+                s.klaviyo.loop_lag_max_s()   # from here on
                 started = time.monotonic()
                 run_id = backfill(env, b["tenant"], rss, per_customer)
                 wait_done(store, run_id, depth.append, progress=progress)
                 seconds = time.monotonic() - started
+                loop_lag_s = s.klaviyo.loop_lag_max_s()
                 info = store.run(run_id)
                 assert info is not None
                 results.append(measured(
@@ -276,6 +279,7 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
                            "producer_peak_rss_mb": round(rss.peak_mb.get("producer", 0.0), 1),
                            "producer_enqueue_per_second": producer_rate(info),
                            "steady_customers_per_second": steady_rate(progress, info.completed),
+                           "fake_loop_lag_max_s": loop_lag_s,
                            "limiter_deferrals": info.deferrals}))
                 rss.peak_mb.pop("producer", None)
         finally:

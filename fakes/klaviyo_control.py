@@ -112,6 +112,10 @@ class FakeKlaviyoControl:
         via, job_id, row, at}, oldest first."""
         return self._call("GET", "/merges")["merges"]
 
+    def loop_lag_max_s(self) -> float:
+        """The longest the fake's event loop was late since the last call (requests wait that long)."""
+        return float(self._call("GET", "/loop-lag")["loop_lag_max_s"])
+
     def bulk_jobs(self, account_id: str | None = None) -> list[dict[str, Any]]:
         """Bulk import jobs of an account: {id, status, rows, created, completed} (epoch seconds on the
         fake clock; completed is None until the job has ended), in the order they were submitted."""

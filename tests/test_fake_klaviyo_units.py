@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
+from fakes.klaviyo.app import create_app
 from fakes.klaviyo.config import Knobs
 from fakes.klaviyo.filters import Condition, FilterError, parse_filter
 from fakes.klaviyo.profiles import UlidGenerator, is_e164, is_valid_email
@@ -123,3 +126,15 @@ def test_nullable_unions_accept_null_after_normalisation() -> None:
     assert fixed["properties"]["latitude"]["oneOf"][-1] == {"enum": [None]}
     assert "oneOf" not in fixed["properties"]["city"]
     assert allow_null_in_nullable_oneof(fixed) == fixed  # idempotent
+
+
+def test_the_fake_reports_how_late_its_event_loop_was_since_it_was_last_asked():
+    """A request waits in the fake's event loop before it is counted against a rate limit: the
+    benchmark reads this lateness beside the 429s it sees."""
+    with TestClient(create_app()) as client:
+        client.get("/_fake/loop-lag")                  # from here on
+        client.portal.call(lambda: time.sleep(1.0))    # block the event loop for a second
+        late_s = client.get("/_fake/loop-lag").json()["loop_lag_max_s"]
+        again_s = client.get("/_fake/loop-lag").json()["loop_lag_max_s"]
+    assert late_s >= 0.9
+    assert again_s < late_s      # reading resets it

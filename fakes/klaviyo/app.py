@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -240,6 +243,12 @@ def control_routes(fake: FakeKlaviyo) -> list[Route]:
         fake.reset()
         return JSONResponse({"ok": True})
 
+    async def loop_lag(request: Request) -> JSONResponse:
+        """The fake's own lateness since the last read (then reset): on a loaded machine a request waits
+        in the event loop before it is counted, later than Klaviyo's front door would count it."""
+        lag_s, fake.loop_lag_max_s = fake.loop_lag_max_s, 0.0
+        return JSONResponse({"loop_lag_max_s": round(lag_s, 3)})
+
     async def accounts(request: Request) -> JSONResponse:
         if request.method == "GET":
             return JSONResponse({"accounts": [
@@ -388,6 +397,7 @@ def control_routes(fake: FakeKlaviyo) -> list[Route]:
         Route("/_fake/health", health),
         Route("/_fake/info", info),
         Route("/_fake/reset", reset, methods=["POST"]),
+        Route("/_fake/loop-lag", loop_lag),
         Route("/_fake/accounts", accounts, methods=["GET", "POST"]),
         Route("/_fake/keys", add_key, methods=["POST"]),
         Route("/_fake/keys/revoke", revoke_key, methods=["POST"]),
@@ -451,10 +461,31 @@ def _seed(account: Any, rows: Any) -> list[str]:
     return ids
 
 
+LAG_PROBE_S = 0.05
+
+
+@contextlib.asynccontextmanager
+async def _watch_loop_lag(app: Starlette, fake: FakeKlaviyo) -> AsyncIterator[None]:
+    """Measure how late the event loop wakes up (`/_fake/loop-lag`)."""
+
+    async def probe() -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(LAG_PROBE_S)
+            fake.loop_lag_max_s = max(fake.loop_lag_max_s, time.monotonic() - started - LAG_PROBE_S)
+
+    task = asyncio.create_task(probe())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
 def create_app(config: FakeKlaviyoConfig | None = None) -> Starlette:
     """The fake Klaviyo as a Starlette app; `app.state.fake` is its state (for in-process use)."""
     fake = FakeKlaviyo(config or FakeKlaviyoConfig())
     _install_log_filter()
-    app = Starlette(routes=control_routes(fake), middleware=[Middleware(ApiGateway, fake=fake)])
+    app = Starlette(routes=control_routes(fake), middleware=[Middleware(ApiGateway, fake=fake)],
+                    lifespan=partial(_watch_loop_lag, fake=fake))
     app.state.fake = fake
     return app

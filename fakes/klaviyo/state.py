@@ -223,6 +223,9 @@ class FakeKlaviyo:
         self.keys: dict[str, KeyRecord] = {}
         self.limiter = RateLimiter()
         self.stats = RequestStats(self.knobs.request_log_size)
+        #: The longest the fake's event loop was late since the last read (`GET /_fake/loop-lag`): a
+        #: request waits that long before the fake counts it against a rate limit.
+        self.loop_lag_max_s = 0.0
         self.violations: deque[dict[str, Any]] = deque(maxlen=1000)
         self.clock = FakeClock()
         #: Draws the fate of bulk jobs (cancelled / stuck); seeded like the fault dice.
