@@ -298,6 +298,7 @@ def _loyale_payload(raw: Any, *, scheme_id: str | None,
                     level_names: Callable[[list[str]], list[str] | None]) -> dict[str, Any]:
     """The mapped fields of a raw Loyale customer, in Loyale's keys plus these (LoyaleCustomer's aliases):
       levelNames     the names of the customer's levels; `[]` when Loyale lists no level for them
+      levelSince     level name -> when the customer reached it (`detailedLevels[].createdDate`), where given
       levelsUnknown  true when the levels could not be read (no `Levels` list on the customer, or the
                      level lookup failed): Klaviyo's `Levels` is then left untouched
       points_balance, monetary_balance
@@ -317,6 +318,8 @@ def _loyale_payload(raw: Any, *, scheme_id: str | None,
             payload["levelsUnknown"] = True
         else:
             payload["levelNames"] = names
+            if since := _level_since(raw, level_names):
+                payload["levelSince"] = since
     else:
         payload["levelsUnknown"] = True   # not sent (or not a list): unknown, never "no levels"
     balance = raw.get("balance")
@@ -336,6 +339,18 @@ def _loyale_payload(raw: Any, *, scheme_id: str | None,
             for f in fields if isinstance(f, dict) and f.get("internal") is not True
         ]
     return payload
+
+
+def _level_since(raw: dict[str, Any], level_names: Callable[[list[str]], list[str] | None]) -> dict[str, str]:
+    """Level name -> when the customer reached it (`detailedLevels[].createdDate`, as Loyale wrote it)."""
+    detailed = raw.get("detailedLevels")
+    since: dict[str, str] = {}
+    for item in detailed if isinstance(detailed, list) else []:
+        if isinstance(item, dict) and item.get("levelId") and isinstance(item.get("createdDate"), str):
+            names = level_names([str(item["levelId"])])   # the names are cached: no request per level
+            if names:
+                since[names[0]] = item["createdDate"]
+    return since
 
 
 def gone_snapshot(customer_id: str) -> Snapshot:

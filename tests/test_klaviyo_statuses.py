@@ -7,15 +7,22 @@ authentication_failed, 403 permission_denied and Cloudflare's HTML 403, 409 dupl
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from worker.errors import DuplicateProfile, RecordRejected, RetryableError, TenantFatalError, Throttled
-from worker.klaviyo import KlaviyoClient
+from fakes.klaviyo.config import default_spec_path
+from worker.errors import Deferred, DuplicateProfile, RecordRejected, RetryableError, TenantFatalError, Throttled
+from worker.events import POINTS_EARNED, LoyaltyEvent, bulk_entries
+from worker.klaviyo import MAX_BULK_EVENT_BYTES, MAX_BULK_EVENTS, KlaviyoClient, bulk_event_chunks
+from worker.ratelimit import load_spec_limits
+
+SPEC_PATH = default_spec_path()
 
 PROFILE_ID = "01GDDKASAP8TKDDA2GRZDSVP4H"
 OWNER_ID = "01H0WNER000000000000000000"
@@ -38,6 +45,11 @@ def profile(profile_id: str = PROFILE_ID) -> dict[str, Any]:
 
 def job(status: str = "queued", **counts: int) -> dict[str, Any]:
     return {"type": "profile-bulk-import-job", "id": JOB_ID, "attributes": {"status": status, **counts}}
+
+
+def event(n: int = 1, **properties: Any) -> LoyaltyEvent:
+    return LoyaltyEvent(POINTS_EARNED, "c-1", f"loyale-transaction-{n}", datetime(2026, 3, 1, tzinfo=UTC),
+                        {"Points": n, **properties})
 
 
 Answer = Callable[[httpx.Request], httpx.Response] | httpx.Response
@@ -76,6 +88,8 @@ CALLS: list[tuple[str, Callable[[KlaviyoClient], Any]]] = [
     ("bulk_import_job", lambda kc: kc.bulk_import_job(JOB_ID)),
     ("import_errors", lambda kc: kc.import_errors(JOB_ID)),
     ("account", lambda kc: kc.account()),
+    ("create_event", lambda kc: kc.create_event(event(), PROFILE_ID)),
+    ("create_event_bulk_job", lambda kc: kc.create_event_bulk_job([(PROFILE_ID, event())])),
 ]
 EVERY_CALL = pytest.mark.parametrize("call", [c for _, c in CALLS], ids=[n for n, _ in CALLS])
 
@@ -113,6 +127,53 @@ def test_a_2xx_without_a_body_is_no_job_id_for_a_suppression_and_retried_where_d
 def test_a_2xx_that_is_not_json_is_retried(klaviyo):
     with pytest.raises(RetryableError, match="not JSON"):
         klaviyo(httpx.Response(200, text="<html>ok</html>")).find_one("email", "a@x.com")
+
+
+def test_202_without_a_body_is_an_event_accepted(klaviyo):
+    sent: list[httpx.Request] = []
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(202)
+
+    kc = klaviyo(accept)
+    assert kc.create_event(event(), PROFILE_ID) is None
+    assert kc.create_event_bulk_job([(PROFILE_ID, event(1)), (OWNER_ID, event(2))]) is None
+    assert [(r.method, r.url.path) for r in sent] == [("POST", "/api/events"), ("POST", "/api/event-bulk-create-jobs")]
+    single, bulk = (json.loads(r.content) for r in sent)
+    assert single["data"]["attributes"]["profile"]["data"] == {"type": "profile", "id": PROFILE_ID, "attributes": {}}
+    entries = bulk["data"]["attributes"]["events-bulk-create"]["data"]
+    assert [e["attributes"]["profile"]["data"]["id"] for e in entries] == [PROFILE_ID, OWNER_ID]
+    assert all(r.headers["content-type"] == JSONAPI for r in sent)
+
+
+def test_an_event_bulk_job_over_klaviyos_limits_is_never_sent(klaviyo):
+    kc = klaviyo(httpx.Response(202))
+    with pytest.raises(ValueError, match="exceed one event bulk job"):
+        kc.create_event_bulk_job([(PROFILE_ID, event(n)) for n in range(MAX_BULK_EVENTS + 1)])
+    with pytest.raises(ValueError, match="exceed one event bulk job"):
+        kc.create_event_bulk_job([(PROFILE_ID, event(1, Note="x" * 90_000)) for _ in range(60)])
+
+
+def test_events_are_split_into_jobs_of_at_most_1000_events_and_5_mb():
+    many = [(f"01P{n % 7:023d}", event(n)) for n in range(2500)]
+    chunks = bulk_event_chunks(many)
+    assert [len(c) for c in chunks] == [1000, 1000, 500]
+    assert sorted(e.unique_id for c in chunks for _, e in c) == sorted(e.unique_id for _, e in many)
+    big = [(PROFILE_ID, event(n, Note="x" * 90_000)) for n in range(120)]   # 10.8 MB of one profile's events
+    chunks = bulk_event_chunks(big)
+    sizes = [len(json.dumps({"data": {"type": "event-bulk-create-job", "attributes": {
+        "events-bulk-create": {"data": bulk_entries(c)}}}}).encode()) for c in chunks]
+    assert len(chunks) == 3 and all(size <= MAX_BULK_EVENT_BYTES for size in sizes)
+    assert [e.unique_id for c in chunks for _, e in c] == [e.unique_id for _, e in big]   # in order
+
+
+def test_a_400_of_an_event_names_klaviyos_pointer(klaviyo):
+    answer = error(400, "invalid", "Name must be less than 128 characters.",
+                   "/data/attributes/metric/data/attributes/name")
+    with pytest.raises(RecordRejected) as caught:
+        klaviyo(answer).create_event(event(), PROFILE_ID)
+    assert (caught.value.status, caught.value.pointer) == (400, "/data/attributes/metric/data/attributes/name")
 
 
 # --- 4xx: what the caller should do --------------------------------------------------------------
@@ -283,3 +344,30 @@ def test_every_answer_and_failure_is_counted_by_endpoint_with_its_status(klaviyo
         with contextlib.suppress(RetryableError):
             kc.create_profile({"email": "a@x.com"})
     assert seen == [("POST /api/profiles", 429), ("POST /api/profiles", 201), ("POST /api/profiles", 0)]
+
+
+def test_the_event_endpoints_ask_the_gate_first_under_their_own_names_and_a_deferral_sends_nothing(klaviyo):
+    """Every request asks the limiter's gate first, by endpoint: the events' own limits (350/s and
+    3,500/m; bulk 10/s and 150/m) are read by `worker.ratelimit` from the spec under these names."""
+    asked: list[str] = []
+    sent: list[str] = []
+
+    def gate(endpoint: str) -> None:
+        asked.append(endpoint)
+        if len(asked) == 3:
+            raise Deferred("waiting for the rate limit", retry_after_s=1.0)
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return httpx.Response(202)
+
+    kc = klaviyo(accept, gate=gate)
+    kc.create_event(event(), PROFILE_ID)
+    kc.create_event_bulk_job([(PROFILE_ID, event())])
+    with pytest.raises(Deferred):
+        kc.create_event(event(2), PROFILE_ID)
+    assert asked == ["POST /api/events", "POST /api/event-bulk-create-jobs", "POST /api/events"]
+    assert sent == ["/api/events", "/api/event-bulk-create-jobs"]
+    limits = load_spec_limits(SPEC_PATH)
+    assert limits["POST /api/events"] == ("350/s", "3500/m")
+    assert limits["POST /api/event-bulk-create-jobs"] == ("10/s", "150/m")

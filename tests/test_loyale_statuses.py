@@ -6,6 +6,7 @@ departure; balances only as Loyale sends them."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing
 from tests.builders import klaviyo_profile, loyale_payload
 from worker.mapping import map_customer
 from worker.merge import Match, Memory, Policy, plan_sync
+from worker.messages import read_snapshot, snapshot_json
 from worker.models import parse_customer
 from worker.outcomes import Outcome
 
@@ -167,6 +169,16 @@ def test_no_levels_in_loyale_is_an_empty_list_that_the_mapping_may_clear(client)
         assert payload.levels_unknown is True and payload.level_names == []
         mapped = map_customer(parse_customer(payload)[0])
         assert "properties.Levels" not in mapped.fields and "properties.Levels" not in mapped.cleared
+
+
+def test_the_snapshot_carries_when_each_level_was_reached_and_reads_back_from_the_queue(client):
+    """`detailedLevels[].createdDate` times a `Loyale Level Reached` event (worker/events.py)."""
+    reader = client()
+    payload = reader.snapshot(raw_customer(detailedLevels=[
+        {"levelId": GOLD, "createdDate": "2026-01-02T09:30:00Z"}, {"levelId": "unknown-id", "createdDate": "x"}]))
+    assert payload.level_since == {"Gold": datetime(2026, 1, 2, 9, 30, tzinfo=UTC)}
+    assert read_snapshot(snapshot_json(payload)).level_since == payload.level_since   # type: ignore[union-attr]
+    assert reader.snapshot(raw_customer()).level_since == {}
 
 
 def test_a_payload_without_level_names_reads_as_levels_unknown():

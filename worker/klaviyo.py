@@ -18,6 +18,7 @@ import httpx
 from pydantic import SecretStr
 
 from worker.errors import DuplicateProfile, RecordRejected, RetryableError, TenantFatalError, Throttled
+from worker.events import LoyaltyEvent, bulk_entries, event_body
 from worker.models import KlaviyoProfile
 from worker.retry import parse_retry_after
 
@@ -27,6 +28,10 @@ RETRYABLE_STATUSES = frozenset({500, 502, 503, 504, 520, 522, 524})
 MAX_FILTER_VALUES = 100
 MAX_SUPPRESSION_EMAILS = 100
 MAX_BULK_PROFILES = 10_000
+#: `POST /api/event-bulk-create-jobs`: "Accepts up to 1,000 events per request. The maximum allowed
+#: payload size is 5MB." (spec, bulk_create_events)
+MAX_BULK_EVENTS = 1000
+MAX_BULK_EVENT_BYTES = 5 * 1024 * 1024
 
 # Endpoint names used for rate limiting and request counting (operation, not concrete path).
 GET_PROFILES = "GET /api/profiles"
@@ -41,6 +46,10 @@ GET_ACCOUNTS = "GET /api/accounts"
 GET_PROFILE = "GET /api/profiles/{id}"
 GET_SUPPRESS_JOB = "GET /api/profile-suppression-bulk-create-jobs/{job_id}"
 GET_UNSUPPRESS_JOB = "GET /api/profile-suppression-bulk-delete-jobs/{job_id}"
+CREATE_EVENT = "POST /api/events"
+BULK_CREATE_EVENTS = "POST /api/event-bulk-create-jobs"
+#: The endpoints of loyalty events (scope `events:write`): a key without it stops the events, not the tenant.
+EVENT_ENDPOINTS = frozenset({CREATE_EVENT, BULK_CREATE_EVENTS})
 
 Gate = Callable[[str], None]
 RequestHook = Callable[[str, int], None]
@@ -180,8 +189,9 @@ def raise_for_klaviyo(response: httpx.Response, tenant: str) -> None:
         raise TenantFatalError(
             tenant,
             f"the Klaviyo private API key lacks a scope this sync needs ({code or 403}: {detail}). It needs "
-            "profiles:read, profiles:write, subscriptions:write and lists:write; `loyale-sync verify` shows "
-            "which are missing. Scopes cannot be added to a key: create a new one", status,
+            "profiles:read, profiles:write, subscriptions:write, lists:write and, for loyalty events, "
+            "events:write; `loyale-sync verify` shows which are missing. Scopes cannot be added to a key: "
+            "create a new one", status,
         )
     if status == 410:
         raise TenantFatalError(tenant, f"Klaviyo retired the API revision in use (410): {detail}; "
@@ -422,6 +432,26 @@ class KlaviyoClient:
             failed_count=count("failed_count"),
         )
 
+    # --- events ----------------------------------------------------------------------------------
+
+    def create_event(self, event: LoyaltyEvent, profile_id: str) -> None:
+        """`POST /api/events`: one event of the profile `profile_id` (named by id only). Klaviyo answers
+        202 once the event is valid and queued; it records an event once per (profile, metric,
+        unique_id), so sending one again is harmless."""
+        self._request(CREATE_EVENT, "POST", "/api/events", body=event_body(event, profile_id))
+
+    def create_event_bulk_job(self, events: list[tuple[str, LoyaltyEvent]]) -> None:
+        """`POST /api/event-bulk-create-jobs`: (profile id, event) pairs in one request, at most
+        `MAX_BULK_EVENTS` and `MAX_BULK_EVENT_BYTES` (`bulk_event_chunks` splits a longer list). Klaviyo
+        answers 202 with no job to poll. A repeated unique_id fails the whole request (spec), so only
+        events never sent before belong here."""
+        body = {"data": {"type": "event-bulk-create-job",
+                         "attributes": {"events-bulk-create": {"data": bulk_entries(events)}}}}
+        if len(events) > MAX_BULK_EVENTS or _size(body) > MAX_BULK_EVENT_BYTES:
+            raise ValueError(f"{len(events)} events ({_size(body)} bytes) exceed one event bulk job; "
+                             "split them with bulk_event_chunks")
+        self._request(BULK_CREATE_EVENTS, "POST", "/api/event-bulk-create-jobs", body=body)
+
     # --- account ---------------------------------------------------------------------------------
 
     def account(self) -> dict[str, Any]:
@@ -450,12 +480,41 @@ class KlaviyoClient:
         return True
 
 
+def _size(body: Any) -> int:
+    """Bytes of `body` as `_request` sends it."""
+    return len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+#: What a bulk job's envelope and a profile's entry add to its events' own bytes (generous).
+_JOB_OVERHEAD_BYTES = 1024
+_ENTRY_OVERHEAD_BYTES = 256
+
+
+def bulk_event_chunks(events: list[tuple[str, LoyaltyEvent]], max_events: int = MAX_BULK_EVENTS,
+                      max_bytes: int = MAX_BULK_EVENT_BYTES) -> list[list[tuple[str, LoyaltyEvent]]]:
+    """(profile id, event) pairs in the fewest event bulk jobs Klaviyo takes: at most `max_events`
+    events and `max_bytes` bytes each, a profile's events kept together where they fit."""
+    chunks: list[list[tuple[str, LoyaltyEvent]]] = []
+    current: list[tuple[str, LoyaltyEvent]] = []
+    used = _JOB_OVERHEAD_BYTES
+    for pair in sorted(events, key=lambda p: p[0]):   # stable: each profile's events stay in order
+        size = _size(bulk_entries([pair])) + _ENTRY_OVERHEAD_BYTES
+        if current and (len(current) >= max_events or used + size > max_bytes):
+            chunks.append(current)
+            current, used = [], _JOB_OVERHEAD_BYTES
+        current.append(pair)
+        used += size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 #: A profile id that cannot exist: ULIDs carry their creation time, and this one is from 1970.
 NO_SUCH_PROFILE = "00000000000000000000000000"
 NO_SUCH_JOB = "00000000000000000000000000"
 #: endpoint -> (method, path, query, body) of a request that tells whether the key holds the endpoint's
 #: scopes and never changes data: reads, a PATCH of a profile that cannot exist with nothing in it, and
-#: jobs with no profiles (refused by validation; even if accepted, they would name no one).
+#: jobs with no profiles or no events (refused by validation; even if accepted, they would name no one).
 SCOPE_PROBES: dict[str, tuple[str, str, dict[str, Any] | None, Any]] = {
     GET_PROFILES: ("GET", "/api/profiles", {"page[size]": 1, "fields[profile]": "email"}, None),
     UPDATE_PROFILE: ("PATCH", f"/api/profiles/{NO_SUCH_PROFILE}",
@@ -465,4 +524,6 @@ SCOPE_PROBES: dict[str, tuple[str, str, dict[str, Any] | None, Any]] = {
     GET_BULK_IMPORT: ("GET", f"/api/profile-bulk-import-jobs/{NO_SUCH_JOB}", None, None),
     UNSUPPRESS: ("POST", "/api/profile-suppression-bulk-delete-jobs", None,
                  {"data": {"type": "profile-suppression-bulk-delete-job", "attributes": {"profiles": {"data": []}}}}),
+    BULK_CREATE_EVENTS: ("POST", "/api/event-bulk-create-jobs", None, {"data": {
+        "type": "event-bulk-create-job", "attributes": {"events-bulk-create": {"data": []}}}}),
 }

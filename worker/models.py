@@ -103,6 +103,9 @@ class LoyaleCustomer(BaseModel):
     points_balance: float | None = None
     monetary_balance: float | None = None
     level_names: list[str] = Field(default_factory=list, alias="levelNames")
+    #: When the customer reached each level held (name -> Loyale's `detailedLevels[].createdDate`), for
+    #: the time of a `Loyale Level Reached` event; empty when Loyale gives no date.
+    level_since: dict[str, datetime] = Field(default_factory=dict, alias="levelSince")
     #: The producer could not read the customer's levels (or the payload carries no `levelNames`):
     #: Klaviyo's `Levels` is left as it is. False only when `levelNames` is a list Loyale confirmed.
     levels_unknown: bool = Field(default=False, alias="levelsUnknown")
@@ -196,6 +199,13 @@ class LoyaleCustomer(BaseModel):
             _warn(info, f"{info.field_name}: ignored a value that is not a list")
             return []
         return [str(v) for v in value if isinstance(v, str | int | float) and str(v).strip()]
+
+    @field_validator("level_since", mode="before")
+    @classmethod
+    def _level_since(cls, value: Any) -> dict[str, datetime]:
+        if not isinstance(value, dict):
+            return {}
+        return {str(name): moment for name, raw in value.items() if (moment := parse_datetime(raw)) is not None}
 
     @field_validator("parse_warnings", mode="before")
     @classmethod

@@ -71,6 +71,8 @@ BUILT_IN = {
     "GET /api/profile-suppression-bulk-create-jobs/{job_id}": ("75/s", "750/m"),
     "GET /api/profile-suppression-bulk-delete-jobs/{job_id}": ("75/s", "750/m"),
     "GET /api/accounts": ("1/s", "15/m"),
+    "POST /api/events": ("350/s", "3500/m"),
+    "POST /api/event-bulk-create-jobs": ("10/s", "150/m"),
 }
 
 ACQUIRE = """
