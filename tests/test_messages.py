@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+from celery import Celery, signals
+from celery._state import _task_stack
 
 from tests.builders import loyale_payload
+from tests.harness import RoundTrips
 from worker.app import create_app
 from worker.broker import queue_lists
 from worker.messages import (
@@ -138,9 +140,31 @@ def message(index: int) -> CustomerMessage:
         loyale_payload(id=f"c-{index}", email=f"c{index}@example.com")))
 
 
+def varied_messages() -> list[CustomerMessage]:
+    """Messages whose JSON takes every path: plain, counters moved, non-ASCII and a number pydantic writes
+    differently from Python's json, a lone surrogate (pydantic cannot write it), a record without id."""
+    plain = message(1)
+    return [
+        plain,
+        plain.model_copy(update={"attempt": 3, "throttles": 2, "collisions": 1}),
+        CustomerMessage(tenant="acmé", run="backfill-1", customer=loyale_payload(
+            id="c-2", firstName="Zoë \u2028 名", additionalCustomerFields=[{"key": "k", "value": 1e16}])),
+        CustomerMessage(tenant="acme", run="backfill-1", customer=loyale_payload(id="c-3", firstName="Zoë\ud83d")),
+        CustomerMessage(tenant="acme", run="backfill-1", customer={"id": None, "email": "jane@example.com"}),
+    ]
+
+
+def test_the_kwargs_json_text_reads_back_as_the_kwargs():
+    for sent in varied_messages():
+        assert json.loads(sent.kwargs_json()) == sent.kwargs()
+        assert CustomerMessage.model_validate(json.loads(sent.kwargs_json())) == sent
+
+
 def comparable(raw: bytes | str) -> dict[str, Any]:
     """A message (or event) as Redis holds it, body decoded, the per-publication ids and times left out."""
     def strip(value: Any) -> Any:
+        if isinstance(value, list):
+            return [strip(v) for v in value]
         return ({k: strip(v) for k, v in value.items() if k not in PER_PUBLICATION} if isinstance(value, dict)
                 else value)
     envelope = json.loads(raw)
@@ -148,9 +172,9 @@ def comparable(raw: bytes | str) -> dict[str, Any]:
     return dict(strip(envelope))
 
 
-def published_events(pubsub: Any) -> list[dict[str, Any]]:
+def published_events(pubsub: Any, count: int) -> list[dict[str, Any]]:
     events, deadline = [], time.monotonic() + 5
-    while time.monotonic() < deadline and len(events) < 2:
+    while time.monotonic() < deadline and len(events) < count:
         got = pubsub.get_message(timeout=0.2)
         if got and got["type"] == "pmessage":
             events.append(comparable(got["data"]))
@@ -158,47 +182,76 @@ def published_events(pubsub: Any) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("queue", [QUEUE_BACKFILL, QUEUE_INCREMENTAL])
-def test_enqueue_many_puts_exactly_the_message_send_task_puts_on_the_queue(app, redis_url, queue):
-    """Given one customer enqueued by `enqueue` (one `send_task`) and the same customer by `enqueue_many`,
-    then the queue's list holds two messages that differ only in their ids: same task, kwargs, kwargsrepr,
-    headers and properties, in the same priority list; and Flower's task-sent events differ the same way."""
+def test_enqueue_many_puts_exactly_the_messages_send_task_puts_on_the_queue(app, redis_url, queue):
+    """Given customers enqueued one `send_task` each (`enqueue`) and the same customers by `enqueue_many`,
+    then the queue's list holds pairs that differ only in their ids: same task, kwargs, kwargsrepr,
+    headers and properties, in the same priority list, in the same order. Flower's task-sent events are
+    the same events, sent one per message by `send_task` and as one list by `enqueue_many`."""
     client = redis.Redis.from_url(redis_url)
     pubsub = client.pubsub()
     pubsub.psubscribe("*celeryev*")
     pubsub.get_message(timeout=1)
-    enqueue(app, message(1), queue)
-    assert enqueue_many(app, [message(1)], queue) == 1
-    raw = client.lrange(queue, 0, -1)
-    assert len(raw) == 2 and not any(client.llen(name) for name in queue_lists(queue)[1:])
-    by_send_task, by_enqueue_many = (json.loads(r) for r in reversed(raw))   # LPUSH: the newest first
-    assert comparable(raw[1]) == comparable(raw[0])
-    for sent in (by_send_task, by_enqueue_many):
-        assert sent["headers"]["id"] == sent["headers"]["root_id"] == sent["properties"]["correlation_id"]
-        assert sent["headers"]["task"] == (TASK_BACKFILL_CUSTOMER if queue == QUEUE_BACKFILL else TASK_CUSTOMER)
-        assert sent["headers"]["kwargsrepr"] == message(1).repr()
-        assert json.loads(base64.b64decode(sent["body"]))[1] == message(1).kwargs()
-    events = published_events(pubsub)
-    assert len(events) == 2 and events[0] == events[1] and events[0]["body"]["type"] == "task-sent"
+    sent = varied_messages()
+    for each in sent:
+        enqueue(app, each, queue)
+    assert enqueue_many(app, sent, queue) == len(sent)
+    raw = client.lrange(queue, 0, -1)[::-1]   # LPUSH: the newest first
+    assert len(raw) == 2 * len(sent) and not any(client.llen(name) for name in queue_lists(queue)[1:])
+    by_send_task, by_enqueue_many = raw[:len(sent)], raw[len(sent):]
+    assert [comparable(r) for r in by_enqueue_many] == [comparable(r) for r in by_send_task]
+    for each, a, b in zip(sent, by_send_task, by_enqueue_many, strict=True):
+        for published in (json.loads(a), json.loads(b)):
+            headers = published["headers"]
+            assert headers["id"] == headers["root_id"] == published["properties"]["correlation_id"]
+            assert headers["task"] == (TASK_BACKFILL_CUSTOMER if queue == QUEUE_BACKFILL else TASK_CUSTOMER)
+            assert headers["kwargsrepr"] == each.repr()
+            assert json.loads(base64.b64decode(published["body"]))[1] == each.kwargs()
+    events = published_events(pubsub, len(sent) + 1)
+    one_each, as_list = events[:len(sent)], events[len(sent)]
+    routing_keys = [e["properties"]["delivery_info"]["routing_key"] for e in events]
+    assert routing_keys == ["task.sent"] * len(sent) + ["task.multi"]
+    assert as_list["body"] == [e["body"] for e in one_each]
+    assert {e["body"]["type"] for e in one_each} == {"task-sent"}
     pubsub.close()
 
 
-class RoundTrips:
-    """Counts the packed writes redis-py sends (a pipeline is one, whatever it holds)."""
+def test_a_producer_running_as_a_task_makes_its_messages_its_children(app, redis_url):
+    """Inside a worker task (the scheduled backfill), `send_task` gives each message the task's root and
+    parent ids; `enqueue_many` gives the same."""
+    client = redis.Redis.from_url(redis_url)
+    parent = app.tasks[TASK_SCHEDULED_BACKFILL]
+    parent.push_request(id="parent-1", root_id="root-1", called_directly=False)
+    _task_stack.push(parent)
+    try:
+        enqueue(app, message(1), QUEUE_BACKFILL)
+        enqueue_many(app, [message(1)], QUEUE_BACKFILL)
+    finally:
+        _task_stack.pop()
+        parent.pop_request()
+    published = [json.loads(r)["headers"] for r in client.lrange(QUEUE_BACKFILL, 0, -1)]
+    assert [(h["root_id"], h["parent_id"]) for h in published] == [("root-1", "parent-1")] * 2
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        send = redis.connection.AbstractConnection.send_packed_command
 
-        def counted(conn: Any, command: Any, check_health: bool = True) -> None:
-            self.count += 1
-            send(conn, command, check_health)
-        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+def test_a_publish_signal_receiver_hears_every_message(app, redis_url):
+    """Code listening to Celery's `before_task_publish` (tracing, say) hears each customer `enqueue_many`
+    sends, as it would from `send_task`: with a receiver connected, every message goes through it."""
+    heard: list[str] = []
+
+    def receiver(headers: dict[str, Any], **_: Any) -> None:
+        heard.append(headers["kwargsrepr"])
+    signals.before_task_publish.connect(receiver, weak=False)
+    try:
+        assert enqueue_many(app, [message(i) for i in range(3)], QUEUE_BACKFILL) == 3
+    finally:
+        signals.before_task_publish.disconnect(receiver)
+    assert heard == [message(i).repr() for i in range(3)]
+    assert redis.Redis.from_url(redis_url).llen(QUEUE_BACKFILL) == 3
 
 
 def test_a_chunk_of_messages_is_one_redis_round_trip(app, redis_url, monkeypatch):
     """Given a connection already made, when 250 customers are enqueued by `enqueue_many` in chunks of 100,
-    then Redis got 250 LPUSHes and 250 task-sent PUBLISHes in 3 round trips, where one `send_task`
-    each took 2 round trips per customer."""
+    then Redis got 250 LPUSHes and one task-sent PUBLISH per chunk in 3 round trips, where one `send_task`
+    each took 2 round trips (LPUSH, PUBLISH) per customer."""
     client = redis.Redis.from_url(redis_url)
     enqueue_many(app, [message(0)], QUEUE_BACKFILL)   # connects and declares the queue
     enqueue(app, message(0), QUEUE_BACKFILL)
@@ -208,7 +261,7 @@ def test_a_chunk_of_messages_is_one_redis_round_trip(app, redis_url, monkeypatch
     assert enqueue_many(app, [message(i) for i in range(250)], QUEUE_BACKFILL) == 250
     many = trips.count
     stats = client.info("commandstats")
-    assert (stats["cmdstat_lpush"]["calls"], stats["cmdstat_publish"]["calls"]) == (250, 250)
+    assert (stats["cmdstat_lpush"]["calls"], stats["cmdstat_publish"]["calls"]) == (250, 3)
     trips.count = 0
     for i in range(20):
         enqueue(app, message(i), QUEUE_BACKFILL)

@@ -62,6 +62,8 @@ def test_flower_requires_auth_and_shows_the_worker_and_its_tasks_without_persona
         ids = {c["id"] for c in customers}
         for task in tasks.values():
             assert task["worker"] == name
+            # the producer's task-sent events (one list per chunk of customers) reached Flower too
+            assert isinstance(task["sent"], float), task
             assert task["args"] in ("()", "[]")
             shown = task["kwargs"]
             assert f"'tenant': '{scenario.tenant_id}'" in shown and f"'run': '{run}'" in shown, shown
