@@ -6,10 +6,18 @@ import os
 import subprocess
 import sys
 
+import httpx
 import pytest
+from pydantic import SecretStr
 
-from tests.harness import REPO, WorkerProcess, sync_env, wait_for, write_tenants_file
+from producers.backfill import run_backfill
+from producers.loyale import LoyaleClient
+from tests.harness import REPO, RoundTrips, WorkerProcess, sync_env, wait_for, write_tenants_file
 from tests.integration.scenario import build_scenario, check_final_state
+from worker.app import create_app
+from worker.broker import RedisBroker
+from worker.messages import QUEUE_BACKFILL
+from worker.settings import Settings
 
 CUSTOMERS = int(os.environ.get("E2E_CUSTOMERS", "1000"))
 
@@ -127,3 +135,30 @@ def test_a_429_storm_delays_the_run_but_loses_nothing_and_retry_after_is_honoure
              for t in throttled for e in log
              if t["ts"] + propagation_s < e["received_ts"] < t["ts"] + float(t["retry_after"]) - 0.05]
     assert early == [], f"requests sent before Retry-After passed: {early[:5]}"
+
+
+def test_the_producer_spends_a_few_redis_round_trips_per_page_not_one_per_customer(loyale, redis_url, store,
+                                                                                    monkeypatch):
+    """Given schemes of 100 and 300 customers (Loyale pages of 100), when the backfill producer enqueues each
+    (after a first backfill that made the connections), held by the backpressure bound as in production,
+    then the queue holds one message per customer and each of the two extra pages costs at most 5 Redis
+    round trips (check the bound: 2; mark the page's customers in one MULTI; publish them and their
+    task-sent events in one pipeline; note the page): never one per customer, as before chunks."""
+    app = create_app(Settings(redis_url=redis_url))
+    trips: dict[int, int] = {}
+    for customers in (100, 100, 300):
+        scheme = loyale.create_scheme(customers=customers, seed=11)
+        with httpx.Client(timeout=10) as http:
+            client = LoyaleClient(http, tenant="t", base_url=loyale.base_url, scheme_id=scheme["scheme_id"],
+                                  admin_email=scheme["admin_email"],
+                                  admin_password=SecretStr(scheme["admin_password"]))
+            client.level_names()   # logs in and caches the levels before counting
+            counter = RoundTrips(monkeypatch)
+            produced = run_backfill(app=app, store=store, loyale=client, tenant="t", max_in_flight=10_000)
+            trips[customers] = counter.count
+            monkeypatch.undo()
+        assert produced.enqueued == customers == RedisBroker(store.redis).depth(QUEUE_BACKFILL)
+        store.redis.delete(QUEUE_BACKFILL)
+    per_extra_page = (trips[300] - trips[100]) / 2
+    assert per_extra_page <= 5, trips
+    app.close()

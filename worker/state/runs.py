@@ -107,12 +107,23 @@ class RunLedger:
         return run_id
 
     def mark_enqueued(self, run_id: str, customer_ids: list[str]) -> list[bool]:
-        """Remember that these customers are on the queue for the run; False for ones already there."""
-        pipe = self.redis.pipeline()
-        for customer_id in customer_ids:
-            pipe.sadd(keys.run_enqueued(run_id), customer_id)
-        pipe.expire(keys.run_enqueued(run_id), self.ttl_s)
-        return [bool(added) for added in pipe.execute()[:-1]]
+        """Remember that these customers are on the queue for the run; False for ones already there (and
+        for the repeats of one the list holds twice). Three commands whatever the list's length: one SADD
+        each cost the producer a tenth of its CPU."""
+        if not customer_ids:
+            return []
+        key = keys.run_enqueued(run_id)
+        pipe = self.redis.pipeline()   # MULTI/EXEC: nothing is added between the check and the add
+        pipe.smismember(key, customer_ids)
+        pipe.sadd(key, *customer_ids)
+        pipe.expire(key, self.ttl_s)
+        known: list[int] = pipe.execute()[0]
+        seen: set[str] = set()
+        fresh = []
+        for customer_id, was_known in zip(customer_ids, known, strict=True):
+            fresh.append(not was_known and customer_id not in seen)
+            seen.add(customer_id)
+        return fresh
 
     def missing(self, run_id: str) -> list[str]:
         """Customers enqueued for the run that have no outcome yet."""
