@@ -23,18 +23,15 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import httpx
 import psutil
 import redis
 
 from bench.ceiling import run_ceiling
+from bench.producer import produce_in_child
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.loyale_control import FakeLoyaleControl
 from fakes.processes import REPO, RedisServer, WorkerProcess, procfile_backfill_worker, sync_env, write_tenants_file
 from fakes.serving import ServerProcess
-from producers.backfill import run_backfill
-from producers.loyale import LoyaleClient, Page
-from worker.app import create_app
 from worker.broker import RedisBroker
 from worker.messages import QUEUE_BACKFILL
 from worker.ratelimit import endpoint_limits, load_spec_limits
@@ -419,49 +416,35 @@ def producer_memory(workers: int, sizes: tuple[int, ...] = (10_000, 100_000)) ->
     return results
 
 
-class TimedLoyale(LoyaleClient):
-    """The producer's Loyale client, counting the seconds spent waiting for pages (not the producer's own work)."""
-
-    paging_s = 0.0
-
-    def pages(self, *args: Any, **kwargs: Any) -> Iterator[Page]:
-        pages = super().pages(*args, **kwargs)
-        while True:
-            started = time.perf_counter()
-            page = next(pages, None)
-            self.paging_s += time.perf_counter() - started
-            if page is None:
-                return
-            yield page
-
-
-def producer_throughput(customers: int) -> list[Result]:
-    """The backfill producer alone, in this process, against the fake Loyale and a private Redis, no worker
-    and no bound: `producer_enqueue_per_second` is customers enqueued per second of the producer's own time
-    (snapshot, dedupe, publish), Loyale's paging time left out; the queue is checked to hold one message each."""
-    with stack() as s:
-        b = brand(s, "producer", customers, existing_share=10**9)
-        settings = Settings(redis_url=s.redis_server.url,
-                            tenants_file=write_tenants_file({b["tenant"]: b["config"]}), log_level="WARNING")
-        tenant = settings.load_tenants()[b["tenant"]]
-        client = redis.Redis.from_url(s.redis_server.url, decode_responses=True)
-        with httpx.Client(timeout=60) as http:
-            loyale = TimedLoyale(http, tenant=tenant.id, base_url=tenant.loyale_base_url,
-                                 scheme_id=tenant.loyale_scheme_id, admin_email=tenant.loyale_admin_email,
-                                 admin_password=tenant.loyale_admin_password)
-            started = time.perf_counter()
-            produced = run_backfill(app=create_app(settings), store=Store(client), loyale=loyale, tenant=tenant.id)
-            seconds = time.perf_counter() - started
-        queued = RedisBroker(client).depth(QUEUE_BACKFILL)
-    if queued != produced.enqueued:
-        raise RuntimeError(f"{produced.enqueued} customers enqueued but {queued} messages on the queue")
-    own_s = max(seconds - loyale.paging_s, 1e-9)
-    return [Result(scenario="producer-throughput", customers=produced.enqueued, workers=0, seconds=round(seconds, 1),
-                   klaviyo_requests=0, requests_per_customer=0.0, throttled_429=0, allowed_requests_per_min=0.0,
-                   achieved_requests_per_min=0.0, customers_per_second=round(produced.enqueued / seconds, 1),
-                   peak_rss_mb=round(psutil.Process().memory_info().rss / 1_048_576, 1),
-                   extra={"path": "producer", "loyale_paging_s": round(loyale.paging_s, 1),
-                          "producer_enqueue_per_second": round(produced.enqueued / own_s, 1)})]
+def producer_throughput(sizes: tuple[int, ...]) -> list[Result]:
+    """The backfill producer alone (`bench.producer`: a process of its own, no worker, no bound) against the
+    fake Loyale and a private Redis, per scheme size: `producer_enqueue_per_second` is customers enqueued per
+    second of the producer's own time (snapshot, dedupe, publish), Loyale's paging time left out;
+    `producer_peak_rss_mb` its peak memory and, with two sizes, `producer_rss_growth` the growth from the
+    smaller to the larger. The queue is checked to hold one message per customer."""
+    results = []
+    for customers in sizes:
+        with stack() as s:
+            b = brand(s, "producer", customers, existing_share=10**9)
+            produced = produce_in_child(s.redis_server.url, write_tenants_file({b["tenant"]: b["config"]}),
+                                        b["tenant"])
+            queued = RedisBroker(redis.Redis.from_url(s.redis_server.url)).depth(QUEUE_BACKFILL)
+        if queued != produced.enqueued:
+            raise RuntimeError(f"{produced.enqueued} customers enqueued but {queued} messages on the queue")
+        results.append(Result(
+            scenario="producer-throughput", customers=produced.enqueued, workers=0, seconds=round(produced.seconds, 1),
+            klaviyo_requests=0, requests_per_customer=0.0, throttled_429=0, allowed_requests_per_min=0.0,
+            achieved_requests_per_min=0.0, customers_per_second=round(produced.enqueued / produced.seconds, 1),
+            peak_rss_mb=round(produced.peak_rss_mb, 1),
+            extra={"path": "producer", "loyale_paging_s": round(produced.paging_s, 1),
+                   "producer_enqueue_per_second": round(produced.enqueue_per_second, 1),
+                   "producer_enqueue_per_cpu_second": round(produced.enqueue_per_cpu_second, 1),
+                   "producer_peak_rss_mb": round(produced.peak_rss_mb, 1), "load_average_1m": os.getloadavg()[0]}))
+    if len(results) > 1:
+        small, large = results[0].extra["producer_peak_rss_mb"], results[-1].extra["producer_peak_rss_mb"]
+        for r in results:
+            r.extra["producer_rss_growth"] = round(large / max(small, 1e-9) - 1, 3)
+    return results
 
 
 def print_table(results: list[Result]) -> None:
@@ -482,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=["quota-bound", "real-limits", "producer-memory", "producer-throughput",
                                                "realistic", "ceiling", "job-latency", "all"], default="all")
     parser.add_argument("--customers", type=int, default=None,
-                        help="customers (quota-bound: 600, real-limits: 20000, producer-throughput: 20000, "
+                        help="customers (quota-bound: 600, real-limits: 20000, producer-throughput: 10000 and 100000, "
                              "realistic: 5000, ceiling and job-latency: 100000)")
     parser.add_argument("--job-seconds", default="0,30,90",
                         help="job-latency: the bulk job durations to run, in seconds (default 0,30,90)")
@@ -512,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario in ("producer-memory", "all"):
         results += producer_memory(args.workers)
     if args.scenario in ("producer-throughput", "all"):
-        results += producer_throughput(args.customers or 20_000)
+        results += producer_throughput((args.customers,) if args.customers else (10_000, 100_000))
     if args.scenario in ("realistic", "all"):
         results += realistic(args.customers or 5000, args.workers, args.time_scale)
     if args.scenario == "ceiling":
