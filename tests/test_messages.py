@@ -17,6 +17,7 @@ from celery._state import _task_stack
 
 from tests.builders import loyale_payload
 from tests.harness import RoundTrips
+from tests.integration.test_brokers import holding
 from worker.app import create_app
 from worker.broker import queue_lists
 from worker.messages import (
@@ -269,10 +270,10 @@ def test_a_chunk_of_messages_is_one_redis_round_trip(app, redis_url, monkeypatch
     assert client.llen(QUEUE_BACKFILL) == 2 + 250 + 20
 
 
-def test_enqueue_many_on_a_transport_without_batches_sends_each_message(redis_url):
-    """A broker whose transport cannot batch (here kombu's in-memory one) still gets every message."""
-    app = create_app(Settings(redis_url=redis_url, broker_url="memory://"))
+def test_enqueue_many_on_a_transport_without_batches_sends_each_message(rabbitmq_url, redis_url):
+    """RabbitMQ's transport cannot batch publishes: every customer still goes, one `send_task` each."""
+    app = create_app(Settings(redis_url=redis_url, broker_url=rabbitmq_url))
     assert enqueue_many(app, [message(i) for i in range(3)], QUEUE_BACKFILL) == 3
-    with app.connection_for_read() as conn, conn.SimpleQueue(QUEUE_BACKFILL) as queue:
-        got = [queue.get(timeout=1) for _ in range(3)]
+    with holding(app, QUEUE_BACKFILL, 3) as got:
         assert [m.headers["kwargsrepr"] for m in got] == [message(i).repr() for i in range(3)]
+    app.close()
