@@ -12,9 +12,11 @@ REVISION = "2026-07-15"
 class FakeKlaviyoControl:
     """Mirrors the control endpoints one method each; raises `httpx.HTTPStatusError` on a refusal."""
 
-    def __init__(self, base_url: str, timeout_s: float = 30.0):
+    def __init__(self, base_url: str, timeout_s: float = 30.0, http: httpx.Client | None = None):
+        """`http`: a client to send through instead of a new one, e.g. Starlette's `TestClient` over
+        `create_app()` to drive the fake in process (closed by `close()` too)."""
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout_s)
 
     def close(self) -> None:
         self._http.close()
@@ -121,6 +123,50 @@ class FakeKlaviyoControl:
         fake clock; completed is None until the job has ended), in the order they were submitted."""
         params = {"account_id": account_id} if account_id is not None else None
         return self._call("GET", "/bulk-jobs", params=params)["jobs"]
+
+    def event_log(self, account_id: str | None = None, metric: str | None = None,
+                  profile_id: str | None = None) -> dict[str, Any]:
+        """{"events": [...], "dropped": [...], "pending": n} of an account (see `events`)."""
+        params = {k: v for k, v in (("account_id", account_id), ("metric", metric), ("profile_id", profile_id))
+                  if v is not None}
+        return self._call("GET", "/events", params=params or None)
+
+    def events(self, account_id: str | None = None, metric: str | None = None,
+               profile_id: str | None = None) -> list[dict[str, Any]]:
+        """The events Klaviyo holds (processed, not dropped), in time order then in the order they were
+        processed: {id, metric, metric_id, profile_id, time, timestamp, unique_id, properties, value,
+        value_currency, backfill, via, job_id, received, recorded, profile_created, profile_changed}.
+        `metric` (a name) and `profile_id` narrow the list."""
+        return self.event_log(account_id, metric, profile_id)["events"]
+
+    def dropped_events(self, account_id: str | None = None) -> list[dict[str, Any]]:
+        """Events accepted (202) but not recorded, in processing order, each with its `reason`:
+        "duplicate" (`duplicate_of` names the event kept), "unknown_profile", "job_failed_on_repeat"."""
+        return self.event_log(account_id)["dropped"]
+
+    def pending_events(self, account_id: str | None = None) -> int:
+        """Events accepted but not processed yet (`event_lag_s`): advance the clock to process them."""
+        return int(self.event_log(account_id)["pending"])
+
+    def metrics(self, account_id: str | None = None) -> list[dict[str, Any]]:
+        """{id, name, service, created} of each metric, in the order events created them."""
+        params = {"account_id": account_id} if account_id is not None else None
+        return self._call("GET", "/metrics", params=params)["metrics"]
+
+    def event_jobs(self, account_id: str | None = None) -> list[dict[str, Any]]:
+        """Event bulk jobs: {id, status (queued, complete, failed), events, recorded, dropped, reason,
+        created, completed (fake-clock epoch seconds)}; Klaviyo itself has no GET for them."""
+        params = {"account_id": account_id} if account_id is not None else None
+        return self._call("GET", "/event-jobs", params=params)["jobs"]
+
+    def profiles_created_by_events(self, account_id: str | None = None) -> list[dict[str, Any]]:
+        """Profiles an event created because it named an identifier no profile held: {profile_id,
+        identifiers, via, job_id, metric, unique_id, at}, oldest first."""
+        params = {"account_id": account_id} if account_id is not None else None
+        return self._call("GET", "/event-profiles", params=params)["profiles"]
+
+    def set_event_lag(self, seconds: float) -> dict[str, Any]:
+        return self.set_knobs(event_lag_s=seconds)
 
     def set_job_timing(self, job_seconds: float, job_seconds_per_1000_rows: float = 0.0,
                        job_queued_share: float = 0.0) -> dict[str, Any]:

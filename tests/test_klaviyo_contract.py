@@ -146,6 +146,33 @@ def scenario(api: httpx.Client, raw: httpx.Client, control: FakeKlaviyoControl) 
             "profiles": {"data": [{"type": "profile", "attributes": {"email": "sarah@x.com"}}]}}}}
         job = call("POST", f"/api/profile-suppression-bulk-{kind}-jobs", json=body)
         call("GET", f"/api/profile-suppression-bulk-{kind}-jobs/{job['data']['id']}")
+    def event(unique_id: str, **extra: Any) -> dict[str, Any]:
+        return {"properties": {"points": 10, "outlet": "Valletta"}, "time": "2024-03-01T10:00:00+00:00",
+                "value": 1.5, "value_currency": "EUR", "unique_id": unique_id,
+                "metric": {"data": {"type": "metric", "attributes": {"name": "Loyale Points Earned"}}}, **extra}
+
+    call("POST", "/api/events", json={"data": {"type": "event", "attributes": event("tx-1", profile={
+        "data": {"type": "profile", "attributes": {"email": "sarah@x.com", "meta": {
+            "patch_properties": {"append": {"tags": "events"}}}}}})}})                        # 202, no body
+    call("POST", "/api/events", json={"data": {"type": "event", "attributes": event("tx-2", profile={
+        "data": {"type": "profile", "attributes": {"email": "nope"}}})}})                      # 400
+    entry = {"type": "event-bulk-create", "attributes": {
+        "profile": {"data": {"type": "profile", "id": pid, "attributes": {}}},
+        "events": {"data": [{"type": "event", "attributes": event("tx-3")},
+                            {"type": "event", "attributes": event("tx-4", backfill=True)}]}}}
+    call("POST", "/api/event-bulk-create-jobs", json={"data": {"type": "event-bulk-create-job", "attributes": {
+        "events-bulk-create": {"data": [entry, {**entry, "attributes": {**entry["attributes"], "profile": {
+            "data": {"type": "profile", "attributes": {"email": "events@x.com"}}}}}]}}}})       # 202
+    call("POST", "/api/event-bulk-create-jobs", json={"data": {"type": "event-bulk-create-job", "attributes": {
+        "events-bulk-create": {"data": [entry, entry]}}}})                                     # 400 repeat
+    listed = call("GET", "/api/events", params={"filter": "greater-or-equal(datetime,2024-01-01T00:00:00Z)",
+                                                "include": "metric,profile", "page[size]": "2", "sort": "-datetime"})
+    call("GET", "/api/events", params={"filter": f'equals(profile_id,"{pid}")', "fields[event]": "datetime,uuid"})
+    call("GET", "/api/events", params={"filter": "equals(email,'x')"})                         # 400 filter
+    call("GET", f"/api/events/{listed['data'][0]['id']}", params={"include": "metric"})
+    call("GET", "/api/events/01ZZZZZZZZZZZZZZZZZZZZZZZZ")                                      # 404
+    metrics = call("GET", "/api/metrics", params={"filter": "equals(integration.name,'API')"})
+    call("GET", f"/api/metrics/{metrics['data'][0]['id']}")
     call("GET", "/api/accounts")                                                               # 429 (1/s)
     call("GET", "/api/profiles", conforms=False, client=raw)                                   # 401
     call("POST", "/api/profiles", conforms=False, content=b"email=a@x.com",
@@ -433,3 +460,29 @@ def test_sdk_retries_a_429_after_retry_after(sdk: Any, control: FakeKlaviyoContr
     assert len(sdk.Profiles.get_profiles().data) == 1   # 429 first, then a retry after Retry-After: 1
     assert time.monotonic() - started >= 1.0
     assert control.requests()["by_endpoint_status"]["GET /api/profiles"] == {"200": 2, "429": 1}
+
+
+def test_sdk_events_round_trip(sdk: Any, control: FakeKlaviyoControl) -> None:
+    def event(unique_id: str) -> dict[str, Any]:
+        return {"type": "event", "attributes": {
+            "properties": {"points": 25}, "time": "2024-03-01T10:00:00+00:00", "value": 2.5, "unique_id": unique_id,
+            "metric": {"data": {"type": "metric", "attributes": {"name": "Loyale Points Earned"}}}}}
+
+    single = event("tx-1")
+    single["attributes"]["profile"] = {"data": {"type": "profile", "attributes": {"email": "sdk@x.com"}}}
+    assert sdk.Events.create_event({"data": single}) is None            # 202, no body
+    assert sdk.Events.create_event({"data": single}) is None            # the same unique_id: one event
+    sdk.Events.bulk_create_events({"data": {"type": "event-bulk-create-job", "attributes": {"events-bulk-create": {
+        "data": [{"type": "event-bulk-create", "attributes": {
+            "profile": {"data": {"type": "profile", "attributes": {"email": "sdk@x.com"}}},
+            "events": {"data": [event("tx-2"), event("tx-3")]}}}]}}}})
+    found = sdk.Events.get_events(filter="greater-than(datetime,2024-01-01T00:00:00Z)", include=["metric"],
+                                  sort="-datetime")
+    # The SDK leaves the members of `included` (a oneOf of metric, profile, attribution) as dicts.
+    assert len(found.data) == 3 and found.included[0]["attributes"]["name"] == "Loyale Points Earned"
+    assert {e.attributes.event_properties["points"] for e in found.data} == {25}
+    one = sdk.Events.get_event(found.data[0].id)
+    assert one.data.relationships.metric.data.id == found.included[0]["id"]
+    assert [m.attributes.name for m in sdk.Metrics.get_metrics().data] == ["Loyale Points Earned"]
+    assert [e["unique_id"] for e in control.events()] == ["tx-1", "tx-2", "tx-3"]
+    assert [d["reason"] for d in control.dropped_events()] == ["duplicate"]

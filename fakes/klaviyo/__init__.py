@@ -14,6 +14,14 @@ Implemented (paths with or without a trailing slash; `application/json` or `appl
     POST  /api/profile-import                 201 created / 200 updated
     POST  /api/profile-bulk-import-jobs       202; GET .../{job_id}; GET .../{id}/import-errors
     POST  /api/profile-suppression-bulk-create-jobs and -delete-jobs (202), GET .../{job_id}
+    POST  /api/events                         202, no body; processed now or after `event_lag_s`
+    POST  /api/event-bulk-create-jobs         202, no body; up to 1,000 events, 5 MB (no GET: none in the spec)
+    GET   /api/events, /api/events/{id}       filter (metric_id, profile_id, has, datetime, timestamp), sort,
+                                              page[size|cursor], include=metric,profile, fields[...]
+    GET   /api/metrics, /api/metrics/{id}     a metric per name, made by the first event that names it
+
+Events: what is documented and what the fake assumes (unique_id de-duplication, the profile an event
+creates or updates, bulk repeats) is in the docstring of `fakes.klaviyo.events`.
 
 Every `/api` request: `Authorization: Klaviyo-API-Key pk_...` (401 not_authenticated /
 authentication_failed), a `revision` header (400), the key's scopes (403), then the account's
@@ -62,13 +70,19 @@ fake clock (`POST /_fake/clock`: freeze, advance, unfreeze); rate limits stay on
     submit with the row's pointer `/data/attributes/profiles/data/<i>/attributes/phone_number` (the
     shape observed live, reference/klaviyo-api.md 3.6), or with `unsupported_phone_bulk_import_error`
     accepted and the row recorded as an import error with that detail.
+  * `event_lag_s`: an accepted event (202) is processed that long after: until then it is not
+    listed, makes no metric and creates or changes no profile (UNCONFIRMED size; 5 s is an estimate).
 
 Not modelled (the real API does these; the fake does not):
   * Subscription (consent) latency; read lag shows a hidden profile, never its previous version.
   * Lists, segments, list relationships (`relationships.lists` on bulk import is accepted and ignored;
-    list/segment suppression is a 400), `include=` (answers `included: []`), list suppressions.
+    list/segment suppression is a 400), `include=` of profiles and jobs (answers `included: []`), list
+    suppressions.
   * Subscription (consent) endpoints, the explicit `POST /api/profile-merge`, profile deletion,
-    events, push tokens, `_kx`; GET of job lists and of a job's `profiles`/`lists`.
+    push tokens, `_kx`; GET of job lists and of a job's `profiles`/`lists`.
+  * Of events: attributions, custom and mapped metrics, metric aggregates and properties, flows
+    (`backfill` is stored; nothing is triggered), the `/client` endpoints, events of `anonymous_id` or
+    `_kx` profiles (400), a profile merge caused by an event (never: see `fakes.klaviyo.events`).
   * `meta.patch_identifiers` (secondary emails): accepted, ignored.
   * Silent dropping of a syntactically bad phone on bulk import (the fake rejects the whole request).
   * Extra rate-limit buckets for `include=lists|segments` and `additional-fields=predictive_analytics`;

@@ -6,21 +6,36 @@ in between, so concurrent requests on the event loop never see half-applied writ
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import json
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
-from urllib.parse import urlencode
 
-from fakes.klaviyo import jobs
+from fakes.klaviyo import events_api, jobs
+from fakes.klaviyo.context import (
+    KB,
+    ApiRequest,
+    Ctx,
+    Reply,
+    check_include,
+    collection_link,
+    csv_param,
+    decode_cursor,
+    encode_cursor,
+    error_reply,
+    json_reply,
+    page_size,
+    page_sorted,
+    paged_links,
+    require_attributes,
+    require_data,
+    size_text,
+)
 from fakes.klaviyo.errors import (
-    JSONAPI,
     RATE_LIMIT_DOCS,
     ApiError,
     duplicate,
@@ -45,10 +60,8 @@ from fakes.klaviyo.profiles import (
     validate_meta,
 )
 from fakes.klaviyo.ratelimit import ceil_seconds, scaled
-from fakes.klaviyo.spec import Operation
-from fakes.klaviyo.state import Account, BulkImportJob, FakeKlaviyo, KeyRecord, SuppressionJob
+from fakes.klaviyo.state import BulkImportJob, FakeKlaviyo, KeyRecord, SuppressionJob
 
-KB = 1024
 SINGLE_PROFILE_MAX = 100 * KB
 BULK_MAX = 5 * KB * KB
 BULK_ROW_MAX = 100 * KB
@@ -56,36 +69,6 @@ BULK_MAX_PROFILES = 10_000
 SUPPRESSION_MAX_PROFILES = 100
 _KEY = re.compile(r"^pk_[A-Za-z0-9]+$")
 _REVISION = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(\.[A-Za-z0-9]+)?$")
-_NO_JSON = object()
-
-
-@dataclass
-class ApiRequest:
-    method: str
-    path: str
-    query: list[tuple[str, str]]
-    headers: dict[str, str]
-    body: bytes
-    #: scheme://host of the request, for collection links a client can follow back to the fake.
-    base_url: str
-    json: Any = _NO_JSON
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    account_id: str | None = None
-
-
-def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-    return Reply(status, body, [("content-type", JSONAPI), *(headers or {}).items()])
-
-
-def error_reply(err: ApiError, headers: dict[str, str] | None = None) -> Reply:
-    return json_reply(err.status, {"errors": err.items}, {**err.headers, **(headers or {})})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +79,8 @@ def error_reply(err: ApiError, headers: dict[str, str] | None = None) -> Reply:
 class Route:
     method: str
     template: str
-    handler: Callable[[Ctx], tuple[int, dict[str, Any]]]
+    #: (status, JSON body); a None body is an answer without one.
+    handler: Callable[[Ctx], tuple[int, Any]]
     #: Query parameters the spec allows for this operation.
     params: frozenset[str]
     pattern: re.Pattern[str]
@@ -119,67 +103,8 @@ def match_route(method: str, path: str) -> tuple[Route | None, dict[str, str], b
     return None, {}, other_method
 
 
-def normalize_path(path: str) -> str:
-    return path.rstrip("/") or "/"
-
-
 # ---------------------------------------------------------------------------------------------
 # Request context and checks shared by the handlers
-
-
-@dataclass
-class Ctx:
-    fake: FakeKlaviyo
-    account: Account
-    req: ApiRequest
-    params: dict[str, str]
-    query: dict[str, str]
-    op: Operation
-
-    @property
-    def store(self) -> ProfileStore:
-        return self.account.store
-
-    def body_json(self, limit: int) -> Any:
-        ctype = self.req.headers.get("content-type", "")
-        media = ctype.split(";")[0].strip().lower()
-        if media not in ("application/json", JSONAPI):
-            raise ApiError.one(415, "unsupported_media_type", f'Unsupported media type "{ctype}" in request.')
-        encoding = self.req.headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise ApiError.one(415, "unsupported_media_type",
-                               f'Unsupported content encoding "{encoding}" (the fake reads plain bodies only).')
-        if len(self.req.body) > limit:
-            raise ApiError.one(413, "request_too_large",
-                               f"Request body of {len(self.req.body)} bytes exceeds the maximum allowed "
-                               f"payload size of {_size(limit)}.")
-        if self.req.json is not _NO_JSON:
-            return self.req.json
-        try:
-            return json.loads(self.req.body)
-        except ValueError as exc:
-            raise invalid(f"JSON parse error - {exc}", pointer="/") from None
-
-
-def _size(limit: int) -> str:
-    return f"{limit // (KB * KB)}MB" if limit >= KB * KB else f"{limit // KB}KB"
-
-
-def require_data(body: Any, resource_type: str) -> dict[str, Any]:
-    if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
-        raise invalid("The request body must be a JSON:API document with a 'data' object.", pointer="/data")
-    data = body["data"]
-    if data.get("type") != resource_type:
-        raise invalid(f"'{data.get('type')}' is not a valid type; expected '{resource_type}'.",
-                      pointer="/data/type")
-    return data
-
-
-def require_attributes(data: dict[str, Any]) -> dict[str, Any]:
-    attrs = data.get("attributes")
-    if not isinstance(attrs, dict):
-        raise invalid("This field is required.", pointer="/data/attributes")
-    return attrs
 
 
 def authenticate(fake: FakeKlaviyo, header: str | None) -> KeyRecord:
@@ -215,32 +140,6 @@ def check_query(route: Route, query: list[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
-def csv_param(query: dict[str, str], name: str) -> list[str]:
-    raw = query.get(name)
-    return [v.strip() for v in raw.split(",") if v.strip()] if raw else []
-
-
-def page_size(query: dict[str, str]) -> int:
-    raw = query.get("page[size]")
-    if raw is None:
-        return 20
-    try:
-        size = int(raw)
-    except ValueError:
-        size = 0
-    if not 1 <= size <= 100:
-        raise invalid(f"Page size must be an integer between 1 and 100; got '{raw}'.", parameter="page[size]")
-    return size
-
-
-def check_include(query: dict[str, str], allowed: tuple[str, ...]) -> bool:
-    values = csv_param(query, "include")
-    for v in values:
-        if v not in allowed:
-            raise invalid(f"'{v}' is not an allowed include parameter for this resource.", parameter="include")
-    return bool(values)
-
-
 _PROFILE_FIELD_ROOTS = {*ATTRIBUTE_ORDER, "id", "subscriptions", "predictive_analytics"}
 
 
@@ -255,29 +154,6 @@ def profile_view(query: dict[str, str]) -> tuple[list[str] | None, tuple[str, ..
         if f.split(".")[0] not in _PROFILE_FIELD_ROOTS:
             raise invalid(f"'{f}' is not a valid field for the resource 'profile'.", parameter="fields[profile]")
     return fields or None, tuple(additional)
-
-
-def _cursor(kind: str, sort: str, key: list[Any]) -> str:
-    raw = json.dumps({"d": kind, "s": sort, "k": key}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(value: str, sort: str) -> tuple[str, list[Any]]:
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
-        if raw["d"] in ("next", "prev") and raw["s"] == sort and isinstance(raw["k"], list):
-            return raw["d"], raw["k"]
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        pass
-    raise invalid("Invalid page cursor.", parameter="page[cursor]")
-
-
-def _link(ctx: Ctx, cursor: str | None) -> str:
-    params = [(k, v) for k, v in ctx.req.query if k != "page[cursor]"]
-    if cursor is not None:
-        params.append(("page[cursor]", cursor))
-    path = normalize_path(ctx.req.path) + "/"
-    return f"{ctx.req.base_url}{path}" + (f"?{urlencode(params)}" if params else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +214,7 @@ def list_profiles(ctx: Ctx) -> tuple[int, dict[str, Any]]:
     if field_name not in _SORTS:
         raise invalid(f"'{sort}' is not a valid sort for the resource 'profile' in the fake.", parameter="sort")
     descending = sort.startswith("-")
-    cursor = _decode_cursor(q["page[cursor]"], sort) if q.get("page[cursor]") else None
+    cursor = decode_cursor(q["page[cursor]"], sort) if q.get("page[cursor]") else None
     store = ctx.store
 
     visible = _visibility(ctx)
@@ -348,17 +224,11 @@ def list_profiles(ctx: Ctx) -> tuple[int, dict[str, Any]]:
     else:
         pool = candidates if candidates is not None else list(store.profiles.values())
         items = [p for p in pool if all(_matches(p, c) for c in conditions) and (visible is None or visible(p))]
-        page, has_prev, has_next = _page_sorted(items, _SORTS[field_name], descending, cursor, size)
+        page, has_prev, has_next = page_sorted(items, _SORTS[field_name], descending, cursor, size)
 
-    key = _SORTS[field_name]
-    links: dict[str, Any] = {"self": _link(ctx, q.get("page[cursor]"))}
-    if has_next and page:
-        links["next"] = _link(ctx, _cursor("next", sort, key(page[-1])))
-    if has_prev and page:
-        links["prev"] = _link(ctx, _cursor("prev", sort, key(page[0])))
     body: dict[str, Any] = {
         "data": [render_profile(p, fields=fields, additional=additional) for p in page],
-        "links": links,
+        "links": paged_links(ctx, page, _SORTS[field_name], sort, has_prev, has_next),
     }
     if included:
         body["included"] = []
@@ -401,25 +271,6 @@ def _page_by_id(store: ProfileStore, conditions: list[Condition], cursor: tuple[
             if len(found) > size:
                 break
     return found[:size], cursor is not None, len(found) > size
-
-
-def _page_sorted(items: list[Profile], key: Callable[[Profile], list[Any]], descending: bool,
-                 cursor: tuple[str, list[Any]] | None, size: int) -> tuple[list[Profile], bool, bool]:
-    items.sort(key=key, reverse=descending)
-    keys = [key(p) for p in items]
-
-    def after(k: list[Any], ref: list[Any]) -> bool:
-        return k < ref if descending else k > ref
-
-    if cursor is None:
-        return items[:size], False, len(items) > size
-    kind, ref = cursor
-    if kind == "next":
-        start = next((i for i, k in enumerate(keys) if after(k, ref)), len(items))
-        return items[start:start + size], start > 0, start + size < len(items)
-    end = next((i for i, k in enumerate(keys) if not after(ref, k)), len(items))
-    start = max(0, end - size)
-    return items[start:end], start > 0, end < len(items)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,7 +450,7 @@ def create_bulk_job(ctx: Ctx) -> tuple[int, dict[str, Any]]:
                                      pointer=f"{prefix}/type"))
         if check_row_size and len(json.dumps(row, separators=(",", ":")).encode()) > BULK_ROW_MAX:
             errors.append(error_item(400, "invalid", "A profile exceeds the maximum allowed size of "
-                                     f"{_size(BULK_ROW_MAX)}.", pointer=prefix))
+                                     f"{size_text(BULK_ROW_MAX)}.", pointer=prefix))
             continue
         row_attrs = row.get("attributes")
         row_errors = validate_attributes(row_attrs, f"{prefix}/attributes", allow_kx=True,
@@ -641,14 +492,14 @@ def get_import_errors(ctx: Ctx) -> tuple[int, dict[str, Any]]:
     job = _bulk_job(ctx, ctx.params["id"])
     start = 0
     if ctx.query.get("page[cursor]"):
-        _, key = _decode_cursor(ctx.query["page[cursor]"], "offset")
+        _, key = decode_cursor(ctx.query["page[cursor]"], "offset")
         start = int(key[0]) if key and isinstance(key[0], int) else 0
     page = job.errors[start:start + size]
-    links: dict[str, Any] = {"self": _link(ctx, ctx.query.get("page[cursor]"))}
+    links: dict[str, Any] = {"self": collection_link(ctx, ctx.query.get("page[cursor]"))}
     if start + size < len(job.errors):
-        links["next"] = _link(ctx, _cursor("next", "offset", [start + size]))
+        links["next"] = collection_link(ctx, encode_cursor("next", "offset", [start + size]))
     if start > 0:
-        links["prev"] = _link(ctx, _cursor("prev", "offset", [max(0, start - size)]))
+        links["prev"] = collection_link(ctx, encode_cursor("prev", "offset", [max(0, start - size)]))
     return 200, {"data": page, "links": links}
 
 
@@ -755,19 +606,20 @@ def get_accounts(ctx: Ctx) -> tuple[int, dict[str, Any]]:
         },
         "links": {"self": f"{PUBLIC_BASE}/api/accounts/{account_id}/"},
     }
-    return 200, {"data": [resource], "links": {"self": _link(ctx, None)}}
+    return 200, {"data": [resource], "links": {"self": collection_link(ctx, None)}}
 
 
 # ---------------------------------------------------------------------------------------------
 # Dispatch
 
 
-def _route(method: str, template: str, handler: Callable[[Ctx], tuple[int, dict[str, Any]]],
+def _route(method: str, template: str, handler: Callable[[Ctx], tuple[int, Any]],
            *params: str) -> Route:
     return Route(method, template, handler, frozenset(params), _pattern(template))
 
 
 _PROFILE_VIEW = ("additional-fields[profile]", "fields[profile]")
+_EVENT_VIEW = ("fields[attribution]", "fields[event]", "fields[metric]", "fields[profile]", "include")
 ROUTES: list[Route] = [
     _route("GET", "/api/accounts", get_accounts, "fields[account]"),
     _route("GET", "/api/profiles", list_profiles, *_PROFILE_VIEW, "fields[conversation]", "fields[push-token]",
@@ -788,6 +640,13 @@ ROUTES: list[Route] = [
     _route("POST", "/api/profile-suppression-bulk-delete-jobs", unsuppress),
     _route("GET", "/api/profile-suppression-bulk-delete-jobs/{job_id}",
            lambda ctx: _get_suppression_job(ctx, "delete"), "fields[profile-suppression-bulk-delete-job]"),
+    _route("GET", "/api/events", events_api.list_events, *_EVENT_VIEW, "filter", "page[cursor]", "page[size]", "sort"),
+    _route("POST", "/api/events", events_api.create_event),
+    _route("GET", "/api/events/{id}", events_api.get_event, *_EVENT_VIEW),
+    _route("POST", "/api/event-bulk-create-jobs", events_api.create_event_bulk_job),
+    _route("GET", "/api/metrics", events_api.list_metrics, "fields[flow]", "fields[metric]", "filter", "include",
+           "page[cursor]"),
+    _route("GET", "/api/metrics/{id}", events_api.get_metric, "fields[flow]", "fields[metric]", "include"),
 ]
 
 

@@ -20,18 +20,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fakes.klaviyo.api import (
-    _NO_JSON,
-    ApiRequest,
-    Reply,
-    dispatch,
-    error_reply,
-    match_route,
-    normalize_path,
-    unknown_path,
-)
+from fakes.klaviyo.api import dispatch, match_route, unknown_path
 from fakes.klaviyo.config import KIND_REALISM, FakeKlaviyoConfig, KeySpec, realistic_knobs
+from fakes.klaviyo.context import NO_JSON, ApiRequest, Reply, error_reply, normalize_path
 from fakes.klaviyo.errors import ApiError
+from fakes.klaviyo.events import EventSubmission, event_state, job_state
 from fakes.klaviyo.filters import parse_datetime
 from fakes.klaviyo.jobs import settle
 from fakes.klaviyo.profiles import SUPPRESSION_REASONS, full_state, now_utc
@@ -77,7 +70,7 @@ def _maybe_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except ValueError:
-        return _NO_JSON
+        return NO_JSON
 
 
 class ApiGateway:
@@ -157,7 +150,7 @@ class ApiGateway:
             "status": status,
             "fault": fault,
             "account_id": reply.account_id if reply is not None else None,
-            "body": None if parsed is _NO_JSON else parsed,
+            "body": None if parsed is NO_JSON else parsed,
         })
         if fault == "drop":
             await _send_truncated(send, reply)
@@ -295,6 +288,11 @@ def control_routes(fake: FakeKlaviyo) -> list[Route]:
             return fake.default_account
         return fake.accounts.get(account_id)
 
+    def _settled_account(request: Request) -> Any:
+        """The account `?account_id=` names (default: the first), after settling what is due; None if unknown."""
+        settle(fake)
+        return _account(request.query_params.get("account_id"))
+
     async def profiles(request: Request) -> JSONResponse:
         settle(fake)
         if request.method == "GET":
@@ -384,14 +382,50 @@ def control_routes(fake: FakeKlaviyo) -> list[Route]:
         return JSONResponse({"merges": list(fake.merges)})
 
     async def bulk_jobs(request: Request) -> JSONResponse:
-        settle(fake)
-        account = _account(request.query_params.get("account_id"))
+        account = _settled_account(request)
         if account is None:
             return _bad("unknown account", 404)
         return JSONResponse({"jobs": [
             {"id": job.id, "status": job.status, "rows": job.total_count, "created": job.created_at.timestamp(),
              "completed": job.completed_at.timestamp() if job.completed_at else None}
             for job in account.bulk_jobs.values()]})
+
+    async def events(request: Request) -> JSONResponse:
+        params = request.query_params
+        account = _settled_account(request)
+        if account is None:
+            return _bad("unknown account", 404)
+        log = account.events
+        wanted_metric, wanted_profile = params.get("metric"), params.get("profile_id")
+        recorded = [e for e in log.events.values()
+                    if (wanted_metric is None or log.metrics[e.metric_id].name == wanted_metric)
+                    and (wanted_profile is None or e.profile_id == wanted_profile)]
+        # In time order, then in the order processed (ids increase): a profile's timeline.
+        recorded.sort(key=lambda e: (e.time, e.id))
+        pending = sum(len(job.inputs) for owner, job in fake.pending.values()
+                      if owner is account and isinstance(job, EventSubmission))
+        return JSONResponse({"events": [event_state(e, log, account.id) for e in recorded],
+                             "dropped": list(log.dropped), "pending": pending})
+
+    async def metrics(request: Request) -> JSONResponse:
+        account = _settled_account(request)
+        if account is None:
+            return _bad("unknown account", 404)
+        return JSONResponse({"metrics": [
+            {"id": m.id, "name": m.name, "service": m.service, "created": m.created.isoformat()}
+            for m in account.events.metrics.values()]})
+
+    async def event_jobs(request: Request) -> JSONResponse:
+        account = _settled_account(request)
+        if account is None:
+            return _bad("unknown account", 404)
+        return JSONResponse({"jobs": [job_state(job) for job in account.events.jobs.values()]})
+
+    async def event_profiles(request: Request) -> JSONResponse:
+        account = _settled_account(request)
+        if account is None:
+            return _bad("unknown account", 404)
+        return JSONResponse({"profiles": list(account.events.profiles_created)})
 
     return [
         Route("/_fake/health", health),
@@ -412,6 +446,10 @@ def control_routes(fake: FakeKlaviyo) -> list[Route]:
         Route("/_fake/kind", kind, methods=["POST"]),
         Route("/_fake/merges", merges),
         Route("/_fake/bulk-jobs", bulk_jobs),
+        Route("/_fake/events", events),
+        Route("/_fake/metrics", metrics),
+        Route("/_fake/event-jobs", event_jobs),
+        Route("/_fake/event-profiles", event_profiles),
     ]
 
 

@@ -80,6 +80,16 @@ class Knobs:
     #: A bulk import row whose email and phone belong to two profiles merges them (Klaviyo's
     #: deterministic profile merge) instead of failing as `duplicate_profile`. See `GET /_fake/merges`.
     merge_on_link: bool = False
+    #: Seconds (fake clock) between accepting an event (`202`) and processing it: until then it is not
+    #: listed, has no metric and creates or changes no profile. Klaviyo: "does not guarantee that
+    #: processing is complete" (spec, create_event); how long it takes is not documented.
+    event_lag_s: float = 0.0
+    #: A bulk event job one of whose events repeats an event already recorded (same profile, metric and
+    #: unique_id, or time to the second without one) records nothing at all: the spec says "the request
+    #: will fail and no events will be processed" (UNCONFIRMED whether that covers events of earlier
+    #: requests: the least kind reading is the default). False = such events are dropped one by one,
+    #: as `POST /api/events` documents ("only the first processed event will be recorded").
+    event_bulk_repeat_fails_job: bool = True
     #: Most values accepted in one `any(field,[...])` (UNCONFIRMED in Klaviyo; 0 = unlimited).
     max_any_values: int = 100
     #: Size of the request log ring buffer.
@@ -141,7 +151,7 @@ def _coerce(name: str, raw: Any, current: Any) -> Any:
 REALISM_KNOBS = ("job_seconds", "job_seconds_per_1000_rows", "job_queued_share", "job_counts_null",
                  "job_cancel_rate", "job_cancel_after_share", "job_stuck_rate", "job_stuck_after_share",
                  "import_error_row_pointer", "read_lag_s", "suppression_lag_s", "unsupported_phone_regions",
-                 "unsupported_phone_bulk_import_error", "merge_on_link")
+                 "unsupported_phone_bulk_import_error", "merge_on_link", "event_lag_s")
 KIND_REALISM: dict[str, Any] = {name: Knobs().as_dict()[name] for name in REALISM_KNOBS}
 
 
@@ -153,7 +163,8 @@ def realistic_knobs(time_scale: float = 1.0) -> dict[str, Any]:
     (read-your-writes is "not guaranteed for filtered list queries"), 5 s is an estimate; suppression
     was observed to take ~2-4 h once in a sandbox: 60 s is deliberately shorter so runs stay
     practical (set `suppression_lag_s` for more); the phone region refusal was observed live (Italy
-    as the example region is our pick); the merge is Klaviyo's documented deterministic merge.
+    as the example region is our pick); the merge is Klaviyo's documented deterministic merge; events
+    are processed after they are accepted (spec), 5 s is an estimate.
     """
     if not isinstance(time_scale, int | float) or isinstance(time_scale, bool) or time_scale < 0:
         raise ValueError("time_scale must be a non-negative number")
@@ -172,6 +183,7 @@ def realistic_knobs(time_scale: float = 1.0) -> dict[str, Any]:
         "suppression_lag_s": scaled(60.0),
         "unsupported_phone_regions": ["IT"],
         "merge_on_link": True,
+        "event_lag_s": scaled(5.0),
     }
 
 

@@ -1,13 +1,14 @@
-"""Klaviyo's `filter=` mini-language, for the subset the fake supports on `GET /api/profiles`.
+"""Klaviyo's `filter=` mini-language, for the fields the fake supports on each resource.
 
 Grammar (https://developers.klaviyo.com/en/docs/filtering_):
 
     filters   := condition ("," condition)*          -- comma = AND
-    condition := "and(" filters ")" | op "(" field "," value ")"
+    condition := "and(" filters ")" | op "(" field ["," value] ")"   -- no value: `has(profile)`
     value     := "..." | '...' | "[" value ("," value)* "]" | bare   -- bare: datetime, number, true/false/null
 
 Pure functions: `parse_filter` returns conditions or raises `FilterError` with a message fit for
-the 400 `detail`.
+the 400 `detail`. Each resource has a table field -> operator -> kind of value (the resource's
+`x-klaviyo-filters` in the spec, as far as the fake answers them).
 """
 
 from __future__ import annotations
@@ -21,12 +22,28 @@ IDENTIFIER_FIELDS = ("id", "email", "phone_number", "external_id")
 DATETIME_FIELDS = ("created", "updated")
 SUPPRESSION_REASON = "subscriptions.email.marketing.suppression.reason"
 
-#: field -> operators the fake evaluates.
-SUPPORTED: dict[str, tuple[str, ...]] = {
-    **{f: ("equals", "any") for f in IDENTIFIER_FIELDS},
-    **{f: ("greater-than", "less-than") for f in DATETIME_FIELDS},
-    SUPPRESSION_REASON: ("equals",),
+#: Kinds of value: "str", "list" (of strings), "str|list", "datetime", "number", "none" (no value).
+Rules = dict[str, dict[str, str]]
+
+#: GET /api/profiles: field -> operator -> kind of value.
+PROFILE_FILTERS: Rules = {
+    **{f: {"equals": "str", "any": "list"} for f in IDENTIFIER_FIELDS},
+    **{f: {"greater-than": "datetime", "less-than": "datetime"} for f in DATETIME_FIELDS},
+    SUPPRESSION_REASON: {"equals": "str"},
 }
+
+_COMPARE = ("greater-or-equal", "greater-than", "less-or-equal", "less-than")
+#: GET /api/events, all of the spec's `x-klaviyo-filters` (`metric_id` takes one id or a list).
+EVENT_FILTERS: Rules = {
+    "metric_id": {"equals": "str|list"},
+    "profile_id": {"equals": "str"},
+    "profile": {"has": "none"},
+    "metric": {"has": "none"},
+    "datetime": dict.fromkeys(_COMPARE, "datetime"),
+    "timestamp": dict.fromkeys(_COMPARE, "number"),
+}
+#: GET /api/metrics.
+METRIC_FILTERS: Rules = {"integration.name": {"equals": "str"}, "integration.category": {"equals": "str"}}
 
 #: Valid in Klaviyo's spec but not modelled here: a clear 400 beats a silent wrong answer.
 NOT_MODELLED = (
@@ -40,10 +57,21 @@ NOT_MODELLED = (
 _OP = re.compile(r"[a-z][a-z-]*")
 _FIELD = re.compile(r"[A-Za-z_$][A-Za-z0-9_.$-]*")
 _BARE = re.compile(r"[^,()\[\]\s]+")
+#: The value of a condition written without one (`has(profile)`).
+NO_VALUE = None
 
 
 class FilterError(ValueError):
     pass
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<no value>"
+
+
+#: What the parser gives a condition written without a value, before `_check`.
+_MISSING: Any = _Missing()
 
 
 @dataclass(frozen=True)
@@ -53,12 +81,15 @@ class Condition:
     value: Any
 
 
-def parse_filter(text: str, *, max_any_values: int = 0) -> list[Condition]:
+def parse_filter(text: str, *, max_any_values: int = 0, rules: Rules | None = None, resource: str = "profile",
+                 not_modelled: tuple[str, ...] = NOT_MODELLED) -> list[Condition]:
+    """Conditions of `text`, checked against `rules` (default: the profile fields)."""
     parser = _Parser(text)
     conditions = parser.conditions()
     if parser.pos != len(text):
         raise FilterError(f"Invalid filter provided: unexpected {text[parser.pos:parser.pos + 10]!r}")
-    return [_check(c, max_any_values) for c in conditions]
+    table = PROFILE_FILTERS if rules is None else rules
+    return [_check(c, max_any_values, table, resource, not_modelled) for c in conditions]
 
 
 def parse_datetime(value: str) -> datetime:
@@ -73,25 +104,38 @@ def parse_datetime(value: str) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
-def _check(cond: Condition, max_any_values: int) -> Condition:
-    if cond.field in NOT_MODELLED:
+def _check(cond: Condition, max_any_values: int, rules: Rules, resource: str,
+           not_modelled: tuple[str, ...]) -> Condition:
+    if cond.field in not_modelled:
         raise FilterError(f"Filtering on '{cond.field}' is valid in Klaviyo but not modelled by the fake")
-    ops = SUPPORTED.get(cond.field)
+    ops = rules.get(cond.field)
     if ops is None:
-        raise FilterError(f"'{cond.field}' is not a valid field for the resource 'profile'.")
-    if cond.op not in ops:
+        raise FilterError(f"'{cond.field}' is not a valid field for the resource '{resource}'.")
+    kind = ops.get(cond.op)
+    if kind is None:
         raise FilterError(f"'{cond.op}' is not a valid operator for filter field '{cond.field}'.")
-    if cond.op == "any":
-        if not isinstance(cond.value, list) or not all(isinstance(v, str) for v in cond.value):
-            raise FilterError(f"'any' on '{cond.field}' needs a list of strings")
-        if max_any_values and len(cond.value) > max_any_values:
-            raise FilterError(f"'any' accepts at most {max_any_values} values")
-        return cond
-    if cond.op == "equals":
-        if not isinstance(cond.value, str):
-            raise FilterError(f"'equals' on '{cond.field}' needs a string value")
-        return cond
     value = cond.value
+    if kind == "none":
+        if value is not _MISSING:
+            raise FilterError(f"'{cond.op}' on '{cond.field}' takes no value")
+        return Condition(cond.op, cond.field, NO_VALUE)
+    if value is _MISSING:
+        raise FilterError(f"'{cond.op}' on '{cond.field}' needs a value")
+    is_list = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "list" or (kind == "str|list" and isinstance(value, list)):
+        if not is_list:
+            raise FilterError(f"'{cond.op}' on '{cond.field}' needs a list of strings")
+        if max_any_values and len(value) > max_any_values:
+            raise FilterError(f"'{cond.op}' accepts at most {max_any_values} values")
+        return cond
+    if kind in ("str", "str|list"):
+        if not isinstance(value, str):
+            raise FilterError(f"'{cond.op}' on '{cond.field}' needs a string value")
+        return cond
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise FilterError(f"'{cond.op}' on '{cond.field}' needs a number")
+        return cond
     if isinstance(value, str):
         value = parse_datetime(value)
     if not isinstance(value, datetime):
@@ -121,6 +165,9 @@ class _Parser:
         if op in ("or", "not"):
             raise FilterError(f"The '{op}' operator is not supported by the fake")
         field = self._match(_FIELD, "a field name")
+        if self._peek() == ")":
+            self.pos += 1
+            return [Condition(op, field, _MISSING)]
         self._expect(",")
         value = self.value()
         self._expect(")")

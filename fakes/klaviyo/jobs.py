@@ -41,6 +41,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from fakes.klaviyo import events
 from fakes.klaviyo.profiles import (
     REGION_DETAIL,
     SCALARS,
@@ -227,6 +228,7 @@ def merge_on_link(fake: FakeKlaviyo, account: Account, idents: dict[str, str], o
         return None     # the external_id belongs to a third profile: still a conflict
     kept, source = store.profiles[email_owner], store.delete(phone_owner)
     _absorb(store, kept, source)
+    account.events.move_profile(source.id, kept.id)
     store.written[kept.id] = at
     fake.merges.append({
         "account_id": account.id, "kept_id": kept.id, "merged_id": source.id,
@@ -311,7 +313,7 @@ def apply_suppression(fake: FakeKlaviyo, account: Account, job: SuppressionJob, 
 
 
 def settle(fake: FakeKlaviyo) -> None:
-    """Apply whatever the fake clock says is due: timed job rows, lagged suppressions."""
+    """Apply whatever the fake clock says is due: timed job rows, lagged suppressions and events."""
     if not fake.pending:
         return
     now = fake.clock.time()
@@ -320,5 +322,8 @@ def settle(fake: FakeKlaviyo) -> None:
             progress(fake, account, job, now)
             if job.halted:
                 fake.pending.pop(job.id, None)
+        elif isinstance(job, events.EventSubmission):
+            if now >= job.due:
+                events.process(fake, account, job)
         elif job.due is not None and now >= job.due:
             apply_suppression(fake, account, job, _dt(job.due))

@@ -22,6 +22,7 @@ TIERS = {
     "XS": (Limit(1, 1.0), Limit(15, 60.0)),
     "M": (Limit(10, 1.0), Limit(150, 60.0)),
     "L": (Limit(75, 1.0), Limit(750, 60.0)),
+    "XL": (Limit(350, 1.0), Limit(3500, 60.0)),
 }
 
 #: The operations the fake implements: (method, spec path template) -> (tier, scopes).
@@ -39,11 +40,17 @@ BUILTIN: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     ("GET", "/api/profile-suppression-bulk-create-jobs/{job_id}"): ("L", ("subscriptions:read",)),
     ("POST", "/api/profile-suppression-bulk-delete-jobs"): ("L", ("subscriptions:write",)),
     ("GET", "/api/profile-suppression-bulk-delete-jobs/{job_id}"): ("L", ("subscriptions:read",)),
+    ("GET", "/api/events"): ("XL", ("events:read",)),
+    ("POST", "/api/events"): ("XL", ("events:write",)),
+    ("GET", "/api/events/{id}"): ("M", ("events:read",)),
+    ("POST", "/api/event-bulk-create-jobs"): ("M", ("events:write",)),
+    ("GET", "/api/metrics"): ("M", ("metrics:read",)),
+    ("GET", "/api/metrics/{id}"): ("M", ("metrics:read",)),
 }
 
 BUILTIN_SCOPES = frozenset(
     s
-    for base in ("accounts", "profiles", "lists", "subscriptions", "segments", "events", "push-tokens")
+    for base in ("accounts", "profiles", "lists", "subscriptions", "segments", "events", "metrics", "push-tokens")
     for s in (f"{base}:read", f"{base}:write")
 )
 

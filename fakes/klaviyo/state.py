@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fakes.klaviyo.config import AccountSpec, FakeKlaviyoConfig, KeySpec, Knobs, default_spec_path
+from fakes.klaviyo.events import EventLog, EventSubmission
 from fakes.klaviyo.profiles import ProfileStore, UlidGenerator
 from fakes.klaviyo.ratelimit import RateLimiter
 from fakes.klaviyo.spec import SpecInfo, SpecValidator, load_spec_info
@@ -124,6 +125,7 @@ class Account:
     store: ProfileStore
     bulk_jobs: dict[str, BulkImportJob] = field(default_factory=dict)
     suppression_jobs: dict[str, SuppressionJob] = field(default_factory=dict)
+    events: EventLog = field(default_factory=EventLog)
 
 
 @dataclass
@@ -232,8 +234,10 @@ class FakeKlaviyo:
         self.job_dice = random.Random(self.knobs.seed)
         #: Profiles merged by `merge_on_link`, oldest first (`GET /_fake/merges`).
         self.merges: list[dict[str, Any]] = []
-        #: Timed bulk jobs and lagged suppression jobs still to settle, by job id.
-        self.pending: dict[str, tuple[Account, BulkImportJob | SuppressionJob]] = {}
+        #: Generates metric ids; seeded like the rest.
+        self.metric_names = random.Random(self.knobs.seed)
+        #: Timed bulk jobs, lagged suppression jobs and events still to settle, by job id.
+        self.pending: dict[str, tuple[Account, BulkImportJob | SuppressionJob | EventSubmission]] = {}
         for spec in self.startup_accounts:
             self.add_account(spec.account_id, spec.keys)
 
