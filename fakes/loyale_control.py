@@ -13,14 +13,21 @@ from typing import Any
 import httpx
 
 
+def _given(body: dict[str, Any]) -> dict[str, Any]:
+    """The body without the arguments left out (None)."""
+    return {k: v for k, v in body.items() if v is not None}
+
+
 class FakeLoyaleError(RuntimeError):
     """The control API refused a call (unknown scheme or customer, bad knob, ...)."""
 
 
 class FakeLoyaleControl:
-    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 30.0, http: httpx.Client | None = None) -> None:
+        """`http`: a client to send through instead of a new one, e.g. Starlette's `TestClient` over
+        `create_app()` to drive the fake in process (closed by `close()` too)."""
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout_s)
 
     def close(self) -> None:
         self._http.close()
@@ -92,14 +99,84 @@ class FakeLoyaleControl:
         return self._call("POST", f"/_fake/schemes/{scheme_id}/customers/{customer_id}/{name}",
                           {"updated_by": updated_by})
 
+    def earn(self, scheme_id: str, customer_id: str, points: float, monetary: float | None = None, *,
+             value: float | None = None, currency: str | None = None, outlet: str | None = None,
+             external_ref: str | None = None, description: str | None = None, transaction_date: str | None = None,
+             coupons_used: list[str] | None = None, updated_by: str | None = None) -> dict[str, Any]:
+        """A purchase earning `points` (topic 2): `monetary` = their money (default points / 100),
+        `value` the sale, `outlet` a name or id (made on first use), `external_ref` the till's reference,
+        `transaction_date` Loyale's time of it (default: the fake clock). -> the TransactionResultView,
+        with `cachedResultantPointValue` the balance after."""
+        return self.transaction(scheme_id, customer_id, points, monetary, value=value, currency=currency,
+                                outlet=outlet, external_ref=external_ref, description=description,
+                                transaction_date=transaction_date, coupons_used=coupons_used, updated_by=updated_by)
+
+    def spend(self, scheme_id: str, customer_id: str, points: float, monetary: float | None = None, *,
+              outlet: str | None = None, external_ref: str | None = None, description: str | None = None,
+              transaction_date: str | None = None, coupons_used: list[str] | None = None,
+              updated_by: str | None = None) -> dict[str, Any]:
+        """A redemption of `points` (> 0; a Redeem with a negative pointValue, topic 2); refused beyond the
+        balance."""
+        return self.transaction(scheme_id, customer_id, -points, None if monetary is None else -monetary,
+                                outlet=outlet, external_ref=external_ref, description=description,
+                                transaction_date=transaction_date, coupons_used=coupons_used, updated_by=updated_by)
+
+    def transaction(self, scheme_id: str, customer_id: str, points: float, monetary: float | None = None, *,
+                    kind: int | None = None, value: float | None = None, currency: str | None = None,
+                    outlet: str | None = None, external_ref: str | None = None, description: str | None = None,
+                    transaction_date: str | None = None, coupons_used: list[str] | None = None,
+                    updated_by: str | None = None) -> dict[str, Any]:
+        """Any transaction (`kind`: LoyaleTransactionType, default Purchase or Redeem by the sign; TopUp = 5
+        sends no webhook). Uses the customer coupons in `coupons_used` (topic 7 each)."""
+        body = {"points": points, "monetary": monetary, "kind": kind, "value": value, "currency": currency,
+                "outlet": outlet, "external_ref": external_ref, "description": description,
+                "transaction_date": transaction_date, "coupons_used": coupons_used, "updated_by": updated_by}
+        return self._call("POST", f"/_fake/schemes/{scheme_id}/customers/{customer_id}/transactions", _given(body))
+
+    def transactions(self, scheme_id: str, customer_id: str | None = None) -> list[dict[str, Any]]:
+        """The scheme's transactions (of one customer), in the order they were made."""
+        query = f"?customer_id={customer_id}" if customer_id else ""
+        return self._call("GET", f"/_fake/schemes/{scheme_id}/transactions{query}")["transactions"]
+
+    def define_coupon(self, scheme_id: str, name: str, uses: int = 1, *, description: str | None = None,
+                      valid_from: str | None = None, valid_to: str | None = None,
+                      external_reference: str | None = None) -> dict[str, Any]:
+        """A coupon of the scheme (CouponResultView, no webhook); `uses` = initialNumberOfUses."""
+        body = {"name": name, "uses": uses, "description": description, "valid_from": valid_from,
+                "valid_to": valid_to, "external_reference": external_reference}
+        return self._call("POST", f"/_fake/schemes/{scheme_id}/coupons", _given(body))
+
+    def issue_coupon(self, scheme_id: str, customer_id: str, *, coupon_id: str | None = None,
+                     name: str | None = None, uses: int = 1, updated_by: str | None = None) -> dict[str, Any]:
+        """Link a coupon to the customer (topic 6): `coupon_id`, or a new coupon `name` of `uses` uses.
+        -> the CustomerCouponResultView (its `id` is what `use_coupon` takes)."""
+        body = {"coupon_id": coupon_id, "name": name, "uses": uses, "updated_by": updated_by}
+        return self._call("POST", f"/_fake/schemes/{scheme_id}/customers/{customer_id}/coupons", _given(body))
+
+    def use_coupon(self, scheme_id: str, customer_coupon_id: str, updated_by: str | None = None) -> dict[str, Any]:
+        """One use of a customer's coupon (topic 7); refused (409) when none is left."""
+        return self._call("POST", f"/_fake/schemes/{scheme_id}/customer-coupons/{customer_coupon_id}/use",
+                          {"updated_by": updated_by} if updated_by else {})
+
+    def customer_coupons(self, scheme_id: str, customer_id: str | None = None) -> list[dict[str, Any]]:
+        query = f"?customer_id={customer_id}" if customer_id else ""
+        return self._call("GET", f"/_fake/schemes/{scheme_id}/customer-coupons{query}")["customer_coupons"]
+
+    def join_scheme(self, scheme_id: str, customer_id: str, updated_by: str | None = None) -> dict[str, Any]:
+        """The customer joins the scheme again (topic 0); new customers join by `add_customers`."""
+        return self.action(scheme_id, customer_id, "join", updated_by)
+
+    def leave_scheme(self, scheme_id: str, customer_id: str, updated_by: str | None = None) -> dict[str, Any]:
+        """The customer leaves the scheme (topic 3): no longer listed, still readable by id."""
+        return self.action(scheme_id, customer_id, "leave", updated_by)
+
     def set_balance(self, scheme_id: str, customer_id: str, points: float | None = None,
                     monetary: float | None = None, *, points_delta: float | None = None,
                     monetary_delta: float | None = None, updated_by: str | None = None) -> dict[str, Any]:
-        """A transaction (topic 2): absolute values and/or deltas."""
+        """A balance change as a transaction (stored, topic 2): absolute values and/or deltas."""
         body = {"points": points, "monetary": monetary, "points_delta": points_delta,
                 "monetary_delta": monetary_delta, "updated_by": updated_by}
-        return self._call("POST", f"/_fake/schemes/{scheme_id}/customers/{customer_id}/balance",
-                          {k: v for k, v in body.items() if v is not None})
+        return self._call("POST", f"/_fake/schemes/{scheme_id}/customers/{customer_id}/balance", _given(body))
 
     def set_additional_field(self, scheme_id: str, customer_id: str, key: str, value: Any, *,
                              name: str | None = None, internal: bool | None = None,
@@ -149,6 +226,15 @@ class FakeLoyaleControl:
     def deliveries(self) -> list[dict[str, Any]]:
         """Every webhook delivery attempt: {topic, url, attempt, status, ok, customer_id, ...}."""
         return self._call("GET", "/_fake/webhooks/deliveries")["deliveries"]
+
+    def lost_webhooks(self) -> list[dict[str, Any]]:
+        """Events lost on purpose (knobs `webhook_loss_rate`, `webhook_lose_next`): {event_id, topic,
+        customer_id, data, subscriptions, at}; no subscription received them."""
+        return self._call("GET", "/_fake/webhooks/deliveries")["lost"]
+
+    def lose_next_webhook(self, *topics: int) -> dict[str, Any]:
+        """The next event of each topic given is lost (e.g. `lose_next_webhook(2)`: the next transaction's)."""
+        return self.set_knobs(webhook_lose_next=[*self.knobs()["webhook_lose_next"], *topics])
 
     def wait_for_deliveries(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """Poll until no delivery is in flight (retries included), then return the attempts."""

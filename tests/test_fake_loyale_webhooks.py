@@ -177,8 +177,18 @@ def test_transaction_additional_field_and_transfer_payloads(http: httpx.Client, 
     control.set_additional_field(SCHEME, source, "Favourite", "tea")
     control.set_additional_field(SCHEME, source, "Favourite", "coffee")
     moved = control.transfer(SCHEME, source, target, 200)
-    got = {int(r["path"].rsplit("/", 1)[1]): r["json"] for r in receiver.wait_for(4)}
-    assert got[2]["customerId"] == source and got[2]["cachedResultantPointValue"] == 500
+    by_topic: dict[int, list[dict[str, Any]]] = {}
+    for r in receiver.wait_for(6):   # the transfer is a transaction on each side too (topic 2)
+        by_topic.setdefault(int(r["path"].rsplit("/", 1)[1]), []).append(r["json"])
+    got = {topic: bodies[0] for topic, bodies in by_topic.items()}
+    balance_tx, sent, received = control.transactions(SCHEME)
+    transactions = {t["id"]: t for t in by_topic[2]}
+    assert set(transactions) == {balance_tx["id"], sent["id"], received["id"]}
+    assert transactions[balance_tx["id"]]["customerId"] == source
+    assert transactions[balance_tx["id"]]["cachedResultantPointValue"] == 500
+    assert [(transactions[t["id"]]["pointValue"], transactions[t["id"]]["isSendPointsAction"]) for t in (sent, received)
+            ] == [(-200, True), (200, True)]
+    assert transactions[received["id"]]["cachedResultantPointValue"] == moved["target"]["balance"]["pointsValue"]
     assert got[4]["key"] == "Favourite" and got[4]["value"] == "tea" and got[4]["customerId"] == source
     assert got[5]["id"] == got[4]["id"] and got[5]["value"] == "coffee"
     assert got[10]["sourceCustomerId"] == moved["source"] and got[10]["targetCustomerId"] == moved["target"]

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -17,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fakes.loyale import activity
 from fakes.loyale.sieve import SieveError, page_window
 from fakes.loyale.state import (
     DEFAULT_ACTOR,
@@ -250,6 +252,34 @@ class LoyaleApp:
         scheme, _ = self.authorize(request)
         return self._list(request, scheme, "balances")
 
+    async def list_transactions(self, request: Request) -> Response:
+        scheme, _ = self.authorize(request)
+        return self._list(request, scheme, "transactions")
+
+    async def list_customer_coupons(self, request: Request) -> Response:
+        scheme, _ = self.authorize(request)
+        return self._list(request, scheme, "customer_coupons")
+
+    async def list_coupons(self, request: Request) -> Response:
+        scheme, _ = self.authorize(request)
+        return self._list(request, scheme, "coupons")
+
+    def _one_stored(self, request: Request, store: str, what: str) -> Response:
+        scheme, _ = self.authorize(request)
+        record = getattr(scheme, store).get(request.path_params["record_id"].lower())
+        if record is None:
+            raise ApiError(404, f"{what} not found.")
+        return json_response(record)
+
+    async def get_transaction(self, request: Request) -> Response:
+        return self._one_stored(request, "transactions", "Transaction")
+
+    async def get_customer_coupon(self, request: Request) -> Response:
+        return self._one_stored(request, "customer_coupons", "Customer coupon")
+
+    async def get_coupon(self, request: Request) -> Response:
+        return self._one_stored(request, "coupons", "Coupon")
+
     # ---- /api: webhooks ---------------------------------------------------------------------------
 
     async def subscribe(self, request: Request) -> Response:
@@ -356,8 +386,8 @@ class LoyaleApp:
     async def balance(self, request: Request) -> Response:
         scheme = self._scheme(request)
         body = _object(await _body(request, api=False), api=False)
-        customer = self.fake.change_balance(
-            scheme, request.path_params["customer_id"], str(body.get("updated_by") or DEFAULT_ACTOR),
+        customer = activity.change_balance(
+            self.fake, scheme, request.path_params["customer_id"], str(body.get("updated_by") or DEFAULT_ACTOR),
             points=body.get("points"), monetary=body.get("monetary"),
             points_delta=body.get("points_delta"), monetary_delta=body.get("monetary_delta"),
         )
@@ -375,16 +405,62 @@ class LoyaleApp:
     async def levels(self, request: Request) -> Response:
         scheme = self._scheme(request)
         body = _object(await _body(request, api=False), api=False)
-        customer = self.fake.set_levels(scheme, request.path_params["customer_id"], body.get("level_ids"),
-                                        str(body.get("updated_by") or DEFAULT_ACTOR))
+        customer = activity.set_levels(self.fake, scheme, request.path_params["customer_id"], body.get("level_ids"),
+                                       str(body.get("updated_by") or DEFAULT_ACTOR))
         return json_response(customer)
 
     async def transfer(self, request: Request) -> Response:
         scheme = self._scheme(request)
         body = _object(await _body(request, api=False), api=False)
-        result = self.fake.transfer(scheme, request.path_params["customer_id"], str(body.get("target_id")),
-                                    body.get("points"), str(body.get("updated_by") or DEFAULT_ACTOR))
+        result = activity.transfer(self.fake, scheme, request.path_params["customer_id"], str(body.get("target_id")),
+                                   body.get("points"), str(body.get("updated_by") or DEFAULT_ACTOR))
         return json_response(result)
+
+    async def transaction(self, request: Request) -> Response:
+        scheme = self._scheme(request)
+        body = _object(await _body(request, api=False), api=False)
+        return json_response(activity.add_transaction(
+            self.fake, scheme, request.path_params["customer_id"], str(body.get("updated_by") or DEFAULT_ACTOR),
+            points=body.get("points"), monetary=body.get("monetary"), value=body.get("value"),
+            currency=body.get("currency"), kind=body.get("kind"), outlet_name=body.get("outlet"),
+            external_ref=body.get("external_ref"), description=body.get("description"),
+            transaction_date=body.get("transaction_date"), coupons_used=body.get("coupons_used")))
+
+    async def issue_coupon(self, request: Request) -> Response:
+        scheme = self._scheme(request)
+        body = _object(await _body(request, api=False, default={}), api=False)
+        return json_response(activity.issue_coupon(
+            self.fake, scheme, request.path_params["customer_id"], str(body.get("updated_by") or DEFAULT_ACTOR),
+            coupon_id=body.get("coupon_id"), name=body.get("name"), uses=body.get("uses", 1)))
+
+    async def use_coupon(self, request: Request) -> Response:
+        scheme = self._scheme(request)
+        body = _object(await _body(request, api=False, default={}), api=False)
+        return json_response(activity.use_coupon(self.fake, scheme, request.path_params["coupon_id"],
+                                                 str(body.get("updated_by") or DEFAULT_ACTOR)))
+
+    async def coupons(self, request: Request) -> Response:
+        scheme = self._scheme(request)
+        if request.method == "GET":
+            return json_response({"coupons": list(scheme.coupons.values())})
+        body = _object(await _body(request, api=False), api=False)
+        return json_response(activity.define_coupon(
+            self.fake, scheme, str(body.get("updated_by") or DEFAULT_ACTOR), name=body.get("name"),
+            uses=body.get("uses", 1), description=body.get("description"), valid_from=body.get("valid_from"),
+            valid_to=body.get("valid_to"), external_reference=body.get("external_reference")))
+
+    def _activity(self, request: Request, store: str) -> Response:
+        """A scheme's transactions or customer coupons in the order they happened, `?customer_id=` narrows."""
+        scheme = self._scheme(request)
+        wanted = request.query_params.get("customer_id")
+        records = [r for r in getattr(scheme, store).values() if wanted is None or r["customerId"] == wanted]
+        return json_response({store: records})
+
+    async def all_transactions(self, request: Request) -> Response:
+        return self._activity(request, "transactions")
+
+    async def all_customer_coupons(self, request: Request) -> Response:
+        return self._activity(request, "customer_coupons")
 
     async def expire_tokens(self, request: Request) -> Response:
         body = _object(await _body(request, api=False, default={}), api=False)
@@ -413,7 +489,8 @@ class LoyaleApp:
         return json_response({"now": format_datetime(self.fake.now()), "offset_s": self.fake.clock_offset_s})
 
     async def deliveries(self, request: Request) -> Response:
-        return json_response({"deliveries": self.dispatcher.deliveries, "pending": self.dispatcher.pending})
+        return json_response({"deliveries": self.dispatcher.deliveries, "pending": self.dispatcher.pending,
+                              "lost": self.dispatcher.lost})
 
     async def requests(self, request: Request) -> Response:
         fake = self.fake
@@ -438,6 +515,12 @@ class LoyaleApp:
             Route("/api/Level", self.list_levels, methods=["GET"]),
             Route("/api/Level/{level_id}", self.get_level, methods=["GET"]),
             Route("/api/PointBalance", self.list_balances, methods=["GET"]),
+            Route("/api/Transaction", self.list_transactions, methods=["GET"]),
+            Route("/api/Transaction/{record_id}", self.get_transaction, methods=["GET"]),
+            Route("/api/CustomerCoupon", self.list_customer_coupons, methods=["GET"]),
+            Route("/api/CustomerCoupon/{record_id}", self.get_customer_coupon, methods=["GET"]),
+            Route("/api/Coupon", self.list_coupons, methods=["GET"]),
+            Route("/api/Coupon/{record_id}", self.get_coupon, methods=["GET"]),
             Route("/api/Webhook/Subscribe", self.subscribe, methods=["POST"]),
             Route("/api/Webhook/Unsubscribe", self.unsubscribe, methods=["DELETE"]),
             Route("/api/Webhook/Failed", self.failed_webhooks, methods=["GET"]),
@@ -455,6 +538,12 @@ class LoyaleApp:
             Route(customer + "/additional-fields", self.additional_field, methods=["POST"]),
             Route(customer + "/levels", self.levels, methods=["POST"]),
             Route(customer + "/transfer", self.transfer, methods=["POST"]),
+            Route(customer + "/transactions", self.transaction, methods=["POST"]),
+            Route(customer + "/coupons", self.issue_coupon, methods=["POST"]),
+            Route("/_fake/schemes/{scheme_id}/coupons", self.coupons, methods=["GET", "POST"]),
+            Route("/_fake/schemes/{scheme_id}/customer-coupons", self.all_customer_coupons, methods=["GET"]),
+            Route("/_fake/schemes/{scheme_id}/customer-coupons/{coupon_id}/use", self.use_coupon, methods=["POST"]),
+            Route("/_fake/schemes/{scheme_id}/transactions", self.all_transactions, methods=["GET"]),
             Route(customer + "/{action}", self.customer_action, methods=["POST"]),
             Route("/_fake/tokens/expire", self.expire_tokens, methods=["POST"]),
             Route("/_fake/knobs", self.knobs, methods=["GET", "POST"]),
@@ -486,10 +575,12 @@ def _error_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Resp
     return {ApiError: api_error, ControlError: control_error, HTTPException: http_error, Exception: crash}
 
 
-def create_app(config: FakeLoyaleConfig | None = None) -> Starlette:
-    """A fresh fake Loyale. `config` holds the startup schemes and knobs that `/_fake/reset` restores."""
+def create_app(config: FakeLoyaleConfig | None = None, webhook_transport: httpx.AsyncBaseTransport | None = None
+               ) -> Starlette:
+    """A fresh fake Loyale. `config` holds the startup schemes and knobs that `/_fake/reset` restores;
+    `webhook_transport` receives webhook deliveries instead of the network (tests in process)."""
     fake = FakeLoyale(config or FakeLoyaleConfig())
-    dispatcher = WebhookDispatcher(fake)
+    dispatcher = WebhookDispatcher(fake, webhook_transport)
     endpoints = LoyaleApp(fake, dispatcher)
     routes = endpoints.routes()
 

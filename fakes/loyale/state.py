@@ -22,6 +22,7 @@ from typing import Any
 from fakes.loyale.sieve import (
     CompiledFilters,
     FieldSet,
+    FieldType,
     SieveError,
     compile_filters,
     parse_filters,
@@ -38,6 +39,7 @@ DEFAULT_ADMIN_EMAIL = "admin@loyale.test"
 # Webhook topics (reference §3 B); 6 and 10 have two names in Loyale's docs.
 TOPIC_JOIN, TOPIC_UPDATE, TOPIC_TRANSACTION, TOPIC_LEAVE = 0, 1, 2, 3
 TOPIC_FIELD_CREATE, TOPIC_FIELD_UPDATE = 4, 5
+TOPIC_COUPON_LINK, TOPIC_COUPON_USE = 6, 7
 TOPIC_ACTIVATE, TOPIC_SUSPEND, TOPIC_TRANSFER, TOPIC_DELETE = 8, 9, 10, 11
 ACTIONS = {"delete": TOPIC_DELETE, "suspend": TOPIC_SUSPEND, "activate": TOPIC_ACTIVATE,
            "leave": TOPIC_LEAVE, "join": TOPIC_JOIN}
@@ -63,7 +65,29 @@ LEVEL_FIELDS = FieldSet(
 BALANCE_FIELDS = FieldSet(
     {"customerId": "guid", "schemeId": "guid", "pointsValue": "number", "monetaryValue": "number"}
 )
-FIELDSETS = {"customers": CUSTOMER_FIELDS, "levels": LEVEL_FIELDS, "balances": BALANCE_FIELDS}
+_STAMPS: dict[str, FieldType] = {"createdDate": "datetime", "updatedDate": "datetime", "createdBy": "string",
+                                 "updatedBy": "string"}
+TRANSACTION_FIELDS = FieldSet(
+    {"id": "guid", "customerId": "guid", "schemeId": "guid", "transactionType": "number", "pointValue": "number",
+     "allocatedPointValue": "number", "cachedResultantPointValue": "number", "monetaryValue": "number",
+     "value": "string", "saleCurrency": "string", "outletId": "guid", "posId": "string", "posType": "string",
+     "externalRefId": "string", "description": "string", "deleted": "bool", "hidden": "bool",
+     "isSendPointsAction": "bool", "transactionDate": "datetime", "levelId": "guid", "groupId": "string", **_STAMPS}
+)
+CUSTOMER_COUPON_FIELDS = FieldSet(
+    {"id": "guid", "customerId": "guid", "couponId": "guid", "usesLeft": "number", "isUsed": "bool",
+     "isValid": "bool", "favorite": "bool", "barCode": "string", "rewardId": "string", "from": "datetime",
+     "to": "datetime", **_STAMPS}
+)
+COUPON_FIELDS = FieldSet(
+    {"id": "guid", "schemeId": "guid", "name": "string", "description": "string", "valid": "bool",
+     "initialNumberOfUses": "number", "from": "datetime", "to": "datetime", "until": "datetime",
+     "externalReference": "string", "platform": "string", **_STAMPS}
+)
+FIELDSETS = {"customers": CUSTOMER_FIELDS, "levels": LEVEL_FIELDS, "balances": BALANCE_FIELDS,
+             "transactions": TRANSACTION_FIELDS, "customer_coupons": CUSTOMER_COUPON_FIELDS, "coupons": COUPON_FIELDS}
+#: Resources listed from a scheme's store of that name, in the order they were made.
+STORED = {"transactions": "transactions", "customer_coupons": "customer_coupons", "coupons": "coupons"}
 
 
 class ApiError(Exception):
@@ -104,6 +128,14 @@ class Knobs:
     webhook_retry_base_s: float = 1.0  # retry k waits base * 2**(k-1)
     webhook_max_retries: int = 10  # after the first attempt
     webhook_duplicate_rate: float = 0.0  # share of deliveries sent twice
+    #: Share of events whose webhook is lost: never delivered, retried or listed as failed (the network
+    #: ate it); `GET /_fake/webhooks/deliveries` lists them under "lost".
+    webhook_loss_rate: float = 0.0
+    #: Topics whose next event is lost, one entry per event, e.g. [2] loses the next transaction's webhook.
+    webhook_lose_next: list[int] = field(default_factory=list)
+    #: After a transaction the customer holds the highest level whose pointsThreshold the balance reaches
+    #: (topic 1 when that changes). Off: levels change only through /_fake/.../levels.
+    levels_follow_points: bool = False
     webhook_timeout_s: float = 5.0
     #: Routes answered 404 "No route" as if this Loyale did not have them, e.g. ["/api/Level"] (a path
     #: covers everything under it). Loyale's docs name a level route but do not spell it out.
@@ -135,6 +167,11 @@ def _coerce_knob(name: str, current: Any, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith("/api/") for v in value):
             raise ValueError("missing_routes must be a list of paths starting with /api/")
         return [v.rstrip("/") for v in value]
+    if name == "webhook_lose_next":
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 14
+                                                  for v in value):
+            raise ValueError("webhook_lose_next must be a list of webhook topics (0-14)")
+        return list(value)
     if name == "fail_next":
         if not isinstance(value, list) or not all(isinstance(v, int) and 100 <= v <= 599 for v in value):
             raise ValueError("fail_next must be a list of HTTP statuses")
@@ -208,6 +245,11 @@ class Scheme:
         self.left: set[str] = set()
         self.subscriptions: list[dict[str, Any]] = []
         self.failed: list[dict[str, Any]] = []
+        #: Loyalty activity by id, in the order it happened (fakes.loyale.activity).
+        self.transactions: dict[str, dict[str, Any]] = {}
+        self.customer_coupons: dict[str, dict[str, Any]] = {}
+        self.coupons: dict[str, dict[str, Any]] = {}
+        self.outlets: dict[str, dict[str, Any]] = {}
         self._visible: list[dict[str, Any]] | None = None
         self._cache: OrderedDict[tuple[str, ...], list[dict[str, Any]]] = OrderedDict()
 
@@ -313,7 +355,7 @@ class FakeLoyale:
             key = str(customer.get("id"))
             if key in moved:
                 continue
-            self._touch(scheme, customer, PAGING_DRIFT_ACTOR)
+            self.touch(scheme, customer, PAGING_DRIFT_ACTOR)
             self.drifted.append(key)
             budget -= 1
 
@@ -421,6 +463,9 @@ class FakeLoyale:
     def _candidates(self, scheme: Scheme, resource: str, compiled: CompiledFilters) -> list[dict[str, Any]]:
         if resource == "levels":
             return list(scheme.levels)
+        if resource in STORED:
+            records: dict[str, dict[str, Any]] = getattr(scheme, STORED[resource])
+            return list(records.values())
         index_field = "id" if resource == "customers" else "customerId"
         if index_field in compiled.equality:
             # An `id==a|b` (or customerId==) lookup: go straight to those customers, no scan.
@@ -452,7 +497,7 @@ class FakeLoyale:
 
     # ---- mutations (control API) --------------------------------------------------------------------
 
-    def _next_stamp(self, previous: Any) -> str:
+    def next_stamp(self, previous: Any) -> str:
         """Fake-clock now, but strictly after `previous` even if the clock stands still or went back."""
         now = self.now()
         if isinstance(previous, str):
@@ -464,14 +509,14 @@ class FakeLoyale:
                 now = earlier + timedelta(microseconds=1)
         return format_datetime(now)
 
-    def _touch(self, scheme: Scheme, customer: dict[str, Any], actor: str, *, bump: bool = True,
+    def touch(self, scheme: Scheme, customer: dict[str, Any], actor: str, *, bump: bool = True,
                membership: bool = False) -> None:
         if bump:
-            customer["updatedDate"] = self._next_stamp(customer.get("updatedDate"))
+            customer["updatedDate"] = self.next_stamp(customer.get("updatedDate"))
             customer["updatedBy"] = actor
         scheme.changed(membership)
 
-    def _emit_customer(self, scheme: Scheme, topic: int, customer: dict[str, Any]) -> None:
+    def emit_customer(self, scheme: Scheme, topic: int, customer: dict[str, Any]) -> None:
         cid = customer.get("id")
         self.emit(scheme, topic, customer, None if cid is None else str(cid), f"Customer Id: {cid}")
 
@@ -498,7 +543,7 @@ class FakeLoyale:
         scheme.changed(membership=True)
         if emit:
             for customer in staged:
-                self._emit_customer(scheme, TOPIC_JOIN, customer)
+                self.emit_customer(scheme, TOPIC_JOIN, customer)
         return ids
 
     def update_customer(self, scheme: Scheme, customer_id: str, fields: Mapping[str, Any], actor: str
@@ -513,8 +558,8 @@ class FakeLoyale:
             customer.setdefault("updatedBy", actor)
             scheme.changed(membership="deleted" in fields)
         else:
-            self._touch(scheme, customer, str(fields.get("updatedBy", actor)), membership="deleted" in fields)
-        self._emit_customer(scheme, TOPIC_UPDATE, customer)
+            self.touch(scheme, customer, str(fields.get("updatedBy", actor)), membership="deleted" in fields)
+        self.emit_customer(scheme, TOPIC_UPDATE, customer)
         return customer
 
     def action(self, scheme: Scheme, customer_id: str, name: str, actor: str) -> dict[str, Any]:
@@ -538,36 +583,8 @@ class FakeLoyale:
             schemes = customer.get("schemes") if isinstance(customer.get("schemes"), list) else []
             if not any(isinstance(s, dict) and s.get("id") == scheme.id for s in schemes):
                 customer["schemes"] = [*schemes, scheme.scheme_view()]
-        self._touch(scheme, customer, actor, membership=membership)
-        self._emit_customer(scheme, ACTIONS[name], customer)
-        return customer
-
-    def change_balance(self, scheme: Scheme, customer_id: str, actor: str, *, points: Any = None,
-                       monetary: Any = None, points_delta: Any = None, monetary_delta: Any = None
-                       ) -> dict[str, Any]:
-        """A transaction: set or move the balance, stamp lastTransactionDate, emit topic 2."""
-        for label, value in (("points", points), ("monetary", monetary), ("points_delta", points_delta),
-                             ("monetary_delta", monetary_delta)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise ControlError(400, f"{label} must be a number")
-        _, customer = self.require_customer(scheme, customer_id)
-        old = customer.get("balance") if isinstance(customer.get("balance"), dict) else {}
-        old_points = _number(old.get("pointsValue"))
-        old_money = _number(old.get("monetaryValue"))
-        new_points = points if points is not None else old_points + (points_delta or 0)
-        new_money = monetary if monetary is not None else old_money + (monetary_delta or 0)
-        customer["balance"] = {"pointsValue": new_points, "monetaryValue": new_money}
-        stamp = format_datetime(self.now())
-        customer["lastTransactionDate"] = stamp
-        self._touch(scheme, customer, actor, bump=self.knobs.balance_bumps_updated_date)
-        transaction = {
-            "id": str(uuid.uuid4()), "customerId": str(customer.get("id")), "schemeId": scheme.id,
-            "pointValue": new_points - old_points, "monetaryValue": round(new_money - old_money, 6),
-            "transactionType": 0, "cachedResultantPointValue": new_points,
-            "createdDate": stamp, "updatedDate": stamp, "createdBy": actor, "updatedBy": actor,
-        }
-        self.emit(scheme, TOPIC_TRANSACTION, transaction, str(customer.get("id")),
-                  f"Transaction Id: {transaction['id']}")
+        self.touch(scheme, customer, actor, membership=membership)
+        self.emit_customer(scheme, ACTIONS[name], customer)
         return customer
 
     def set_additional_field(self, scheme: Scheme, customer_id: str, actor: str, *, key: Any, value: Any,
@@ -596,43 +613,10 @@ class FakeLoyale:
                 existing["internal"] = bool(internal)
             topic = TOPIC_FIELD_UPDATE
         customer["additionalCustomerFields"] = fields
-        self._touch(scheme, customer, actor)
+        self.touch(scheme, customer, actor)
         self.emit(scheme, topic, existing, str(customer.get("id")),
                   f"AdditionalCustomerFields Id: {existing['id']}")
         return customer
-
-    def set_levels(self, scheme: Scheme, customer_id: str, level_ids: Any, actor: str) -> dict[str, Any]:
-        known = {lv["id"]: lv for lv in scheme.levels}
-        if not isinstance(level_ids, list) or not all(isinstance(i, str) and i in known for i in level_ids):
-            raise ControlError(400, f"level_ids must be a list of this scheme's level ids: {sorted(known)}")
-        _, customer = self.require_customer(scheme, customer_id)
-        cid = str(customer.get("id"))
-        stamp = format_datetime(self.now())
-        customer["Levels"] = [{"customerId": cid, "levelId": i} for i in level_ids]
-        customer["detailedLevels"] = [{"levelId": i, "tierId": str(uuid.uuid4()), "schemeId": scheme.id,
-                                       "createdDate": stamp, "updatedDate": stamp} for i in level_ids]
-        self._touch(scheme, customer, actor)
-        self._emit_customer(scheme, TOPIC_UPDATE, customer)
-        return customer
-
-    def transfer(self, scheme: Scheme, source_id: str, target_id: str, points: Any, actor: str
-                 ) -> dict[str, Any]:
-        """Move points between two customers: both balances change, one topic-10 event."""
-        if isinstance(points, bool) or not isinstance(points, int | float):
-            raise ControlError(400, "points must be a number")
-        _, source = self.require_customer(scheme, source_id)
-        _, target = self.require_customer(scheme, target_id)
-        for customer, delta in ((source, -points), (target, points)):
-            old = customer.get("balance") if isinstance(customer.get("balance"), dict) else {}
-            customer["balance"] = {"pointsValue": _number(old.get("pointsValue")) + delta,
-                                   "monetaryValue": _number(old.get("monetaryValue"))}
-            self._touch(scheme, customer, actor, bump=self.knobs.balance_bumps_updated_date)
-        stamp = format_datetime(self.now())
-        payload = {"sourceCustomerId": source, "targetCustomerId": target, "createdDate": stamp,
-                   "updatedDate": stamp, "createdBy": actor, "updatedBy": actor}
-        self.emit(scheme, TOPIC_TRANSFER, payload, str(source.get("id")),
-                  f"Target Customer Id: {target.get('id')}, Source Customer Id: {source.get('id')}")
-        return {"source": source, "target": target}
 
     # ---- webhook subscriptions ----------------------------------------------------------------------
 
@@ -667,7 +651,7 @@ class FakeLoyale:
         return removed
 
 
-def _number(value: Any) -> int | float:
+def number_or_zero(value: Any) -> int | float:
     return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 

@@ -4,6 +4,10 @@ An event is serialised when it happens (a snapshot, like Loyale's "resulting dat
 then each matching subscription gets its own task: POST the JSON with no signature, retry on a non-2xx
 answer or a connection error with delays `webhook_retry_base_s * 2**(k-1)`, and after the last failed
 retry record a failed job for `GET /api/Webhook/Failed`. The request that caused the event never waits.
+
+Knobs for an unreliable network: `webhook_duplicate_rate` sends a delivery twice; `webhook_loss_rate`
+and `webhook_lose_next` (topics) lose an event: no subscription receives it, nothing is retried or listed
+as failed, and only the control API knows (`lost`).
 """
 
 from __future__ import annotations
@@ -22,16 +26,20 @@ from fakes.loyale_data import format_datetime
 class WebhookDispatcher:
     MAX_LOG = 100_000
 
-    def __init__(self, fake: FakeLoyale) -> None:
+    def __init__(self, fake: FakeLoyale, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """`transport`: where deliveries go instead of the network (a test's in-process receiver)."""
         self.fake = fake
+        self.transport = transport
         self.client: httpx.AsyncClient | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.deliveries: list[dict[str, Any]] = []
+        #: Events lost on purpose (`webhook_loss_rate`, `webhook_lose_next`), oldest first.
+        self.lost: list[dict[str, Any]] = []
         fake.emit = self.emit
 
     async def start(self) -> None:
         if self.client is None:
-            self.client = httpx.AsyncClient(headers={"User-Agent": "fake-loyale-webhooks/1"})
+            self.client = httpx.AsyncClient(headers={"User-Agent": "fake-loyale-webhooks/1"}, transport=self.transport)
 
     async def stop(self) -> None:
         self.cancel_all()
@@ -48,6 +56,7 @@ class WebhookDispatcher:
     def reset(self) -> None:
         self.cancel_all()
         self.deliveries.clear()
+        self.lost.clear()
 
     @property
     def pending(self) -> int:
@@ -64,6 +73,11 @@ class WebhookDispatcher:
             return
         body = dumps(payload)
         event_id = str(uuid.uuid4())
+        if self._lose(topic):
+            self.lost.append({"event_id": event_id, "scheme_id": scheme.id, "topic": topic,
+                              "customer_id": customer_id, "data": data, "subscriptions": len(subscriptions),
+                              "at": format_datetime(self.fake.now())})
+            return
         for sub in subscriptions:
             copies = 2 if self.fake.rng.random() < self.fake.knobs.webhook_duplicate_rate else 1
             for copy in range(copies):
@@ -72,6 +86,13 @@ class WebhookDispatcher:
                 task = loop.create_task(self._deliver(job))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+
+    def _lose(self, topic: int) -> bool:
+        knobs = self.fake.knobs
+        if topic in knobs.webhook_lose_next:
+            knobs.webhook_lose_next.remove(topic)
+            return True
+        return bool(knobs.webhook_loss_rate) and self.fake.rng.random() < knobs.webhook_loss_rate
 
     async def _deliver(self, job: dict[str, Any]) -> None:
         if self.client is None:
