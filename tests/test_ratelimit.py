@@ -144,9 +144,10 @@ def _hammer(url: str, ready, span_s: float, out: multiprocessing.Queue) -> None:
     ready.wait()           # every process has started: they hammer together
     until = time.time() + span_s
     while time.time() < until:
+        asked_at = time.time()
         wait_s = limiter.acquire("acct", "t", "GET /api/profiles", SMALL)
         if wait_s == 0:
-            granted.append(time.time())
+            granted.append((asked_at, time.time()))
         else:
             time.sleep(min(wait_s, 0.05))
     out.put(granted)
@@ -160,17 +161,21 @@ def test_four_processes_together_never_exceed_either_window_anywhere(redis_url):
     procs = [spawn.Process(target=_hammer, args=(redis_url, ready, 3.0, out)) for _ in range(4)]
     for p in procs:
         p.start()
-    granted = sorted(t for _ in procs for t in out.get(timeout=120))
+    spans = sorted(span for _ in procs for span in out.get(timeout=120))   # (asked at, answered at)
     for p in procs:
         p.join()
-    slack_s = 0.005  # grants are timed in the clients, a little after Redis decided
-    worst = {}
+    # Redis decided each grant somewhere between the ask and the answer. Only grants whose whole span lies
+    # inside one window surely fell in it: a client descheduled before it read its clock (a loaded
+    # machine) must not look like an overshoot, and a real one is still caught.
     for window_s, limit in ((0.2, SMALL.burst.limit), (1.0, SMALL.steady.limit)):
-        worst[window_s] = max(sum(1 for u in granted if t <= u < t + window_s - slack_s) for t in granted)
-        assert worst[window_s] <= limit, f"{worst[window_s]} grants within {window_s}s"
-    # and the limit is reached, not undercut: some second holds the full steady limit. (Not a count over
-    # the whole 3 s: on a busy machine the hammering processes themselves are not always running.)
-    assert worst[1.0] == SMALL.steady.limit, worst
+        surely = max(sum(1 for asked, answered in spans if start <= asked and answered < start + window_s)
+                     for start, _ in spans)
+        assert surely <= limit, f"{surely} grants within {window_s}s"
+    # and the limit is reached, not undercut: some second holds the full steady limit, counting each grant
+    # when it was answered. (Not a count over the whole 3 s: on a busy machine the hammering processes
+    # themselves are not always running.)
+    answered = [a for _, a in spans]
+    assert max(sum(1 for u in answered if t <= u < t + 1.0) for t in answered) >= SMALL.steady.limit
 
 
 @pytest.mark.integration

@@ -375,7 +375,9 @@ def test_a_409_on_create_re_plans_against_the_duplicate_profile_at_once(world, k
 
 def test_a_429_while_polling_a_job_backs_the_tenant_off_and_the_job_is_not_lost(world, klaviyo):
     make, account = world
-    klaviyo.set_knobs(rate_limits_enabled=True, rate_limit_scale=0.1, window_scale=0.02)   # polls: 1/s
+    # Polls: 1 per 3 s burst window, so the second poll of the job (0.01 s after the first) is throttled
+    # however loaded the machine (with 1 per 0.02 s, a slow machine spaced its polls beyond the window).
+    klaviyo.set_knobs(rate_limits_enabled=True, rate_limit_scale=0.1, window_scale=3.0)
     _, sync = make(BatchSettings(poll_first_s=0.01, poll_max_s=0.01), merge_customers=True)
     got = outcomes(sync.run(customers(3)))
     assert got == {"c-0": "created", "c-1": "created", "c-2": "created"}
