@@ -197,16 +197,22 @@ def _requeue(app: Celery, item: Item, countdown_s: float) -> None:
 
 
 def _announce(app: Celery, requests: list[Any], results: list[Result], runtime_s: float) -> None:
-    """Tell Flower what became of each customer's task (the batch runs them together)."""
+    """Tell Flower what became of each customer's task (the batch runs them together). Best effort: the
+    outcomes are recorded and the requeues sent, so an event the broker cannot take (RabbitMQ restarting:
+    the dispatcher's pooled connection died with it, and events are sent without retries) is logged
+    rather than failing a batch that is done."""
     hostname = next((r.hostname for r in requests if r.hostname), None)
-    with app.events.default_dispatcher(hostname=hostname) as dispatcher:
-        for result in results:
-            if isinstance(result, Done):
-                dispatcher.send("task-succeeded", uuid=result.item.task_id, result=repr(result.outcome.value),
-                                runtime=runtime_s)
-            else:
-                dispatcher.send("task-retried", uuid=result.item.task_id, exception=result.reason[:200],
-                                traceback="")
+    try:
+        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
+            for result in results:
+                if isinstance(result, Done):
+                    dispatcher.send("task-succeeded", uuid=result.item.task_id, result=repr(result.outcome.value),
+                                    runtime=runtime_s)
+                else:
+                    dispatcher.send("task-retried", uuid=result.item.task_id, exception=result.reason[:200],
+                                    traceback="")
+    except Exception as exc:  # noqa: BLE001 - Flower's view of the batch, not its work
+        log.warning("batch_events_not_sent", customers=len(results), error=repr(exc))
 
 
 def register(app: Celery, settings: Settings) -> None:

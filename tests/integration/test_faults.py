@@ -1,5 +1,9 @@
 """The fault suite: a backfill with a known expected final Klaviyo state, under each fault, ends in exactly
-that state, with one outcome per customer and no duplicate profile. Real processes throughout."""
+that state, with one outcome per customer and no duplicate profile. Real processes throughout.
+
+The faults that concern the broker (workers killed, a message lost, a pool process killed, Klaviyo
+failing so that batches requeue with countdowns, the broker restarted) run on both brokers
+(`broker_url`): the state Redis as broker, and a private RabbitMQ with Redis as the state store."""
 
 from __future__ import annotations
 
@@ -10,12 +14,15 @@ import os
 import psutil
 import pytest
 import redis
+from kombu.connection import Connection
 
-from fakes.processes import BeatProcess, RedisServer
+from fakes.processes import RABBITMQ_MISSING, BeatProcess, RabbitServer, RedisServer, rabbitmq_server_path
 from tests.harness import WorkerProcess, sync_env, wait_for, write_tenants_file
 from tests.integration.scenario import build_scenario, check_final_state, private_key
 from tests.integration.test_backfill import backfill_with_worker, cli, run_id_from
 from worker import keys
+from worker.broker import AmqpBroker, open_broker
+from worker.messages import QUEUES
 from worker.store import Store
 
 CUSTOMERS = int(os.environ.get("FAULT_CUSTOMERS", "1500"))
@@ -48,14 +55,40 @@ def finished(url: str, run_id: str):
 RESCUE_ENV = {"SYNC_VISIBILITY_TIMEOUT_S": "8", "SYNC_STALL_AFTER_S": "15", "SYNC_RESCUE_INTERVAL_S": "1"}
 
 
-def test_a_worker_sigkilled_mid_batch_again_and_again_loses_nothing(loyale, klaviyo, redis_url, store):
+def on_rabbitmq(broker_url: str) -> bool:
+    return broker_url.startswith("amqp")
+
+
+def rescue_env(broker_url: str) -> dict[str, str]:
+    """Beat's rescue as in production, scaled down. On RabbitMQ nothing should ever need it: the stall
+    it waits for is longer (60 s) than any quiet spell of a healthy run on a loaded machine, so a
+    rescue there means a message was lost, and the tests say so."""
+    return {**RESCUE_ENV, "SYNC_STALL_AFTER_S": "60"} if on_rabbitmq(broker_url) else RESCUE_ENV
+
+
+def rescues(producers: WorkerProcess) -> list[str]:
+    """The rescue's re-enqueues of lost messages, from the producers worker's log."""
+    return [line for line in producers.log().splitlines() if '"run_rescued"' in line]
+
+
+def assert_the_rescue_found_nothing_to_do(beat: BeatProcess, producers: WorkerProcess) -> None:
+    """Beat sent the rescue again and again while the run went on (every second), and it never found a
+    stranded run: no customer's message was lost."""
+    assert beat.log().count("sync.rescue_stalled_runs") > 0, beat.log()[-2000:]
+    assert rescues(producers) == []
+
+
+def test_a_worker_sigkilled_mid_batch_again_and_again_loses_nothing(loyale, klaviyo, redis_url, broker_url, store):
     """Three SIGKILLs of a busy batching worker. Celery's Redis transport can lose the one message a
     worker had popped but not yet recorded as unacknowledged (about half the runs lose one customer of
-    1,500); beat's rescue re-enqueues it, so the run still ends exactly right with no operator."""
+    1,500); beat's rescue re-enqueues it, so the run still ends exactly right with no operator. On
+    RabbitMQ a killed worker's deliveries go back on the queue as its connection drops: every customer
+    is synced and the rescue, running as in production, never has anything to do."""
     klaviyo.set_knobs(rate_limit_scale=50, latency_s=0.01)
     scenario = build_scenario(loyale, klaviyo, "kills", customers=CUSTOMERS, merge_customers=True, seed=91)
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
-                   SYNC_LIMITER_RATE_SCALE="50", SYNC_BATCH_SIZE="200", **RESCUE_ENV)
+                   SYNC_BROKER_URL=broker_url, SYNC_LIMITER_RATE_SCALE="50", SYNC_BATCH_SIZE="200",
+                   **rescue_env(broker_url))
     producers = WorkerProcess(env, queues="sync.producers", concurrency=1, name="producers").start()
     beat = BeatProcess(env).start()
     worker = WorkerProcess.backfill(env, name="k0").start().wait_ready()
@@ -69,49 +102,67 @@ def test_a_worker_sigkilled_mid_batch_again_and_again_loses_nothing(loyale, klav
             assert not store.run(run_id).done
             worker = WorkerProcess.backfill(env, name=f"k{round_}").start().wait_ready()
         info = wait_for(lambda: (i := store.run(run_id)).done and i, 180, what="the run to finish",
-                        diagnose=lambda: broker_state(store, run_id))
+                        diagnose=lambda: broker_state(store, run_id, broker_url))
     finally:
         for process in (worker, beat, producers):
             process.stop()
     assert info.completed == info.expected == CUSTOMERS
     check_final_state(scenario, loyale, klaviyo, store.outcomes(run_id))
+    if on_rabbitmq(broker_url):
+        assert_the_rescue_found_nothing_to_do(beat, producers)
+    else:
+        print(f"{len(rescues(producers))} rescues of lost messages")
 
 
-def test_a_message_the_broker_lost_is_rescued_without_an_operator(loyale, klaviyo, redis_url, store):
+def lose_one(broker_url: str, store: Store, queue: str) -> str:
+    """Take one message off the queue for good (what the Redis transport's SIGKILL race, or an operator's
+    purge on RabbitMQ, does); the id of its customer."""
+    if on_rabbitmq(broker_url):
+        with Connection(broker_url) as connection:
+            body = connection.default_channel.basic_get(queue, no_ack=True).body
+    else:
+        body = base64.b64decode(json.loads(store.redis.rpop(queue))["body"])
+    return str(json.loads(body)[1]["customer"]["id"])
+
+
+def test_a_message_the_broker_lost_is_rescued_without_an_operator(loyale, klaviyo, redis_url, broker_url, store):
     """A customer's message vanishes from the broker (what a SIGKILL between the transport's pop and
-    its unacked record does). Once the run has gone quiet with the queues empty, beat re-reads that
-    customer from Loyale and enqueues it again; the run ends with every customer's outcome."""
+    its unacked record does on Redis; on RabbitMQ, a purge, or a message over RabbitMQ 4's delivery
+    limit). Once the run has gone quiet with the queues empty, beat re-reads that customer from Loyale
+    and enqueues it again; the run ends with every customer's outcome."""
     klaviyo.set_knobs(rate_limit_scale=50)
     scenario = build_scenario(loyale, klaviyo, "lost", customers=300, merge_customers=True, seed=95)
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
-                   SYNC_LIMITER_RATE_SCALE="50", SYNC_BATCH_SIZE="200", **RESCUE_ENV)
+                   SYNC_BROKER_URL=broker_url, SYNC_LIMITER_RATE_SCALE="50", SYNC_BATCH_SIZE="200", **RESCUE_ENV)
     result = cli(env, "backfill", "--tenant", scenario.tenant_id)     # no worker yet: all 300 wait
     assert result.returncode == 0, result.stderr
     run_id = run_id_from(result.stdout)
-    lost = json.loads(store.redis.rpop("sync.backfill"))
-    lost_id = json.loads(base64.b64decode(lost["body"]))[1]["customer"]["id"]
+    lost_id = lose_one(broker_url, store, "sync.backfill")
     processes = [WorkerProcess.backfill(env, name="lost").start(),
                  WorkerProcess(env, queues="sync.producers", concurrency=1, name="producers").start(),
                  BeatProcess(env).start()]
     try:
         info = wait_for(lambda: (i := store.run(run_id)).done and i, 120, what="the run to finish",
-                        diagnose=lambda: broker_state(store, run_id))
+                        diagnose=lambda: broker_state(store, run_id, broker_url))
     finally:
         for process in processes:
             process.stop()
     assert info.completed == info.expected == 300
     assert lost_id in store.outcomes(run_id)
+    assert rescues(processes[1])
     check_final_state(scenario, loyale, klaviyo, store.outcomes(run_id))
 
 
-def test_a_batch_whose_pool_process_dies_goes_back_on_the_queue_at_once(loyale, klaviyo, redis_url, store):
+def test_a_batch_whose_pool_process_dies_goes_back_on_the_queue_at_once(loyale, klaviyo, redis_url, broker_url,
+                                                                        store):
     """The worker's pool process is killed while it syncs a batch (the out-of-memory killer, say); the
     worker itself lives on. The batch's messages are put back at once, not left unacknowledged in the
     worker until the broker's visibility timeout (an hour here) gives them to someone else."""
     klaviyo.set_knobs(rate_limit_scale=50, latency_s=0.15)
     scenario = build_scenario(loyale, klaviyo, "oom", customers=600, merge_customers=True, seed=94)
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
-                   SYNC_VISIBILITY_TIMEOUT_S="3600", SYNC_LIMITER_RATE_SCALE="50", SYNC_BATCH_SIZE="200")
+                   SYNC_BROKER_URL=broker_url, SYNC_VISIBILITY_TIMEOUT_S="3600", SYNC_LIMITER_RATE_SCALE="50",
+                   SYNC_BATCH_SIZE="200")
     worker = WorkerProcess.backfill(env, concurrency=1, name="oom", pool="prefork").start().wait_ready()
     try:
         result = cli(env, "backfill", "--tenant", scenario.tenant_id)
@@ -130,13 +181,18 @@ def test_a_batch_whose_pool_process_dies_goes_back_on_the_queue_at_once(loyale, 
     check_final_state(scenario, loyale, klaviyo, store.outcomes(run_id))
 
 
-def broker_state(store: Store, run_id: str) -> dict:
+def broker_state(store: Store, run_id: str, broker_url: str | None = None) -> dict:
     """Where a stuck run's customers are: for the failure message."""
     r = store.redis
     missing = set(r.smembers(keys.run_enqueued(run_id))) - set(store.outcomes(run_id))
     lists = {k: r.llen(k) for k in r.keys("*") if r.type(k) == "list" and not k.startswith("lks:ledger")}
-    return {"run": store.run(run_id), "missing": len(missing), "lists": lists, "unacked": r.hlen("unacked"),
-            "locks": len(r.keys("lks:lock:*"))}
+    state = {"run": store.run(run_id), "missing": len(missing), "lists": lists, "unacked": r.hlen("unacked"),
+             "locks": len(r.keys("lks:lock:*"))}
+    if broker_url is not None and on_rabbitmq(broker_url):
+        broker = open_broker(broker_url)
+        state["rabbitmq ready"] = broker.depths(QUEUES)
+        broker.close()
+    return state
 
 
 @pytest.mark.parametrize("persistent", [True, False], ids=["append-only", "no-persistence"])
@@ -196,6 +252,44 @@ def test_redis_restarted_mid_run(loyale, klaviyo, persistent):
         server.cleanup()
 
 
+def test_rabbitmq_restarted_mid_run_loses_nothing(loyale, klaviyo, redis_url, store):
+    """RabbitMQ (the broker; Redis stays the state store) is stopped and started again mid-run. Its quorum
+    queues are on disk: the waiting messages, the countdowns in its delay queues and the deliveries the
+    workers held (unacknowledged, so given back) are all there after the restart; workers and the
+    `Broker` the rescue asks reconnect. Every customer is synced, and the rescue never has anything to do."""
+    if rabbitmq_server_path() is None:
+        pytest.skip(RABBITMQ_MISSING)
+    klaviyo.set_knobs(rate_limit_scale=50, latency_s=0.01)
+    scenario = build_scenario(loyale, klaviyo, "rmqrestart", customers=CUSTOMERS, merge_customers=True, seed=96)
+    server = RabbitServer().start()
+    env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
+                   SYNC_BROKER_URL=server.url, SYNC_LIMITER_RATE_SCALE="50", SYNC_BATCH_SIZE="200",
+                   **rescue_env(server.url))
+    worker = WorkerProcess.backfill(env, name="rmq").start().wait_ready()
+    producers = WorkerProcess(env, queues="sync.producers", concurrency=1, name="producers").start()
+    beat = BeatProcess(env).start()
+    broker = AmqpBroker.from_url(server.url)
+    try:
+        result = cli(env, "backfill", "--tenant", scenario.tenant_id)
+        assert result.returncode == 0, result.stderr
+        run_id = run_id_from(result.stdout)
+        wait_for(lambda: store.run(run_id).completed >= CUSTOMERS * 0.3, 180, what="a third of the run")
+        broker.depths(QUEUES)
+        server.restart()
+        assert not store.run(run_id).done
+        broker.depths(QUEUES)           # the same Broker answers after the restart (a fresh connection)
+        info = wait_for(lambda: (beat.proc.poll() is None or beat.start()) and (i := store.run(run_id)).done and i,
+                        240, what="the run to finish", diagnose=lambda: broker_state(store, run_id, server.url))
+    finally:
+        for process in (worker, beat, producers):
+            process.stop()
+        broker.close()
+        server.cleanup()
+    assert info.completed == info.expected == CUSTOMERS
+    check_final_state(scenario, loyale, klaviyo, store.outcomes(run_id))
+    assert_the_rescue_found_nothing_to_do(beat, producers)
+
+
 def restart_diagnosis(url: str, run_id: str, beat: BeatProcess, producers: WorkerProcess) -> str:
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
@@ -207,16 +301,17 @@ def restart_diagnosis(url: str, run_id: str, beat: BeatProcess, producers: Worke
     return f"{state}\nbeat: {beat.log()[-1500:]}\nproducers: {producers.log()[-1500:]}"
 
 
-def test_klaviyo_failing_dropping_stalling_and_throttling_without_retry_after(loyale, klaviyo, redis_url, store):
+def test_klaviyo_failing_dropping_stalling_and_throttling_without_retry_after(loyale, klaviyo, redis_url, broker_url,
+                                                                             store):
     """25 % errors (500, 503, and 429 without Retry-After), dropped connections (some after the write was
     applied), 3-second stalls, and a limit far below what our limiter believes (its 429s too without
-    Retry-After)."""
+    Retry-After). Batches requeue customers with countdowns (on RabbitMQ through its delay queues)."""
     klaviyo.set_knobs(error_rate=0.25, error_statuses=[500, 503, 429], drop_rate=0.05, stall_rate=0.01, stall_s=3.0,
                       omit_retry_after=True, rate_limit_scale=0.5, window_scale=0.1, seed=93)
     scenario = build_scenario(loyale, klaviyo, "klfaults", customers=CUSTOMERS, merge_customers=True, seed=93)
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
-                   SYNC_LIMITER_RATE_SCALE="20", SYNC_MAX_ATTEMPTS="30", SYNC_HTTP_TIMEOUT_S="2",
-                   SYNC_BATCH_SIZE="300")
+                   SYNC_BROKER_URL=broker_url, SYNC_LIMITER_RATE_SCALE="20", SYNC_MAX_ATTEMPTS="30",
+                   SYNC_HTTP_TIMEOUT_S="2", SYNC_BATCH_SIZE="300")
     result = backfill_with_worker(env, scenario.tenant_id)
     assert result.returncode == 0, result.stderr
     info = store.run(run_id_from(result.stdout))
