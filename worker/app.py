@@ -61,12 +61,15 @@ def transport_conf(settings: Settings) -> dict[str, Any]:
     # channel closes, and then it is ready again at once. A worker holding one past the server's
     # consumer_timeout (SYNC_CONSUMER_TIMEOUT_S) loses its channel and the deliveries go back.
     return {
-        # A publish returns only once RabbitMQ has the message (on a quorum queue: on a majority's
-        # disks), so a producer or a requeue that returned has not lost it.
-        "broker_transport_options": {"confirm_publish": True},
+        # confirm_publish: a publish returns only once RabbitMQ has the message (on a quorum queue: on
+        # a majority's disks), so a producer or a requeue that returned has not lost it.
         # A restarting node takes seconds to come back (its quorum queues recover from disk): a publish
-        # (a producer's, a batch's requeue) rides that out, about 25 s, instead of Celery's 0.6 s.
-        "task_publish_retry_policy": {"max_retries": 10, "interval_start": 0, "interval_step": 1,
+        # (a producer's, a batch's requeue) rides that out, about 20 s, instead of failing within Celery's
+        # 0.6 s of retries on a dead socket, or kombu's 4 s connect timeout on a closed connection
+        # (`connect_retries_timeout`, which the publish's retry policy does not cover).
+        "broker_transport_options": {"confirm_publish": True, "connect_retries_timeout": 20,
+                                     "interval_start": 0, "interval_step": 1, "interval_max": 3},
+        "task_publish_retry_policy": {"max_retries": 8, "interval_start": 0, "interval_step": 1,
                                       "interval_max": 3},
         # Quorum queues refuse a global QoS; Celery sees the x-queue-type and uses per-consumer
         # prefetch (a static count: `--prefetch-multiplier` x concurrency, as celery-batches needs) and
