@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -196,8 +196,10 @@ def demo(
 
 @app.command()
 def incremental(tenant: TenantOpt = None) -> None:
-    """Run one incremental pass now: enqueue the customers changed since the last pass (every tenant
-    unless --tenant). Celery beat runs this every SYNC_INCREMENTAL_INTERVAL_S."""
+    """Run one incremental pass now: enqueue the customers changed since the last pass, then the loyalty
+    events' catch-up (transactions and coupons since its watermark), for every tenant unless --tenant.
+    Celery beat runs this every SYNC_INCREMENTAL_INTERVAL_S."""
+    from producers.event_catchup import run_event_catch_up
     from producers.incremental import FilterIgnored, run_incremental
     from producers.watermarks import Watermarks
     from worker.app import app as celery_app
@@ -216,6 +218,19 @@ def incremental(tenant: TenantOpt = None) -> None:
             ctx.console.print(f"{chosen.id}: run {result.run_id}: {result.read} changed since "
                               f"{result.since.isoformat()}, {result.enqueued} enqueued; watermark "
                               f"{result.watermark.isoformat()}")
+            if not chosen.events:
+                continue
+            try:
+                caught = run_event_catch_up(app=celery_app, store=rt.store, watermarks=Watermarks(rt.redis),
+                                            loyale=ctx.loyale_client(rt.http, chosen), tenant=chosen.id,
+                                            overlap_s=rt.settings.incremental_overlap_s)
+            except (FilterIgnored, TenantFatalError, RetryableError) as exc:
+                ctx.err_console.print(f"[bold red]{chosen.id} (events):[/] {exc}")
+                failed = True
+                continue
+            ctx.console.print(f"{chosen.id}: events: {caught.read} transactions and coupons since "
+                              f"{caught.since.isoformat()}, {caught.events} events not sent yet for "
+                              f"{caught.customers} customers" + (f" (run {caught.run_id})" if caught.run_id else ""))
     if failed:
         raise typer.Exit(1)
 
@@ -238,10 +253,11 @@ def webhooks(
     if not any(t.webhook_token for t in all_tenants.values()):
         raise ctx.fail("no tenant has a webhook_token: set one per tenant (a long random secret) first")
 
-    def enqueue(tenant_id: str, customer_id: str) -> None:
+    def enqueue(tenant_id: str, customer_id: str, events: list[dict[str, Any]]) -> None:
         run = webhook_run_id(tenant_id)
-        celery_app.send_task(TASK_CUSTOMER_HINT, kwargs={"tenant": tenant_id, "customer_id": customer_id, "run": run},
-                             queue=QUEUE_INCREMENTAL, kwargsrepr=task_repr(tenant_id, run, customer_id))
+        kwargs = {"tenant": tenant_id, "customer_id": customer_id, "run": run, **({"events": events} if events else {})}
+        celery_app.send_task(TASK_CUSTOMER_HINT, kwargs=kwargs, queue=QUEUE_INCREMENTAL,
+                             kwargsrepr=task_repr(tenant_id, run, customer_id))
 
     uvicorn.run(create_app(all_tenants, enqueue), host=host or config.webhooks_host,
                 port=port or config.webhooks_port, log_level="warning")

@@ -31,6 +31,8 @@ from cli.queries import (
 )
 from cli.redrive import redrive
 from cli.render import (
+    event_history_table,
+    events_table,
     failures_table,
     history_table,
     iso,
@@ -128,6 +130,7 @@ def report(
             "duration_s": round(info.duration_s, 3), "expected": info.expected, "completed": info.completed,
             "counts": dict(ordered_counts(info.counts)), "deferrals": info.deferrals, "meta": info.meta,
             "requests": {"total": sum(spent.values()), "by_endpoint": requests_by_endpoint(spent)},
+            "events": info.events,
             "problems": rows,
         }
         sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
@@ -137,6 +140,8 @@ def report(
     details += [escape(f"{k}: {v}") for k, v in sorted(info.meta.items())]
     ctx.console.print("; ".join(details))
     ctx.console.print(requests_table(spent))
+    if info.events:
+        ctx.console.print(events_table(info.events))
     if not rows:
         ctx.console.print("every customer succeeded")
         return
@@ -151,14 +156,19 @@ def customer(
     tenant: Annotated[str | None, typer.Option("--tenant", "-t", help="Tenant id (default: the only tenant).")]
     = None,
 ) -> None:
-    """A customer's history: each run's outcome, reason, Klaviyo profile and time, newest first."""
+    """A customer's history: each run's outcome, reason, Klaviyo profile and time, newest first; then its
+    loyalty events (sent, duplicate, dropped for consent or for want of a profile, rejected), newest first."""
     with state() as (all_tenants, store):
         chosen = ctx.pick_tenant(all_tenants, tenant)
         entries = store.history(chosen.id, customer_id)
-    if not entries:
+        events = store.event_history(chosen.id, customer_id)
+    if not entries and not events:
         raise ctx.fail(f"no history for customer {escape(repr(customer_id))} of {chosen.id}: never synced, synced "
                        "more than SYNC_RETENTION_DAYS ago, or a typo (ids are Loyale's)")
-    ctx.console.print(history_table(customer_id, chosen.id, entries))
+    if entries:
+        ctx.console.print(history_table(customer_id, chosen.id, entries))
+    if events:
+        ctx.console.print(event_history_table(customer_id, chosen.id, events))
 
 
 def failures(tenant: TenantOpt = None, run: SourceRunOpt = None) -> None:

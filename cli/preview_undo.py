@@ -19,6 +19,7 @@ from cli.render import outcome_table, short
 from producers.backfill import BACKFILL_FILTERS, BACKFILL_SORTS
 from producers.loyale import LoyaleRouteMissing
 from worker.errors import RetryableError, TenantFatalError
+from worker.event_sync import EventResult, EventSender, Synced
 from worker.merge import EXISTING_PROFILES, Policy
 from worker.messages import snapshot_json
 from worker.outcomes import Outcome
@@ -62,6 +63,24 @@ def preview_scheme(rt: Runtime, chosen: TenantConfig, policy: Policy, *, limit: 
         if on_progress is not None:
             on_progress(len(items))
     return items
+
+
+def preview_events(rt: Runtime, chosen: TenantConfig, items: list[Previewed]) -> list[tuple[str, EventResult]]:
+    """The loyalty events a backfill of these customers would send (their level changes since the levels
+    last synced), each with what would become of it, decided as the backfill decides. Sends nothing."""
+    synced = [Synced(i.customer_id, i.customer, i.plan.outcome, i.plan.profile_id) for i in items]
+    return [(r.event.customer_id, r) for r in EventSender(rt.deps(chosen.id), dry_run=True).settle("", synced)]
+
+
+def _events_table(found: list[tuple[str, EventResult]]) -> Table:
+    table = Table(title=f"loyalty events a backfill would send: {sum(r.outcome == 'sent' for _, r in found)} "
+                        f"of {len(found)}")
+    for column in ("customer", "event", "Loyale time", "would be", "reason"):
+        table.add_column(column)
+    for customer_id, r in found:
+        table.add_row(customer_id, r.event.metric, r.event.time.isoformat(), r.outcome.value,
+                      short(r.reason, 80) if r.reason != "would be sent" else "")
+    return table
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,7 @@ def register(app: typer.Typer) -> None:
                 items = preview_scheme(rt, chosen, policy, limit=None if all_customers else sample)
             except (TenantFatalError, LoyaleRouteMissing, RetryableError) as exc:
                 raise ctx.fail(f"{exc}; nothing was written") from None
+            events = preview_events(rt, chosen, items)
         counts = Counter(item.plan.outcome.value for item in items)
         settings = {"tenant": chosen.id, "merge_customers": policy.merge_customers,
                     "existing_profiles": policy.existing_profiles, "customers": len(items)}
@@ -174,6 +194,9 @@ def register(app: typer.Typer) -> None:
                 "settings": settings, "counts": dict(counts),
                 "customers": [{"customer_id": i.customer_id, "outcome": i.plan.outcome.value, "reason": i.plan.reason,
                                "warnings": i.warnings, "changes": i.rows()} for i in items],
+                "events": [{"customer_id": cid, "event": r.event.metric, "time": r.event.time.isoformat(),
+                            "unique_id": r.event.unique_id, "properties": r.event.properties,
+                            "outcome": r.outcome.value, "reason": r.reason} for cid, r in events],
             }, default=str, ensure_ascii=False) + "\n")
             return
         if as_csv:
@@ -196,6 +219,8 @@ def register(app: typer.Typer) -> None:
             if counts.get(outcome.value):
                 table.add_row(outcome.value, str(counts[outcome.value]))
         ctx.console.print(table)
+        if events:
+            ctx.console.print(_events_table(events))
         overwrites = sum(1 for i in items for r in i.rows() if r["action"] == "overwrite")
         ctx.console.print(f"{overwrites} Klaviyo values would be overwritten; nothing was written")
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from worker.merge import Plan
 from worker.outcomes import PROBLEMS, Outcome
-from worker.store import RunInfo, Store
+from worker.store import EventOutcome, RunInfo, Store
 
 if TYPE_CHECKING:  # cli.queries imports this module for `iso` and `RANK`
     from cli.queries import Failure
@@ -163,6 +163,32 @@ def history_table(customer_id: str, tenant_id: str, entries: list[dict[str, Any]
             reason += f"\n[dim]Loyale updatedDate {readable_loyale_time(entry['updated_date'])}[/]"
         table.add_row(f"{when(entry.get('at')).removesuffix(' UTC')}\n{entry.get('run', '')}",
                       str(entry.get("outcome", "")), reason, escape(entry.get("profile_id") or "—"))
+    return table
+
+
+def events_table(counts: dict[str, int]) -> Table:
+    """`report`: the run's loyalty events per outcome (worker/state/events.py)."""
+    table = Table(title=f"loyalty events: {sum(counts.values())}")
+    table.add_column("outcome")
+    table.add_column("events", justify="right")
+    for outcome in EventOutcome:
+        if counts.get(outcome.value):
+            table.add_row(outcome.value, str(counts[outcome.value]))
+    return table
+
+
+def event_history_table(customer_id: str, tenant_id: str, entries: list[dict[str, Any]]) -> Table:
+    """`customer`: the customer's loyalty events and what became of each, newest first."""
+    table = Table(title=f"loyalty events of customer {escape(customer_id)} of {tenant_id} (newest first)")
+    table.add_column("recorded (UTC) / run", no_wrap=True)
+    table.add_column("event", no_wrap=True)
+    table.add_column("Loyale time (UTC)", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("reason", min_width=REASON_WIDTH)
+    for entry in entries:
+        table.add_row(f"{when(entry.get('at')).removesuffix(' UTC')}\n{entry.get('run', '')}",
+                      escape(str(entry.get("event", ""))), readable_loyale_time(entry.get("time")),
+                      str(entry.get("outcome", "")), escape(short(entry.get("reason") or "", 200)))
     return table
 
 

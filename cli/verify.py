@@ -33,7 +33,15 @@ from rich.markup import escape
 from cli import context as ctx
 from producers.loyale import LoyaleClient, LoyaleRouteMissing
 from worker.errors import ConfigError, Deferred, RetryableError, TenantFatalError, Throttled
-from worker.klaviyo import BULK_IMPORT, GET_BULK_IMPORT, GET_PROFILES, UNSUPPRESS, UPDATE_PROFILE, KlaviyoClient
+from worker.klaviyo import (
+    BULK_CREATE_EVENTS,
+    BULK_IMPORT,
+    GET_BULK_IMPORT,
+    GET_PROFILES,
+    UNSUPPRESS,
+    UPDATE_PROFILE,
+    KlaviyoClient,
+)
 from worker.ratelimit import LimiterUnavailable
 from worker.retry import Retry, RetryPolicy, decide
 from worker.runtime import Runtime
@@ -257,10 +265,34 @@ def verify_tenant(rt: Runtime, tenant: TenantConfig) -> list[Check]:
             # again (it is paced at 15/min per key: one more call would cost 4 s)
             rt.gate.accounts.remember(tenant.id, account_id)
             checks += check_scopes(klaviyo, tenant)
+            if all(c.status == Status.OK for c in checks if c.name.startswith("scope ")):
+                checks.append(check_events_scope(rt.store, klaviyo, tenant))
     except (redis.RedisError, LimiterUnavailable) as exc:
         checks.append(Check("klaviyo", Status.FAILED, f"not checked: the rate limiter in Redis failed ({exc})",
                             "make Redis reachable (SYNC_REDIS_URL), then run verify again"))
     return checks
+
+
+def check_events_scope(store: Store, klaviyo: KlaviyoClient, tenant: TenantConfig) -> Check:
+    """`events:write`, for loyalty events: a warning when it is missing (the profiles sync without it; the
+    events are rejected), skipped for a tenant with events off. When held, events the workers stopped
+    after a 403 start again."""
+    name = "scope events:write"
+    if not tenant.events:
+        return Check(name, Status.SKIPPED, "not needed: loyalty events are off for this tenant (events = false)")
+    try:
+        held = _klaviyo_call(partial(klaviyo.permitted, BULK_CREATE_EVENTS))
+    except TenantFatalError as exc:
+        return Check(name, Status.FAILED, exc.reason)
+    except RetryableError as exc:
+        return _unanswered(name, klaviyo, tenant, exc)
+    if not held:
+        return Check(name, Status.WARNING, "missing; loyalty events are rejected (profiles still sync)",
+                     f"create a private key ({NEW_KEY}) with {REQUIRED_SCOPES}, events:write and accounts:read, "
+                     f"or set events = false for tenant {tenant.id!r}")
+    if store.unblock_events(tenant.id):
+        return Check(name, Status.OK, "held (loyalty events); the events stopped after a 403 start again")
+    return Check(name, Status.OK, "held (loyalty events)")
 
 
 def check_paused(store: Store, tenant_id: str, checks: list[Check]) -> Check | None:

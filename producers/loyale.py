@@ -39,8 +39,9 @@ SNAPSHOT_FIELDS = (
 
 
 #: Loyale webhook topics that change what we sync: join (0), account update (1), transaction (2),
-#: leave (3), additional fields (4, 5), activate (8), suspend (9), points transfer (10), delete (11).
-WEBHOOK_TOPICS = (0, 1, 2, 3, 4, 5, 8, 9, 10, 11)
+#: leave (3), additional fields (4, 5), coupon linked and used (6, 7: loyalty events), activate (8),
+#: suspend (9), points transfer (10), delete (11).
+WEBHOOK_TOPICS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 
 
 class CustomerNotFound(Exception):
@@ -183,15 +184,20 @@ class LoyaleClient:
 
     def page(self, number: int, *, filters: str | None = None, sorts: str | None = None,
              page_size: int = PAGE_SIZE_MAX) -> Page:
+        return self.list_page("/api/Customer", number, filters=filters, sorts=sorts, page_size=page_size)
+
+    def list_page(self, route: str, number: int, *, filters: str | None = None, sorts: str | None = None,
+                  page_size: int = PAGE_SIZE_MAX) -> Page:
+        """One page of a Loyale list route (a bare JSON array, Sieve `Filters`/`Sorts`, paging headers)."""
         params: dict[str, Any] = {"Page": number, "PageSize": min(page_size, PAGE_SIZE_MAX)}
         if filters:
             params["Filters"] = filters
         if sorts:
             params["Sorts"] = sorts
-        response = self.get("/api/Customer", params)
+        response = self.get(route, params)
         body = _json(response)
         if not isinstance(body, list):
-            raise RetryableError("Loyale's customer list was not a JSON array")
+            raise RetryableError(f"Loyale's answer to GET {route} was not a JSON array")
         return Page(number, body, _int(response.headers.get("X-Total-Pages")),
                     _int(response.headers.get("X-Total-Count")))
 

@@ -24,6 +24,7 @@ import structlog
 from celery import Celery, Task
 
 from producers.backfill import run_backfill
+from producers.event_catchup import run_event_catch_up
 from producers.incremental import FilterIgnored, run_incremental
 from producers.loyale import CustomerNotFound, LoyaleClient, LoyaleRouteMissing, gone_snapshot
 from producers.rescue import rescue_stalled_runs as rescue
@@ -81,7 +82,8 @@ def register(app: Celery) -> None:
         try:
             result = run_incremental(app=app, store=rt.store, watermarks=watermarks, loyale=loyale_for(tenant),
                                      tenant=tenant, overlap_s=rt.settings.incremental_overlap_s)
-            return {"run": result.run_id, "enqueued": result.enqueued}
+            caught_up = catch_up_events(tenant, watermarks)
+            return {"run": result.run_id, "enqueued": result.enqueued, **caught_up}
         except (FilterIgnored, TenantFatalError, LoyaleRouteMissing) as exc:
             log.error("incremental_pass_failed", tenant=tenant, error=str(exc))
             return None
@@ -92,6 +94,21 @@ def register(app: Celery) -> None:
         finally:
             watermarks.release_pass_lock(tenant, "incremental", token)
 
+
+    def catch_up_events(tenant: str, watermarks: Watermarks) -> dict[str, Any]:
+        """The events' catch-up pass after the customers' (producers/event_catchup.py); its failure is
+        logged and left to the next pass, the customers' pass stands."""
+        rt = get_runtime()
+        if not rt.tenants[tenant].events:
+            return {}
+        try:
+            done = run_event_catch_up(app=app, store=rt.store, watermarks=watermarks, loyale=loyale_for(tenant),
+                                      tenant=tenant, overlap_s=rt.settings.incremental_overlap_s)
+        except (FilterIgnored, TenantFatalError, RetryableError) as exc:
+            log.warning("event_catchup_incomplete", tenant=tenant, error=str(exc),
+                        hint="the next pass reads these events again")
+            return {}
+        return {"events_run": done.run_id, "events": done.events}
 
     def scheduled_backfill(self: Task, tenant: str) -> str | None:
         rt = get_runtime()
@@ -111,8 +128,11 @@ def register(app: Celery) -> None:
             watermarks.release_pass_lock(tenant, "backfill", token)
 
 
-    def customer_hint(self: Task, tenant: str, customer_id: str, run: str, attempt: int = 1) -> str | None:
-        """A webhook named this customer: read its current state from Loyale, then sync it as usual."""
+    def customer_hint(self: Task, tenant: str, customer_id: str, run: str, attempt: int = 1,
+                      events: list[dict[str, Any]] | None = None) -> str | None:
+        """A webhook named this customer: read its current state from Loyale, then sync it as usual;
+        the loyalty events the post carried (or the catch-up pass found) go with it, sent after the
+        profile sync (worker/event_sync.py)."""
         rt = get_runtime()
         if tenant not in rt.tenants:
             log.warning("hint_for_unknown_tenant", tenant=tenant)
@@ -130,7 +150,7 @@ def register(app: Celery) -> None:
                             hint="the next incremental pass picks the change up")
                 return None
             raise self.retry(kwargs={"tenant": tenant, "customer_id": customer_id, "run": run,
-                                     "attempt": decision.attempt},
+                                     "attempt": decision.attempt, **({"events": events} if events else {})},
                              countdown=decision.countdown_s, max_retries=None) from exc
         except (TenantFatalError, LoyaleRouteMissing) as exc:
             log.error("hint_failed", tenant=tenant, customer_id=customer_id, error=str(exc))
@@ -141,7 +161,8 @@ def register(app: Celery) -> None:
             rt.store.set_run_field(run, state="running")
         rt.store.mark_enqueued(run, [customer_id])
         # Same task, same retries and outcome recording as any per-customer sync: hand it over.
-        enqueue(app, CustomerMessage(tenant=tenant, run=run, customer=snapshot), QUEUE_INCREMENTAL)
+        enqueue(app, CustomerMessage(tenant=tenant, run=run, customer=snapshot, events=events or []),
+                QUEUE_INCREMENTAL)
         return "enqueued"
 
 

@@ -1,6 +1,6 @@
-"""The producers' state in Redis: each tenant's incremental watermark, the changes already enqueued (so an
-overlapping pass does not enqueue them again), and the locks that keep one pass of a kind running at a
-time. Keys in `worker.keys`, so the data written before this module moved still reads.
+"""The producers' state in Redis: each tenant's incremental watermark (and the events' catch-up one), the
+changes already enqueued (so an overlapping pass does not enqueue them again), and the locks that keep
+one pass of a kind running at a time. Keys in `worker.keys`, so the data written before this module moved still reads.
 
 `worker.metrics` reads the watermark too (the oldest unsynced change), through the callable `cli.metrics`
 hands it (`Watermarks.watermark`): `worker/` never imports `producers/`."""
@@ -24,15 +24,28 @@ class Watermarks:
         self.redis = text_client(client)
         self._release_pass = self.redis.register_script(RELEASE_LOCK)
 
-    def watermark(self, tenant: str) -> datetime | None:
-        raw = self.redis.get(keys.watermark(tenant))
+    def _read(self, key: str) -> datetime | None:
+        raw = self.redis.get(key)
         return datetime.fromisoformat(raw) if raw else None
 
-    def set_watermark(self, tenant: str, moment: datetime) -> None:
+    def _advance(self, key: str, moment: datetime) -> None:
         """Only ever moves forward."""
-        current = self.watermark(tenant)
+        current = self._read(key)
         if current is None or moment > current:
-            self.redis.set(keys.watermark(tenant), moment.isoformat())
+            self.redis.set(key, moment.isoformat())
+
+    def watermark(self, tenant: str) -> datetime | None:
+        return self._read(keys.watermark(tenant))
+
+    def set_watermark(self, tenant: str, moment: datetime) -> None:
+        self._advance(keys.watermark(tenant), moment)
+
+    def event_watermark(self, tenant: str) -> datetime | None:
+        """Where the events' catch-up pass (producers/event_catchup.py) reads from."""
+        return self._read(keys.events_watermark(tenant))
+
+    def set_event_watermark(self, tenant: str, moment: datetime) -> None:
+        self._advance(keys.events_watermark(tenant), moment)
 
     def claim_changes(self, tenant: str, changes: list[tuple[str, datetime | None]], ttl_s: int) -> list[bool]:
         """True for each (customer, updatedDate) not enqueued in the last `ttl_s` (a change without a date

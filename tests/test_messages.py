@@ -142,12 +142,15 @@ def message(index: int) -> CustomerMessage:
 
 
 def varied_messages() -> list[CustomerMessage]:
-    """Messages whose JSON takes every path: plain, counters moved, non-ASCII and a number pydantic writes
-    differently from Python's json, a lone surrogate (pydantic cannot write it), a record without id."""
+    """Messages whose JSON takes every path: plain, counters moved, loyalty events carried, non-ASCII and a
+    number pydantic writes differently from Python's json, a lone surrogate (pydantic cannot write it), a
+    record without id."""
     plain = message(1)
     return [
         plain,
         plain.model_copy(update={"attempt": 3, "throttles": 2, "collisions": 1}),
+        plain.model_copy(update={"events": [{"metric": "Loyale Points Earned", "customer_id": "c-1", "unique_id": "u",
+                                             "time": "2026-03-01T10:00:00+00:00", "properties": {"Outlet": "Zoë"}}]}),
         CustomerMessage(tenant="acmé", run="backfill-1", customer=loyale_payload(
             id="c-2", firstName="Zoë \u2028 名", additionalCustomerFields=[{"key": "k", "value": 1e16}])),
         CustomerMessage(tenant="acme", run="backfill-1", customer=loyale_payload(id="c-3", firstName="Zoë\ud83d")),

@@ -29,7 +29,7 @@ def tenant(**overrides: Any) -> TenantConfig:
 
 def post(config: TenantConfig, payload: dict[str, Any]) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
     hints: list[tuple[str, str]] = []
-    with TestClient(create_app({config.id: config}, lambda t, c: hints.append((t, c)))) as client:
+    with TestClient(create_app({config.id: config}, lambda t, c, _events: hints.append((t, c)))) as client:
         response = client.post(f"/webhooks/loyale/{TOKEN}", json=payload)
     return response.status_code, response.json(), hints
 
@@ -43,7 +43,7 @@ class Intake:
         self.hints: list[tuple[str, str]] = []
         tenants = [tenant(), tenant(id="other", webhook_token=self.OTHER_TOKEN),
                    tenant(id="silent", webhook_token=None)]
-        app = create_app({t.id: t for t in tenants}, lambda t, c: self.hints.append((t, c)))
+        app = create_app({t.id: t for t in tenants}, lambda t, c, _events: self.hints.append((t, c)))
         self.client = TestClient(app, base_url="http://intake")
 
     def post(self, payload: Any = None, *, token: str = TOKEN, content: bytes | None = None,
@@ -130,13 +130,53 @@ def test_a_redelivered_post_is_enqueued_again_the_sync_being_idempotent(intake):
 
 
 def test_an_enqueue_that_fails_is_a_5xx_so_loyale_posts_again(intake):
-    def broken(tenant_id: str, customer_id: str) -> None:
+    def broken(tenant_id: str, customer_id: str, events: list[dict[str, Any]]) -> None:
         raise ConnectionError("broker down")
 
     app = create_app({"acme": tenant()}, broken)
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post(f"/webhooks/loyale/{TOKEN}", json={"id": "c-1", "email": "a@x.com"})
     assert response.status_code == 500
+
+
+# --- loyalty events: the facts a post carries to the customer's sync ---------------------------------------
+
+TX = {"id": "tx-9", "customerId": "c-1", "schemeId": "s", "pointValue": 120, "transactionType": 0,
+      "cachedResultantPointValue": 1320, "transactionDate": "2026-03-01T10:00:00Z"}
+COUPON = {"id": "cc-1", "customerId": "c-1", "couponId": "k-1", "usesLeft": 0, "isUsed": True,
+          "createdDate": "2026-03-01T10:00:00Z", "updatedDate": "2026-03-02T10:00:00Z", "coupon": {"name": "10% off"}}
+
+
+@pytest.mark.parametrize(("topic", "payload", "metrics"), [
+    ("2", TX, {"c-1": ["Loyale Points Earned"]}),
+    (None, TX, {"c-1": ["Loyale Points Earned"]}),                       # told by its shape
+    ("6", COUPON, {"c-1": ["Loyale Coupon Issued"]}),
+    ("7", COUPON, {"c-1": ["Loyale Coupon Used"]}),
+    (None, COUPON, {"c-1": ["Loyale Coupon Used"]}),                     # isUsed: a use
+    ("10", {"sourceCustomerId": {"id": "c-1"}, "targetCustomerId": {"id": "c-2"},
+            "createdDate": "2026-03-01T10:00:00Z"}, {"c-1": ["Loyale Points Transferred"],
+                                                     "c-2": ["Loyale Points Transferred"]}),
+    ("0", {"id": "c-1", "email": "a@x.com", "updatedDate": "2026-03-01T10:00:00Z"}, {"c-1": ["Loyale Joined Scheme"]}),
+    ("3", {"id": "c-1", "email": "a@x.com", "updatedDate": "2026-03-01T10:00:00Z"}, {"c-1": ["Loyale Left Scheme"]}),
+    ("1", {"id": "c-1", "email": "a@x.com", "updatedDate": "2026-03-01T10:00:00Z"}, {"c-1": []}),
+    ("2", {**TX, "pointValue": 0}, {"c-1": []}),                         # a fact that makes no event
+])
+def test_a_post_carries_its_loyalty_events_to_the_hint_of_the_customer_they_are_about(topic, payload, metrics):
+    carried: list[tuple[str, list[str]]] = []
+    app = create_app({"acme": tenant()}, lambda t, c, events: carried.append((c, [e["metric"] for e in events])))
+    with TestClient(app) as client:
+        response = client.post(f"/webhooks/loyale/{TOKEN}", json=payload, params={"topic": topic} if topic else None)
+    assert response.status_code == 202
+    assert dict(carried) == metrics
+
+
+def test_a_redelivered_post_carries_the_same_event_and_a_tenant_without_events_none():
+    carried: list[list[dict[str, Any]]] = []
+    for config in (tenant(), tenant(), tenant(events=False)):
+        with TestClient(create_app({"acme": config}, lambda t, c, events: carried.append(events))) as client:
+            client.post(f"/webhooks/loyale/{TOKEN}", json=TX, params={"topic": "2"})
+    assert carried[0] == carried[1] and carried[0][0]["unique_id"] == "loyale-transaction-tx-9"
+    assert carried[2] == []
 
 
 def staff_edit(by: str) -> dict[str, Any]:

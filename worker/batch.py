@@ -68,6 +68,7 @@ from worker.errors import (
     TenantFatalError,
     Throttled,
 )
+from worker.event_sync import EventSender, Synced, synced
 from worker.job_watcher import JobWatcher
 from worker.klaviyo import MAX_FILTER_VALUES, BulkImportJob, ImportError_, KlaviyoClient
 from worker.merge import Plan, plan_sync, stale_plan
@@ -230,6 +231,8 @@ class BatchSync:
         self.store: Store = deps.store
         self.klaviyo: KlaviyoClient = deps.klaviyo
         self._locks: list[tuple[str, str]] = []
+        #: (run, customer) whose outcome the batch recorded, for their loyalty events (level changes).
+        self.synced: list[tuple[str, Synced]] = []
 
     # --- outcomes --------------------------------------------------------------------------------
 
@@ -245,6 +248,7 @@ class BatchSync:
             warnings=work.warnings or None,
         )
         work.result = Done(work.item, outcome, reason)
+        self.synced.append((work.item.run, Synced(work.item.customer_id, customer, outcome, profile_id)))
 
     def finish_planned(self, p: Planned) -> None:
         self.finish(p.work, p.plan.outcome, p.plan.reason, p.plan.profile_id)
@@ -316,6 +320,7 @@ class BatchSync:
             for w in locked:
                 if w.solo and w.result is None:
                     self._one_by_one(w)
+            self._settle_events()
         finally:
             # Also every lock an earlier run of these same messages took (same task id as token) and
             # could not release: its pool process died mid-batch. A customer that leaves this batch
@@ -589,6 +594,22 @@ class BatchSync:
         self.each_chunk(works, unsuppress, 100,
                         lambda c: apply(c, self.klaviyo.unsuppress, self.store.mark_unsuppressed), work_of)
 
+    def _settle_events(self) -> None:
+        """The loyalty events of the customers synced (their level changes), sent after their profiles
+        and under their locks (worker/event_sync.py). A failure is logged, not the batch's: each
+        customer's levels stay unremembered, so its next sync finds the same changes again."""
+        by_run: dict[str, list[Synced]] = {}
+        for run, customer in self.synced:
+            by_run.setdefault(run, []).append(customer)
+        for run, group in by_run.items():
+            try:
+                EventSender(self.deps).settle(run, group)
+            except SyncError as exc:
+                if isinstance(exc, Throttled):
+                    self.back_off(self.tenant, exc.retry_after_s or 1.0)
+                log.warning("batch_events_postponed", tenant=self.tenant, run=run, customers=len(group),
+                            error=str(exc)[:300])
+
     def _one_by_one(self, w: Work) -> None:
         """The per-customer path, for customers the batch cannot confirm or write."""
         w.solo = False   # from here on it is open like any other customer
@@ -598,6 +619,7 @@ class BatchSync:
         try:
             result = sync_customer(self.deps, w.item.run, w.item.customer)
             w.result = Done(w.item, result.outcome, result.reason)
+            self.synced.append((w.item.run, synced(result, [])))
         except (RetryableError, TenantFatalError) as exc:
             with contextlib.suppress(StageFailed):
                 self.end_stage([w], exc)

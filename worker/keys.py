@@ -127,3 +127,39 @@ def change_seen(tenant: str, customer_id: str, updated_us: int) -> str:
 def pass_lock(tenant: str, kind: str) -> str:
     """One incremental pass (or scheduled backfill) of a tenant at a time."""
     return f"{PREFIX}:tenant:{tenant}:pass:{kind}"
+
+
+# --- loyalty events (worker/state/events.py) ----------------------------------------------------------
+
+def events_handled(tenant: str, customer_id: str) -> str:
+    """Set of the unique ids of the customer's events that have an outcome (sent, dropped, rejected):
+    one seen again is a duplicate, never sent twice by us."""
+    return f"{PREFIX}:ev:{tenant}:{customer_id}:handled"
+
+
+def events_attempted(tenant: str, customer_id: str) -> str:
+    """Set of unique ids sent to Klaviyo whose outcome is not recorded yet (the worker may have died
+    after sending): sent again only one by one (`POST /api/events` drops a repeat; a repeat in a bulk
+    job would fail the whole job)."""
+    return f"{PREFIX}:ev:{tenant}:{customer_id}:attempted"
+
+
+def events_ledger(tenant: str, customer_id: str) -> str:
+    """List of JSON entries (newest first): the customer's events and what became of each."""
+    return f"{PREFIX}:ev:{tenant}:{customer_id}:ledger"
+
+
+def synced_levels(tenant: str) -> str:
+    """Hash customer id -> JSON list of the level names held when the customer was last synced."""
+    return f"{PREFIX}:tenant:{tenant}:levels"
+
+
+def events_watermark(tenant: str) -> str:
+    """String ISO time: the events' catch-up pass reads transactions and coupons since this (minus the overlap)."""
+    return f"{PREFIX}:tenant:{tenant}:events-watermark"
+
+
+def events_blocked(tenant: str) -> str:
+    """String JSON {reason, at}, with a TTL: Klaviyo refused the tenant's events (the key lacks
+    events:write); events are not sent until it expires. The profile sync goes on."""
+    return f"{PREFIX}:tenant:{tenant}:events-blocked"

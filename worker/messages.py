@@ -4,9 +4,10 @@ Producers import this module (and no other of `worker/` that talks to Klaviyo or
 customers on the queue; the worker's tasks read the same message back.
 
 On the queue a message is JSON kwargs: `tenant`, `run`, `customer` (the snapshot, `LoyaleCustomer`'s
-own JSON) and, once retried, `attempt`, `throttles`, `collisions`. Messages enqueued by earlier versions
-(a `customer` dict in Loyale's camelCase keys plus `levelNames`, `levelsUnknown`, `leftScheme`,
-`points_balance`...) are the same shape and still read: a deploy mid-run strands nothing.
+own JSON), `events` when it carries loyalty events and, once retried, `attempt`, `throttles`,
+`collisions`. Messages enqueued by earlier versions (a `customer` dict in Loyale's camelCase keys plus
+`levelNames`, `levelsUnknown`, `leftScheme`, `points_balance`...) are the same shape and still read:
+a deploy mid-run strands nothing.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ class CustomerMessage(BaseModel):
     throttles: int = Field(default=0, ge=0)
     #: Times a batch sent it on to a later batch because it collided with another customer.
     collisions: int = Field(default=0, ge=0)
+    #: Loyalty events to send after the customer's profile sync (`worker.events.LoyaltyEvent.to_json`):
+    #: from a webhook or the catch-up pass; on the queue only when there are some.
+    events: list[dict[str, Any]] = Field(default_factory=list)
 
     @field_validator("customer", mode="before")
     @classmethod
@@ -135,13 +139,15 @@ class CustomerMessage(BaseModel):
 
     def kwargs(self) -> dict[str, Any]:
         """The task's kwargs: counters only once they moved, so the JSON is what every version reads."""
-        return {"tenant": self.tenant, "run": self.run, "customer": snapshot_json(self.customer), **self._moved()}
+        return {"tenant": self.tenant, "run": self.run, "customer": snapshot_json(self.customer), **self._moved(),
+                **({"events": self.events} if self.events else {})}
 
     def kwargs_json(self) -> str:
         """`kwargs()` as JSON text, the snapshot written by `snapshot_json_text`."""
         fields = [f'"tenant": {json.dumps(self.tenant)}', f'"run": {json.dumps(self.run)}',
                   f'"customer": {snapshot_json_text(self.customer)}',
-                  *(f'"{name}": {count}' for name, count in self._moved().items())]
+                  *(f'"{name}": {count}' for name, count in self._moved().items()),
+                  *([f'"events": {json.dumps(self.events)}'] if self.events else [])]
         return "{" + ", ".join(fields) + "}"
 
     def _moved(self) -> dict[str, int]:

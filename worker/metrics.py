@@ -5,6 +5,8 @@ worker processes on any number of machines) without prometheus_client's multipro
 counters survive worker restarts:
 
     loyale_sync_customers_total{tenant,outcome}                  counter  customers that reached the outcome
+    loyale_sync_events_total{tenant,event,outcome}               counter  loyalty events, by event name and
+                                                                          outcome (sent, duplicate, dropped...)
     loyale_sync_klaviyo_requests_total{tenant,endpoint,status}   counter  Klaviyo requests sent inside runs
                                                                           (status 0: no answer, e.g. a timeout)
     loyale_sync_klaviyo_throttled_total{tenant,endpoint}         counter  those answered 429
@@ -14,7 +16,7 @@ counters survive worker restarts:
     loyale_sync_redis_up                                         gauge    0 when Redis or the broker failed
 
 The counters are cumulative hashes the store keeps beside its per-run counts (`Store.outcome_totals`,
-`Store.request_totals`); they only go up, and start again from 0 only if Redis loses its data.
+`Store.event_totals`, `Store.request_totals`); they only go up, and start again from 0 only if Redis loses its data.
 `endpoint` is the operation (`PATCH /api/profiles/{id}`), never a concrete path, so the number of
 series is bounded by tenants x endpoints x statuses.
 """
@@ -85,7 +87,8 @@ class SyncCollector:
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("loyale_sync_redis_up", "1 if the state Redis and the broker answered this scrape.")
         try:
-            families = [self._customers(), *self._requests(), self._queue_depth(), *self._tenant_gauges()]
+            families = [self._customers(), self._events(), *self._requests(), self._queue_depth(),
+                        *self._tenant_gauges()]
         except (redis.RedisError, BrokerError) as exc:
             log.warning("metrics_redis_failed", error=str(exc))
             up.add_metric([], 0)
@@ -100,6 +103,15 @@ class SyncCollector:
                                      labels=["tenant", "outcome"])
         for (tenant, outcome), count in sorted(self.store.outcome_totals().items()):
             family.add_metric([tenant, outcome], count)
+        return family
+
+    def _events(self) -> Metric:
+        family = CounterMetricFamily(
+            "loyale_sync_events", "Loyalty events by event name (Klaviyo metric) and outcome (sent, duplicate, "
+            "dropped_no_consent, dropped_no_profile, rejected, failed), over every run.",
+            labels=["tenant", "event", "outcome"])
+        for (tenant, event, outcome), count in sorted(self.store.event_totals().items()):
+            family.add_metric([tenant, event, outcome], count)
         return family
 
     def _requests(self) -> list[Metric]:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from worker.klaviyo import KlaviyoClient
 from worker.merge import Memory, Plan, Policy, plan_sync, stale_plan
 from worker.messages import customer_id_of
+from worker.models import LoyaleCustomer
 from worker.pipeline import Ready, Stopped, lookup_many, prepare_many
 
 CHUNK = 100
@@ -25,6 +26,8 @@ class Previewed:
     customer_id: str
     plan: Plan
     warnings: list[str] = field(default_factory=list)
+    #: The customer as read (None when the record could not be), for the events a backfill would send.
+    customer: LoyaleCustomer | None = None
 
     def rows(self) -> list[dict[str, Any]]:
         """Field by field: Klaviyo's value -> Loyale's, and what the sync would do with it."""
@@ -56,11 +59,11 @@ def preview_chunk(klaviyo: KlaviyoClient, policy: Policy, payloads: list[dict[st
     result = []
     for payload, p in zip(payloads, prepared, strict=True):
         if isinstance(p, Stopped):
-            result.append(Previewed(customer_id_of(payload), p.plan, p.warnings))
+            result.append(Previewed(customer_id_of(payload), p.plan, p.warnings, p.customer))
             continue
         r = remembered[p]
         plan = stale.get(r) or plan_sync(r.customer, r.mapped, matches[r], policy, r.memory)
-        result.append(Previewed(r.customer.id, plan, r.warnings))
+        result.append(Previewed(r.customer.id, plan, r.warnings, r.customer))
     return result
 
 

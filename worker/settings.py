@@ -56,6 +56,10 @@ class TenantConfig(BaseModel):
     loyale_own_admin_email: str | None = None
     #: Secret token in the webhook URL (Loyale does not sign webhooks): /webhooks/loyale/<token>.
     webhook_token: SecretStr | None = None
+    #: Loyalty events (points earned and spent, levels, coupons, transfers, joining and leaving) sent to
+    #: Klaviyo for customers whose profile this service synced with their consent (README "Loyalty
+    #: events"). Needs the key's events:write scope. Off: no event is sent; levels are still remembered.
+    events: bool = True
 
     @field_validator("id")
     @classmethod
@@ -148,6 +152,7 @@ class Settings(BaseSettings):
     tenant_webhook_token: SecretStr | None = None
     tenant_ignore_own_admin_webhooks: bool = False
     tenant_loyale_own_admin_email: str | None = None
+    tenant_events: bool = True
 
     klaviyo_revision: str = "2026-07-15"
     #: Klaviyo's OpenAPI spec, read for the `x-klaviyo-ratelimit` numbers (built-in table if absent).
@@ -264,6 +269,7 @@ class Settings(BaseSettings):
             "webhook_token": _secret(self.tenant_webhook_token),
             "ignore_own_admin_webhooks": self.tenant_ignore_own_admin_webhooks,
             "loyale_own_admin_email": self.tenant_loyale_own_admin_email,
+            "events": self.tenant_events,
         }
         if self.tenant_loyale_base_url:
             raw["loyale_base_url"] = self.tenant_loyale_base_url

@@ -49,6 +49,8 @@ class SyncResult:
     warnings: list[str] = field(default_factory=list)
     #: False when the run already had an outcome for this customer (a redelivered message).
     recorded: bool = True
+    #: The customer as synced (None when the record could not be read).
+    customer: LoyaleCustomer | None = None
 
 
 #: How long a phone sent for one customer is kept from every other customer (see `keys.phone_claim`):
@@ -183,7 +185,7 @@ def sync_customer(deps: SyncDeps, run_id: str, payload: dict[str, Any], *, dry_r
     if planned is not None:
         plan = replace(plan, outcome=after_interruption(planned, plan.outcome))
     reason = plan.reason + (f" [{'; '.join(warnings)}]" if warnings else "")
-    result = SyncResult(customer_id, plan.outcome, reason, plan, plan.profile_id, warnings)
+    result = SyncResult(customer_id, plan.outcome, reason, plan, plan.profile_id, warnings, customer=customer)
     if dry_run:
         return result
     recorded = deps.store.record_outcome(

@@ -25,6 +25,7 @@ from celery.exceptions import Reject
 from worker.adaptive_batches import AdaptiveBatches
 from worker.batch import Again, BatchSettings, BatchSync, Done, Item, Result, email_lock
 from worker.errors import Deferred, RetryableError, TenantFatalError, Throttled
+from worker.event_sync import EventSender, settle_failed_events, synced
 from worker.klaviyo import GET_PROFILES
 from worker.messages import (
     QUEUE_BACKFILL,
@@ -48,9 +49,9 @@ log = structlog.get_logger("tasks")
 LOCK_WAIT_S = 1.0
 
 def sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, Any], attempt: int = 1,
-                       throttles: int = 0) -> str:
+                       throttles: int = 0, events: list[dict[str, Any]] | None = None) -> str:
     try:
-        return _sync_customer_task(self, tenant, run, customer, attempt, throttles)
+        return _sync_customer_task(self, tenant, run, customer, attempt, throttles, events or [])
     except (redis.ConnectionError, redis.TimeoutError, LimiterUnavailable) as exc:
         # Our own state store is unreachable: nothing may be sent without the limiter and no
         # outcome can be recorded. Put the message back; if even that fails, the broker
@@ -60,7 +61,7 @@ def sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, An
 
 
 def _sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, Any], attempt: int,
-                        throttles: int) -> str:
+                        throttles: int, events: list[dict[str, Any]]) -> str:
     rt = get_runtime()
     store = rt.store
     customer_id = customer_id_of(customer)
@@ -72,13 +73,15 @@ def _sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, A
         countdown_s = policy.clamp(countdown_s)
         raise self.retry(
             kwargs={"tenant": tenant, "run": run, "customer": customer, "attempt": next_attempt,
-                    "throttles": next_throttles},
+                    "throttles": next_throttles, **({"events": events} if events else {})},
             countdown=countdown_s, max_retries=None, kwargsrepr=task_repr(tenant, run, customer_id),
         )
 
     def fail(reason: str) -> str:
         store.record_outcome(run_id=run, tenant=tenant, customer_id=customer_id, outcome=Outcome.FAILED,
                              reason=reason)
+        if tenant in rt.tenants:
+            settle_failed_events(rt.deps(tenant), run, customer_id, events)
         bound.warning("customer_failed", reason=reason)
         return Outcome.FAILED.value
 
@@ -101,7 +104,11 @@ def _sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, A
         with rt.prepaid(tenant, GET_PROFILES, LOOKUPS_PER_SYNC) as wait_s:
             if wait_s > 0:
                 raise Deferred("waiting for the rate limit before the lookups", retry_after_s=wait_s)
-            return sync_customer(rt.deps(tenant), run, customer).outcome.value
+            deps = rt.deps(tenant)
+            result = sync_customer(deps, run, customer)
+            # Still under the customer's lock: its events never race its profile (worker/event_sync.py).
+            EventSender(deps).settle(run, [synced(result, events)])
+            return result.outcome.value
     except (RetryableError, TenantFatalError) as exc:
         decision = decide(exc, attempt, throttles, policy)
         if isinstance(decision, PauseTenant):

@@ -75,6 +75,18 @@ def test_a_late_older_snapshot_is_stale_and_changes_nothing(world, klaviyo):
     assert rt.store.history("t", "c-1")[0]["outcome"] == "stale"
 
 
+def test_an_older_snapshot_after_a_newer_one_in_the_same_run_is_stale(world, klaviyo):
+    """Webhook syncs of one minute share a run, which records one outcome per customer: a second sync
+    in it still moves the newest snapshot synced, so an older snapshot processed after it is stale."""
+    runtime, account = world
+    rt = runtime(merge_customers=True)
+    sync(rt, "r1", firstName="Old", updatedDate="2026-01-01T00:00:00Z")
+    sync(rt, "r1", firstName="Newest", updatedDate="2026-03-01T00:00:00Z")
+    late = sync(rt, "r1", firstName="Middle", updatedDate="2026-02-01T00:00:00Z")
+    assert late.outcome == Outcome.STALE
+    assert profile_of(klaviyo, account)["attributes"]["first_name"] == "Newest"
+
+
 def test_a_redelivered_message_records_one_outcome_and_writes_nothing_twice(world, klaviyo):
     runtime, account = world
     rt = runtime(merge_customers=True)

@@ -15,7 +15,10 @@ from tests.integration.scenario import build_scenario, private_key
 
 ALL_BUT_SUBSCRIPTIONS = ["accounts:read", "profiles:read", "profiles:write", "lists:read", "lists:write"]
 READ_ONLY = ["accounts:read", "profiles:read", "lists:read"]
-ALL_BUT_ACCOUNTS = ["profiles:read", "profiles:write", "subscriptions:write", "lists:read", "lists:write"]
+ALL_BUT_ACCOUNTS = ["profiles:read", "profiles:write", "subscriptions:write", "lists:read", "lists:write",
+                    "events:write"]
+ALL_BUT_EVENTS = ["accounts:read", "profiles:read", "profiles:write", "subscriptions:write", "lists:read",
+                  "lists:write"]
 
 
 def cli(env: dict[str, str], *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -67,11 +70,12 @@ def test_a_good_tenant_passes_every_check_and_nothing_is_written(loyale, klaviyo
     listed = sum(1 for c in loyale.customers(scenario.scheme_id) if not c.get("deleted"))   # Loyale lists these
     assert line(good, "✓ loyale:").endswith(f"scheme {scenario.scheme_id} answers ({listed} customers)")
     assert f"account {scenario.account_id}" in line(good, "✓ klaviyo key:")
-    for scope in ("profiles:read", "profiles:write", "subscriptions:write", "lists:write", "lists:read"):
+    for scope in ("profiles:read", "profiles:write", "subscriptions:write", "lists:write", "lists:read",
+                  "events:write"):
         line(good, f"✓ scope {scope}: held")
     assert not any(entry.startswith(("✗", "!", "-")) for entry in good)
     assert line(good, "✓ loyale levels:").startswith("✓ loyale levels: GET /api/Level answers (")
-    assert "all 10 checks passed" in result.stdout
+    assert "all 11 checks passed" in result.stdout
     assert klaviyo.profiles(account_id=scenario.account_id) == before
     writes = [e for e in klaviyo.request_log() if e["method"] in ("POST", "PATCH")]
     assert writes and all(400 <= e["status"] < 500 for e in writes), writes
@@ -175,3 +179,24 @@ def test_tenant_option_and_exit_codes(loyale, klaviyo, redis_url, store):
 
     unknown = cli(env, "verify", "--tenant", "nope")
     assert unknown.returncode == 2 and "no tenant 'nope'" in unknown.stderr
+
+
+def test_a_key_without_events_write_is_a_warning_and_one_with_it_starts_stopped_events_again(loyale, klaviyo,
+                                                                                              redis_url, store):
+    """Loyalty events need events:write: without it the profiles still sync (a warning, exit 0); a tenant
+    with events off does not need it; a key that holds it lifts the stop the workers set after a 403."""
+    tenants = {"no-events": brand(loyale, klaviyo, scopes=ALL_BUT_EVENTS),
+               "events-off": brand(loyale, klaviyo, scopes=ALL_BUT_EVENTS, events=False),
+               "fixed": brand(loyale, klaviyo)}
+    env = sync_env(redis_url, write_tenants_file(tenants))
+    store.block_events("fixed", "Klaviyo refused the events (403)", 3600)
+
+    result = cli(env, "verify")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = sections(result.stdout)
+    missing = line(out["no-events"], "! scope events:write:")
+    assert "missing" in missing and "events = false" in missing
+    line(out["events-off"], "- scope events:write: not needed")
+    assert "start again" in line(out["fixed"], "✓ scope events:write: held")
+    assert store.events_blocked("fixed") is None

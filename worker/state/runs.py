@@ -65,6 +65,8 @@ class RunInfo:
     #: When the producer finished, and when a customer last got an outcome (epoch seconds).
     produced_at: float | None = None
     progress_at: float | None = None
+    #: Loyalty events of the run's customers per outcome (`worker.state.events.EventOutcome`).
+    events: dict[str, int] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -159,6 +161,7 @@ class RunLedger:
             deferrals=int(raw.get("deferrals", 0)),
             produced_at=float(raw["produced_at"]) if raw.get("produced_at") else None,
             progress_at=float(raw["progress_at"]) if raw.get("progress_at") else None,
+            events={k.split(":", 1)[1]: int(v) for k, v in raw.items() if k.startswith("event:")},
         )
 
     def runs(self, tenant: str | None = None, limit: int = 20) -> list[RunInfo]:
