@@ -258,6 +258,80 @@ def profile_table(email: str, customer: dict[str, Any], states: dict[str, dict[s
     return table
 
 
+#: Seconds of Loyale's clock between the demo customer's loyalty facts: Klaviyo keeps an event's time to the
+#: second, so each shows in its own second, in Loyale's order.
+EVENT_STEP_S = 5
+
+
+def loyalty_activity(loyale: FakeLoyaleControl, scheme: dict[str, Any], customer: dict[str, Any]) -> str:
+    """The demo customer earns points, reaches a level they do not hold, is given a coupon and uses it
+    (each in its own second of Loyale's clock); returns the level's name."""
+    scheme_id, cid = scheme["scheme_id"], customer["id"]
+    held = {lv.get("levelId") for lv in customer.get("Levels") or [] if isinstance(lv, dict)}
+    level = next(lv for lv in reversed(scheme["levels"]) if lv["id"] not in held)   # the highest not held
+    loyale.advance_clock(EVENT_STEP_S)
+    loyale.earn(scheme_id, cid, 250, value=25.0, outlet="Valletta", external_ref="ORDER-1001")
+    loyale.advance_clock(EVENT_STEP_S)
+    loyale.set_levels(scheme_id, cid, [level["id"]])
+    loyale.advance_clock(EVENT_STEP_S)
+    coupon = loyale.issue_coupon(scheme_id, cid, name="10% off your next visit")
+    loyale.advance_clock(EVENT_STEP_S)
+    loyale.use_coupon(scheme_id, coupon["id"])
+    return str(level["name"])
+
+
+def events_table(email: str, held: list[dict[str, Any]]) -> Table:
+    """The events Klaviyo holds for the demo customer's profile, in time order."""
+    table = Table(title=f"loyalty events in Klaviyo for {email}")
+    for column in ("event (metric)", "time (Loyale's, to the second)", "properties"):
+        table.add_column(column)
+    shown = ("Points", "Points Balance", "Outlet", "Reference", "Level", "Coupon Name", "Uses Left")
+    for event in held:
+        properties = ", ".join(f"{k}: {v}" for k, v in event["properties"].items() if k in shown)
+        table.add_row(event["metric"], event["time"], short(properties, 70))
+    return table
+
+
+def _events(rt: Runtime, loyale: FakeLoyaleControl, klaviyo: FakeKlaviyoControl, scheme: dict[str, Any],
+            email: str, env: dict[str, str], processes: list[Any], workdir: str) -> None:
+    """Step 8: one customer's loyalty activity in Loyale, caught up by the events' pass (as `loyale-sync
+    incremental` runs it), synced by a worker of the incremental queue and sent to Klaviyo as events."""
+    from producers.event_catchup import run_event_catch_up
+    from producers.watermarks import Watermarks
+    from worker.app import app as celery_app
+
+    customer = next(c for c in loyale.customers(scheme["scheme_id"]) if (c.get("email") or "").lower() == email)
+    console.print(f"[bold]8.[/] loyalty events: {email} earns 250 points, reaches a level, is given a coupon and "
+                  "uses it in Loyale; the events' catch-up pass reads them (`loyale-sync incremental` runs it after "
+                  "each pass; webhooks bring them at once) and a worker sends them after the profile sync")
+    level = loyalty_activity(loyale, scheme, customer)
+    with console.status("   starting a worker for the incremental queue…"):
+        worker = WorkerProcess(env, queues="sync.incremental,sync.producers", name="demo-events",
+                               log_path=Path(workdir) / "worker-events.log").start()
+        processes.append(worker)
+        worker.wait_ready()
+    caught = run_event_catch_up(app=celery_app, store=rt.store, watermarks=Watermarks(rt.redis),
+                                loyale=cli_context.loyale_client(rt.http, rt.tenants[DEMO_TENANT]),
+                                tenant=DEMO_TENANT, overlap_s=rt.settings.incremental_overlap_s)
+    console.print(f"   catch-up: {caught.read} transactions and coupons read, {caught.events} events for "
+                  f"{caught.customers} customer(s); the level ({level}) comes from the profile sync itself",
+                  highlight=False)
+    deadline = time.monotonic() + 120
+    while len(settled := rt.store.event_history(DEMO_TENANT, customer["id"])) < 4:   # points, level, coupon x2
+        if time.monotonic() > deadline:
+            raise fail(f"the events were not sent within 120 s; the worker's log: {workdir}/worker-events.log")
+        time.sleep(0.2)
+    profile_id = next((e.get("profile_id") for e in settled if e.get("profile_id")), None)
+    deadline = time.monotonic() + 30
+    while len(held := klaviyo.events(profile_id=profile_id)) < len(settled) and time.monotonic() < deadline:
+        time.sleep(0.2)   # Klaviyo processes an event a moment after accepting it
+    console.print(events_table(email, held))
+    outcomes = Counter(e["outcome"] for e in settled)
+    console.print("   " + ", ".join(f"{n} {o}" for o, n in outcomes.most_common())
+                  + f" (loyale-sync customer {customer['id']} shows each); no event names an email or a phone, "
+                  "so none can create a profile for a customer who did not opt in", highlight=False)
+
+
 def _terminated(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -361,6 +435,9 @@ def run_demo(customers: int, existing_profiles: ExistingProfiles, keep_running: 
                       "the undo puts back what was overwritten (a filled field had no value to put back); "
                       "FavouriteColour is not a Loyale field: never touched")
         console.print(f"   profiles Klaviyo merged during the demo: {len(klaviyo.merges())}", highlight=False)
+        if picks:
+            with cli_context.runtime() as rt:
+                _events(rt, loyale, klaviyo, scheme, picks[0], env, processes, workdir)
         console.print(f"done in {time.monotonic() - started:.1f}s")
         if keep_running:
             console.print("\nStill running; in another shell:")

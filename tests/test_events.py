@@ -105,6 +105,11 @@ def test_a_coupon_issued_is_once_per_customer_coupon_at_its_creation():
                                 "Valid From": "2026-03-01T00:00:00+00:00", "Valid To": "2026-04-01T00:00:00+00:00"}
 
 
+def test_a_coupon_read_after_a_use_is_issued_with_all_its_uses():
+    event = ev.coupon_issued(customer_coupon(usesLeft=0, isUsed=True))
+    assert isinstance(event, LoyaltyEvent) and event.properties["Uses Left"] == 1
+
+
 def test_each_use_of_a_coupon_is_its_own_event_and_a_redelivered_use_the_same():
     first = ev.coupon_used(customer_coupon(usesLeft=2))
     again = ev.coupon_used(customer_coupon(usesLeft=2))

@@ -193,9 +193,10 @@ def from_transaction(tx: Mapping[str, Any]) -> Derived:
 
 # --- coupons (topics 6 and 7, and the catch-up read of customer coupons) --------------------------
 
-def _coupon_properties(cc: Mapping[str, Any], cc_id: str) -> dict[str, Any]:
+def _coupon_properties(cc: Mapping[str, Any], cc_id: str, *, issued: bool = False) -> dict[str, Any]:
     coupon = _object(cc.get("coupon"))
-    uses_left = _number(cc.get("usesLeft"))
+    # When issued, a coupon has all its uses (a catch-up may read it after a use).
+    uses_left = (_number(coupon.get("initialNumberOfUses")) if issued else None) or _number(cc.get("usesLeft"))
     valid_to = _stamp(cc, "to") or _stamp(coupon, "to", "until")
     valid_from = _stamp(cc, "from") or _stamp(coupon, "from")
     return _properties(
@@ -227,7 +228,7 @@ def coupon_issued(cc: Mapping[str, Any]) -> Derived:
         return read
     cc_id, customer_id, time = read
     return LoyaltyEvent(COUPON_ISSUED, customer_id, f"loyale-coupon-{cc_id}-issued", time,
-                        _coupon_properties(cc, cc_id))
+                        _coupon_properties(cc, cc_id, issued=True))
 
 
 def coupon_used(cc: Mapping[str, Any]) -> Derived:

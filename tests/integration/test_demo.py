@@ -1,8 +1,9 @@
 """`loyale-sync demo` end to end, as a user runs it: a subprocess with its own Redis, fakes and worker.
 
 It must exit 0, show both backfills' outcomes side by side (merge off leaves the pre-existing profiles
-alone, merge on writes them), show profiles before -> after each run, undo the merge-on run, print no
-warning, and leave no process behind (every process it starts inherits a marker in its environment).
+alone, merge on writes them), show profiles before -> after each run, undo the merge-on run, print the
+loyalty events it sent for one customer, print no warning, and leave no process behind (every process
+it starts inherits a marker in its environment).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def profile_tables(out: str) -> dict[str, dict[str, list[str]]]:
     email = None
     for line in lines[start + 1:]:
         text = line.strip()
+        if text.startswith("8."):   # the next step: loyalty events
+            break
         if "@" in text and not text.startswith(("│", "┃")):
             email = text
             tables[email] = {}
@@ -121,3 +124,10 @@ def test_demo_shows_both_merge_modes_undoes_the_merge_on_run_and_leaves_nothing_
     undo = re.search(r"undo run undo-\S+ of backfill-\S+: (\d+) updated", out)
     assert undo is not None, out
     assert 0 < int(undo.group(1)) <= on["updated"] + on.get("unsuppressed", 0), out
+
+    # One customer's loyalty activity in Loyale, as the events Klaviyo holds for their profile, in order.
+    events = out[out.index("loyalty events in Klaviyo for"):]
+    shown = re.findall(r"Loyale [A-Z][a-z]+ [A-Z][a-z]+", events)
+    assert shown[:4] == ["Loyale Points Earned", "Loyale Level Reached", "Loyale Coupon Issued",
+                         "Loyale Coupon Used"], events
+    assert re.search(r"^\s+4 sent \(loyale-sync customer ", events, re.M), events
