@@ -156,3 +156,32 @@ def test_opt_outs_are_suppressed_in_requests_of_a_hundred(world, klaviyo):
     got = outcomes(sync.run(items(150, marketingSub=False)))
     assert set(got.values()) == {"suppressed"}
     assert klaviyo.requests()["by_endpoint"]["POST /api/profile-suppression-bulk-create-jobs"] == 2
+
+
+def test_a_backfills_level_changes_go_to_klaviyo_in_bulk_jobs_after_the_profiles(world, klaviyo):
+    """Given customers synced with level Silver, when a later backfill finds them Gold, then each gets
+    `Loyale Level Reached` Gold and `Loyale Level Lost` Silver on its own profile, sent in one event bulk
+    job after the batch's profile writes; those who opted out meanwhile get none (counted, dropped)."""
+    klaviyo.kind()
+    batch, account = world
+    rt, sync = batch(merge_customers=True)
+    ids = dict(zip([f"person{i}@example.com" for i in range(30)],
+                   klaviyo.seed_profiles([{"email": f"person{i}@example.com"} for i in range(30)], account_id=account),
+                   strict=True))
+    first = outcomes(sync.run(items(30, levelNames=["Silver"], updatedDate="2026-03-01T10:00:00Z")))
+    assert set(first.values()) == {"updated"}
+    assert klaviyo.events(account_id=account) == []                 # a first sync tells no level change
+    later = [Item(task_id=f"later-{i}", tenant="t", run="run-2", customer=loyale_payload(
+        id=f"c-{i}", email=f"person{i}@example.com", mobileNumber=f"7912{i:04d}", levelNames=["Gold"],
+        updatedDate="2026-03-02T10:00:00Z", marketingSub=i >= 5)) for i in range(30)]
+    _, sync = batch(merge_customers=True)
+    second = outcomes(sync.run(later))
+    assert [second[f"c-{i}"] for i in range(5)] == ["suppressed"] * 5
+    held = klaviyo.events(account_id=account)
+    assert sorted((e["profile_id"], e["metric"], e["properties"]["Level"]) for e in held) == sorted(
+        (ids[f"person{i}@example.com"], metric, level) for i in range(5, 30)
+        for metric, level in (("Loyale Level Reached", "Gold"), ("Loyale Level Lost", "Silver")))
+    assert {e["time"] for e in held} == {"2026-03-02T10:00:00+00:00"}
+    counts = klaviyo.requests()["by_endpoint"]
+    assert counts["POST /api/event-bulk-create-jobs"] == 1 and "POST /api/events" not in counts
+    assert rt.store.run("run-2").events == {"sent": 50, "dropped_no_consent": 10}

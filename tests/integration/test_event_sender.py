@@ -9,14 +9,18 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from tests.builders import loyale_payload
 from tests.integration.scenario import private_key
 from worker import events as ev
+from worker.broker import open_broker
 from worker.event_sync import EventSender, Synced
 from worker.events import LoyaltyEvent
 from worker.klaviyo import KlaviyoClient
+from worker.metrics import SyncCollector, registry_for
 from worker.models import LoyaleCustomer, parse_customer
 from worker.outcomes import Outcome
 from worker.settings import TenantConfig
@@ -61,7 +65,7 @@ def posted(klaviyo, endpoint: str) -> int:
     return int(klaviyo.requests()["by_endpoint"].get(endpoint, 0))
 
 
-def test_events_reach_the_synced_profile_by_its_id_once_in_loyales_times(klaviyo, store, account):
+def test_events_reach_the_synced_profile_by_its_id_once_in_loyales_times(klaviyo, store, account, redis_url):
     key, account_id = account
     [profile_id] = klaviyo.seed_profiles([{"email": "c-1@example.com"}], account_id=account_id)
     events = (earned(3), earned(1), earned(2))
@@ -79,8 +83,17 @@ def test_events_reach_the_synced_profile_by_its_id_once_in_loyales_times(klaviyo
     assert [r.outcome for r in again] == [EventOutcome.DUPLICATE] * 3
     assert posted(klaviyo, "POST /api/events") == sent_before and len(klaviyo.events(account_id=account_id)) == 3
     assert [e["outcome"] for e in store.event_history("acme", "c-1")] == ["duplicate"] * 3 + ["sent"] * 3
-    assert store.event_totals() == {("acme", ev.POINTS_EARNED, "sent"): 3, ("acme", ev.POINTS_EARNED, "duplicate"): 3}
     assert klaviyo.profiles_created_by_events(account_id=account_id) == []
+    # Prometheus: per tenant, event name and outcome, over every run.
+    broker = open_broker(redis_url)
+    try:
+        text = generate_latest(registry_for(SyncCollector(store, broker, ["acme"], [], watermark=lambda t: None)))
+    finally:
+        broker.close()
+    served = {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(text.decode())
+              for s in family.samples if s.name == "loyale_sync_events_total"}
+    assert served == {(("event", ev.POINTS_EARNED), ("outcome", "duplicate"), ("tenant", "acme")): 3,
+                      (("event", ev.POINTS_EARNED), ("outcome", "sent"), ("tenant", "acme")): 3}
 
 
 def test_no_event_without_consent_or_a_profile_of_ours_and_none_ever_creates_a_profile(klaviyo, store, account):

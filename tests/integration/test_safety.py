@@ -115,3 +115,41 @@ def test_undo_restores_overwritten_values_except_those_changed_since(loyale, kla
     again = cli(env, "undo", run)
     assert again.returncode == 0, again.stderr
     assert {p["id"]: p["attributes"] for p in klaviyo.profiles(account_id=scenario.account_id)} == now
+
+
+def test_preview_lists_the_loyalty_events_a_backfill_would_send_and_sends_none(loyale, klaviyo, redis_url, store):
+    """Given customers last synced holding a level Loyale no longer gives them, when `preview --all --json`
+    runs, then it lists a `Loyale Level Lost` for each, `sent` only for a customer with consent and a
+    Klaviyo profile, dropped for the others; and nothing is sent, recorded or remembered."""
+    klaviyo.set_knobs(rate_limit_scale=50, request_log_size=10_000)
+    scenario = build_scenario(loyale, klaviyo, "pev", customers=40, merge_customers=True, seed=83)
+    env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
+                   SYNC_LIMITER_RATE_SCALE="50")
+    customers = loyale.customers(scenario.scheme_id)
+    store.remember_levels(scenario.tenant_id, {c["id"]: ["Founders"] for c in customers})
+
+    result = cli(env, "preview", "--all", "--json")
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    outcome_of = {c["customer_id"]: c["outcome"] for c in report["customers"]}
+    lost = {e["customer_id"]: e for e in report["events"] if e["event"] == "Loyale Level Lost"}
+    # Not for a record the sync cannot read (invalid): its levels are not known to have changed.
+    with_levels = {c["id"] for c in customers if isinstance(c.get("Levels"), list)
+                   and outcome_of.get(c["id"]) not in (None, "invalid")}
+    assert set(lost) == with_levels, {cid: outcome_of.get(cid) for cid in with_levels ^ set(lost)}
+    consent = {c["id"] for c in customers if c.get("marketingSub") is True and not c.get("deleted")
+               and not c.get("onHold")}
+    for customer_id, event in lost.items():
+        if customer_id not in consent:
+            expected = "dropped_no_consent"
+        elif outcome_of[customer_id] in ("updated", "unchanged", "skipped_existing", "unsuppressed"):
+            expected = "sent"                       # a profile of the customer's own exists
+        else:
+            expected = "dropped_no_profile"         # created by the backfill, or someone else's (conflict)
+        assert event["outcome"] == expected, (customer_id, outcome_of[customer_id], event)
+    assert {e["outcome"] for e in lost.values()} >= {"sent", "dropped_no_profile"}
+    assert writes(klaviyo, scenario.account_id) == []
+    assert all(store.event_history(scenario.tenant_id, c["id"]) == [] for c in customers)
+    assert set(map(tuple, store.synced_levels(scenario.tenant_id, [c["id"] for c in customers]).values())) == \
+        {("Founders",)}
