@@ -7,8 +7,11 @@ task id, the kwargs and their repr differ. So `ChunkPublisher` asks Celery's own
 for the protocol-2 message once per chunk, copies its headers per message with the id, root id and
 `kwargsrepr` set as `send_task` sets them, and hands each to kombu's `Producer.publish` with the
 properties `send_task_message` gives it (anonymous exchange and the queue's name as routing key for a
-direct queue, the queue's delivery mode, `correlation_id`, `reply_to`, `kwargsrepr`). What lands in
-Redis is the message `send_task` puts there (tests/test_messages.py compares the two).
+direct queue, the queue's delivery mode, `correlation_id`, `reply_to`, `kwargsrepr`). The body is JSON
+text, `[args, kwargs, embed]` written around the kwargs' JSON the caller made
+(`CustomerMessage.kwargs_json`). What lands in Redis is the message `send_task` puts there, its body
+the same JSON value (the snapshot's part compact and in UTF-8 where Python's json escapes);
+tests/test_messages.py compares the two.
 
 Task-sent events (`task_send_sent_event`) go out batched: one event message per chunk whose body is
 the list of the chunk's task-sent events, routed `task.multi`, which is how Celery's own workers batch
