@@ -21,6 +21,7 @@ import redis
 import structlog
 from celery import Celery, Task
 from celery.exceptions import Reject
+from kombu.exceptions import BatchPublishError
 
 from worker.adaptive_batches import AdaptiveBatches
 from worker.batch import Again, BatchSettings, BatchSync, Done, Item, Result, email_lock
@@ -203,21 +204,42 @@ def _requeue(app: Celery, item: Item, countdown_s: float) -> None:
     enqueue(app, message, QUEUE_BACKFILL, countdown=countdown_s, task_id=item.task_id)
 
 
+#: Flower events `_announce` publishes per Redis round trip.
+ANNOUNCE_CHUNK = 1000
+
+
 def _announce(app: Celery, requests: list[Any], results: list[Result], runtime_s: float) -> None:
-    """Tell Flower what became of each customer's task (the batch runs them together). Best effort: the
-    outcomes are recorded and the requeues sent, so an event the broker cannot take (RabbitMQ restarting:
-    the dispatcher's pooled connection died with it, and events are sent without retries) is logged
-    rather than failing a batch that is done."""
+    """Tell Flower what became of each customer's task (the batch runs them together).
+
+    One event per customer, as before, but a chunk of `ANNOUNCE_CHUNK` in one Redis round trip
+    (kombu's `Producer.batch`, as `enqueue_many` publishes): sent one by one, each event cost a round
+    trip and a new Redis client in kombu's fanout, about 0.7 ms per customer, the largest share of a
+    batch's own work. A chunk whose pipeline fails is sent again one event each (Flower takes a
+    repeated event as the same state); a transport without batch publishing sends each at once.
+
+    Best effort: the outcomes are recorded and the requeues sent, so an event the broker cannot take
+    (RabbitMQ restarting: the dispatcher's pooled connection died with it, and events are sent without
+    retries) is logged rather than failing a batch that is done."""
     hostname = next((r.hostname for r in requests if r.hostname), None)
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("task-succeeded", {"uuid": r.item.task_id, "result": repr(r.outcome.value), "runtime": runtime_s})
+        if isinstance(r, Done) else
+        ("task-retried", {"uuid": r.item.task_id, "exception": r.reason[:200], "traceback": ""})
+        for r in results]
     try:
         with app.events.default_dispatcher(hostname=hostname) as dispatcher:
-            for result in results:
-                if isinstance(result, Done):
-                    dispatcher.send("task-succeeded", uuid=result.item.task_id, result=repr(result.outcome.value),
-                                    runtime=runtime_s)
-                else:
-                    dispatcher.send("task-retried", uuid=result.item.task_id, exception=result.reason[:200],
-                                    traceback="")
+            if not dispatcher.enabled:
+                return
+            for start in range(0, len(events), ANNOUNCE_CHUNK):
+                chunk = events[start:start + ANNOUNCE_CHUNK]
+                try:
+                    with dispatcher.producer.batch(max_size=ANNOUNCE_CHUNK):
+                        for kind, fields in chunk:
+                            dispatcher.send(kind, **fields)
+                except BatchPublishError as exc:
+                    log.warning("announce_chunk_resent", events=len(chunk), error=str(exc.__cause__ or exc))
+                    for kind, fields in chunk:
+                        dispatcher.send(kind, **fields)
     except Exception as exc:  # noqa: BLE001 - Flower's view of the batch, not its work
         log.warning("batch_events_not_sent", customers=len(results), error=repr(exc))
 
