@@ -78,7 +78,7 @@ from worker.outcomes import Outcome, after_interruption
 from worker.pipeline import Prepared, Ready, Stopped, lookup_many, prepare_many
 from worker.ratelimit.gate import waiting_inline
 from worker.retry import Decision, Fail, PauseTenant, Retry, RetryPolicy, decide
-from worker.store import Store
+from worker.store import OutcomeRecord, Store
 from worker.sync import PHONE_CLAIM_TTL_S, SyncDeps, phone_of, sync_customer
 
 log = structlog.get_logger("batch")
@@ -233,6 +233,8 @@ class BatchSync:
         self._locks: list[tuple[str, str]] = []
         #: (run, customer) whose outcome the batch recorded, for their loyalty events (level changes).
         self.synced: list[tuple[str, Synced]] = []
+        #: Outcomes decided but not yet recorded (`record_outcomes`).
+        self._outcomes: list[OutcomeRecord] = []
 
     # --- outcomes --------------------------------------------------------------------------------
 
@@ -242,13 +244,20 @@ class BatchSync:
         if work.interrupted is not None:
             outcome = after_interruption(work.interrupted, outcome)
         customer = work.prepared.customer if work.prepared is not None else None
-        self.store.record_outcome(
+        self._outcomes.append(OutcomeRecord(
             run_id=work.item.run, tenant=self.tenant, customer_id=work.item.customer_id, outcome=outcome,
             reason=reason, profile_id=profile_id, updated_date=customer.updated_date if customer else None,
             warnings=work.warnings or None,
-        )
+        ))
         work.result = Done(work.item, outcome, reason)
         self.synced.append((work.item.run, Synced(work.item.customer_id, customer, outcome, profile_id)))
+
+    def record_outcomes(self) -> None:
+        """Record the outcomes decided so far in one round trip (`Store.record_outcomes`): done before
+        a batch waits on its jobs and before it releases its locks, so an outcome is never recorded
+        after another sync of the customer could start."""
+        outcomes, self._outcomes = self._outcomes, []
+        self.store.record_outcomes(outcomes)
 
     def finish_planned(self, p: Planned) -> None:
         self.finish(p.work, p.plan.outcome, p.plan.reason, p.plan.profile_id)
@@ -302,6 +311,7 @@ class BatchSync:
         if paused is not None:
             for w in works:
                 self.finish(w, Outcome.FAILED, f"tenant paused: {paused}")
+            self.record_outcomes()
             return [w.result for w in works if w.result]
         locked = self._lock(works)
         try:
@@ -310,6 +320,7 @@ class BatchSync:
                 planned = self._plan(locked, batch)
                 self._remember_plans(planned)
                 self._phones(locked, planned)
+                self.record_outcomes()
                 self._write(locked, planned)
                 self._suppressions(locked, planned)
                 for p in planned:
@@ -320,14 +331,18 @@ class BatchSync:
             for w in locked:
                 if w.solo and w.result is None:
                     self._one_by_one(w)
+            self.record_outcomes()   # before the events, which follow the recorded profile sync
             self._settle_events()
         finally:
-            # Also every lock an earlier run of these same messages took (same task id as token) and
-            # could not release: its pool process died mid-batch. A customer that leaves this batch
-            # another way (collided, synced on its own) would otherwise keep it until the TTL.
-            earlier = [(w.item.customer_id, w.item.task_id) for w in works]
-            earlier += [(email_lock(w.email), w.item.task_id) for w in works if w.email]
-            self.store.unlock_customers(self.tenant, list(dict.fromkeys(self._locks + earlier)))
+            try:
+                self.record_outcomes()
+            finally:
+                # Also every lock an earlier run of these same messages took (same task id as token) and
+                # could not release: its pool process died mid-batch. A customer that leaves this batch
+                # another way (collided, synced on its own) would otherwise keep it until the TTL.
+                earlier = [(w.item.customer_id, w.item.task_id) for w in works]
+                earlier += [(email_lock(w.email), w.item.task_id) for w in works if w.email]
+                self.store.unlock_customers(self.tenant, list(dict.fromkeys(self._locks + earlier)))
         return [w.result for w in works if w.result]
 
     def _plan(self, works: list[Work], batch: list[tuple[Work, Ready]]) -> list[Planned]:

@@ -13,6 +13,7 @@ from worker.state.runs import (
     METRICS_OUTCOMES_KEY,
     METRICS_REQUESTS_KEY,
     REMEMBERED,
+    OutcomeRecord,
     RunInfo,
     RunLedger,
     epoch_us,
@@ -38,4 +39,4 @@ class Store(RunLedger, Locks, Journal, Suppressions, TenantPause, EventState):
 
 __all__ = ["METRICS_EVENTS_KEY", "EventOutcome",
            "LEDGER_MAX_ENTRIES", "LOCK_TTL_S", "METRICS_OUTCOMES_KEY", "METRICS_REQUESTS_KEY", "PHONE_TAKEN_TTL_S",
-           "REMEMBERED", "RunInfo", "Store", "epoch_us", "new_run_id"]
+           "OutcomeRecord", "REMEMBERED", "RunInfo", "Store", "epoch_us", "new_run_id"]

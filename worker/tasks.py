@@ -43,6 +43,7 @@ from worker.ratelimit import LimiterUnavailable
 from worker.retry import Fail, PauseTenant, Retry, decide, retry_policy
 from worker.runtime import LOOKUPS_PER_SYNC, current_run, get_runtime
 from worker.settings import Settings
+from worker.store import OutcomeRecord
 from worker.sync import sync_customer
 
 log = structlog.get_logger("tasks")
@@ -158,10 +159,9 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
         for (tenant, run), items in groups.items():
             if tenant not in rt.tenants:
                 reason = f"tenant {tenant!r} is not configured in this worker (check SYNC_TENANTS_FILE)"
-                for item in items:
-                    rt.store.record_outcome(run_id=run, tenant=tenant, customer_id=item.customer_id,
-                                            outcome=Outcome.FAILED, reason=reason)
-                    results.append(Done(item, Outcome.FAILED, reason))
+                rt.store.record_outcomes([OutcomeRecord(run_id=run, tenant=tenant, customer_id=item.customer_id,
+                                                        outcome=Outcome.FAILED, reason=reason) for item in items])
+                results += [Done(item, Outcome.FAILED, reason) for item in items]
                 continue
             token = current_run.set(run)
             try:

@@ -78,6 +78,20 @@ class RunInfo:
         return self.state == "done"
 
 
+@dataclass(frozen=True)
+class OutcomeRecord:
+    """A customer's terminal outcome for a run, as `RunLedger.record_outcomes` records it."""
+
+    run_id: str
+    tenant: str
+    customer_id: str
+    outcome: Outcome
+    reason: str = ""
+    profile_id: str | None = None
+    updated_date: datetime | None = None
+    warnings: list[str] | None = None
+
+
 class RunLedger:
     """Runs, the ledger and the sync memory. `ttl_s`: how long runs and ledgers are kept."""
 
@@ -197,20 +211,35 @@ class RunLedger:
         profile_id: str | None = None, updated_date: datetime | None = None, warnings: list[str] | None = None,
     ) -> bool:
         """Record the customer's terminal outcome for the run; False if it already had one."""
-        entry: dict[str, Any] = {"run": run_id, "outcome": outcome.value, "reason": reason, "profile_id": profile_id,
-                 "updated_date": updated_date.isoformat() if updated_date else None, "at": time.time()}
-        if warnings:
-            entry["warnings"] = warnings
-        settled = outcome in SETTLED and updated_date is not None
-        return bool(self._record(
-            keys=[keys.run_outcomes(run_id), keys.run(run_id), keys.run_problems(run_id),
-                  keys.ledger(tenant, customer_id), keys.synced(tenant), METRICS_OUTCOMES_KEY,
-                  keys.profile_ids(tenant)],
-            args=[customer_id, outcome.value, json.dumps(entry, ensure_ascii=False),
-                  "1" if outcome in PROBLEMS else "0", str(epoch_us(updated_date)) if settled and updated_date else "",
-                  LEDGER_MAX_ENTRIES, self.ttl_s, repr(time.time()), f"{tenant}|{outcome.value}",
-                  profile_id if profile_id and outcome in REMEMBERED else ""],
-        ))
+        return self.record_outcomes([OutcomeRecord(
+            run_id=run_id, tenant=tenant, customer_id=customer_id, outcome=outcome, reason=reason,
+            profile_id=profile_id, updated_date=updated_date, warnings=warnings)])[0]
+
+    def record_outcomes(self, records: list[OutcomeRecord]) -> list[bool]:
+        """`record_outcome` for many customers in one round trip: each is its own run of the script
+        (atomic per customer, so each still gets exactly one outcome per run), pipelined."""
+        if not records:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        now = time.time()
+        for r in records:
+            entry: dict[str, Any] = {
+                "run": r.run_id, "outcome": r.outcome.value, "reason": r.reason, "profile_id": r.profile_id,
+                "updated_date": r.updated_date.isoformat() if r.updated_date else None, "at": now}
+            if r.warnings:
+                entry["warnings"] = r.warnings
+            settled = r.outcome in SETTLED and r.updated_date is not None
+            self._record(
+                keys=[keys.run_outcomes(r.run_id), keys.run(r.run_id), keys.run_problems(r.run_id),
+                      keys.ledger(r.tenant, r.customer_id), keys.synced(r.tenant), METRICS_OUTCOMES_KEY,
+                      keys.profile_ids(r.tenant)],
+                args=[r.customer_id, r.outcome.value, json.dumps(entry, ensure_ascii=False),
+                      "1" if r.outcome in PROBLEMS else "0",
+                      str(epoch_us(r.updated_date)) if settled and r.updated_date else "",
+                      LEDGER_MAX_ENTRIES, self.ttl_s, repr(now), f"{r.tenant}|{r.outcome.value}",
+                      r.profile_id if r.profile_id and r.outcome in REMEMBERED else ""],
+                client=pipe)
+        return [bool(recorded) for recorded in pipe.execute()]
 
     def history(self, tenant: str, customer_id: str) -> list[dict[str, Any]]:
         return [json.loads(e) for e in self.redis.lrange(keys.ledger(tenant, customer_id), 0, -1)]
