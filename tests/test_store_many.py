@@ -1,5 +1,6 @@
 """The state store's calls for many customers at once (a batch's thousands in a few round trips) leave
-Redis exactly as the same calls made one customer at a time: outcomes (still one per customer per run)."""
+Redis exactly as the same calls made one customer at a time: outcomes (still one per customer per run),
+locks."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import redis
 
 from worker.outcomes import Outcome
+from worker.state import locks
 from worker.store import OutcomeRecord, Store
 
 WHEN = datetime(2026, 3, 1, tzinfo=UTC)
@@ -47,3 +49,18 @@ def test_outcomes_recorded_together_are_still_one_per_customer_and_finish_the_ru
     remembered = [store.memory("t", c, None) for c in ("c-1", "c-2", "c-3")]
     assert [m.profile_id for m in remembered] == ["P-c-1", None, "P-c-3"]   # a rejection's is not its own
     assert remembered[0].last_synced == WHEN and remembered[0].last_outcome == "created"
+
+
+def test_locks_taken_and_released_together_answer_each_pair_as_one_at_a_time(store, monkeypatch):
+    """Given 5 locks in scripts of 2 (three script runs in one round trip), c-1 held by another sync and
+    c-3 already ours: granted exactly where one `lock_customer` each would be, in order; releasing them
+    all frees ours and leaves the other sync's."""
+    monkeypatch.setattr(locks, "LOCKS_PER_SCRIPT", 2)
+    assert store.lock_customer("t", "c-1", "other-sync")
+    assert store.lock_customer("t", "c-3", "task-3")
+    pairs = [(f"c-{i}", f"task-{i}") for i in range(5)]
+    assert store.lock_customers("t", pairs, ttl_s=60) == [True, False, True, True, True]
+    store.unlock_customers("t", pairs)
+    assert [store.lock_customer("t", f"c-{i}", "next") for i in range(5)] == [True, False, True, True, True]
+    claims = [("+35679120000", "c-0"), ("+35679120001", "c-1"), ("+35679120000", "c-2")]
+    assert store.claim_phones("t", claims, ttl_s=60) == [True, True, False]

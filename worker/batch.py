@@ -220,11 +220,15 @@ class BatchSync:
     """Sync one tenant's customers together. Nothing here raises: every item ends Done or Again."""
 
     def __init__(self, deps: SyncDeps, settings: BatchSettings, back_off: Callable[[str, float], None],
-                 sleep: Callable[[float], None] = time.sleep, watcher: JobWatcher | None = None) -> None:
+                 sleep: Callable[[float], None] = time.sleep, watcher: JobWatcher | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.deps = deps
         self.settings = settings
         self.back_off = back_off
         self.sleep = sleep
+        self.clock = clock
+        #: When this batch's locks were last taken or refreshed (`_refresh_locks`).
+        self._locked_at = 0.0
         #: Polls this batch's bulk jobs with those of the process's other batches (`worker.job_watcher`).
         self.watcher = watcher or JobWatcher(back_off, retry=settings.retry)
         self.tenant = deps.tenant.id
@@ -374,6 +378,7 @@ class BatchSync:
                                           if p.plan.writes_anything})
 
     def _lock(self, works: list[Work]) -> list[Work]:
+        self._locked_at = self.clock()   # before any is taken: their TTLs run from later than this
         held = []
         pairs = [(w.item.customer_id, w.item.task_id) for w in works]
         grants = self.store.lock_customers(self.tenant, pairs, self.settings.lock_ttl_s)
@@ -506,7 +511,7 @@ class BatchSync:
                 poll_first_s=self.settings.poll_first_s, poll_max_s=self.settings.poll_max_s,
                 job_timeout_s=self.settings.job_timeout_s, lock_ttl_s=self.settings.lock_ttl_s),
             call=partial(self.call, works), fail=partial(self.end_stage, works),
-            refresh_locks=lambda: self.store.refresh_locks(self.tenant, self._locks, self.settings.lock_ttl_s),
+            refresh_locks=self._refresh_locks,
             watcher=self.watcher, poll_job=self._job_poller())
         pending = writers
         for _ in range(self.settings.job_rounds):
@@ -525,6 +530,17 @@ class BatchSync:
         for p in writers:
             if p.open and p.confirmed and not p.plan.writes_suppression:
                 self.finish_planned(p)
+
+    def _refresh_locks(self) -> None:
+        """Extend this batch's locks while its jobs run, unless they were taken or refreshed less than a
+        third of their TTL ago: the waiting loop calls this every few seconds at most (`BulkImport`), so
+        a lock keeps at least a third of its TTL, and a batch whose jobs end quickly refreshes nothing
+        (it refreshed every lock of the batch each round: a third of its Redis work)."""
+        now = self.clock()
+        if now - self._locked_at < self.settings.lock_ttl_s / 3:
+            return
+        self.store.refresh_locks(self.tenant, self._locks, self.settings.lock_ttl_s)
+        self._locked_at = now
 
     def _job_poller(self) -> Callable[[str], BulkImportJob]:
         """How the watcher thread polls this batch's jobs: in this batch's context (its run, for the

@@ -4,12 +4,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 
 from worker import keys
 from worker.state.client import TextRedis, lua
 
-ACQUIRE_LOCK = lua(__file__, "acquire_lock.lua")
+ACQUIRE_LOCKS = lua(__file__, "acquire_locks.lua")
+RELEASE_LOCKS = lua(__file__, "release_locks.lua")
+#: The one-lock release the producers' pass lock uses (`producers.watermarks`).
 RELEASE_LOCK = lua(__file__, "release_lock.lua")
+#: Locks taken or released per script run: thousands of customers cost a few commands, not one each,
+#: and no single run holds Redis for long.
+LOCKS_PER_SCRIPT = 1000
 
 #: A customer lock outlives the longest write it protects; a batch refreshes its locks while its
 #: bulk jobs run (`refresh_locks`), so a slow job never lets an older snapshot overtake a newer one.
@@ -24,8 +31,8 @@ class Locks:
     def __init__(self, client: TextRedis, ttl_s: int) -> None:
         self.redis = client
         self.ttl_s = ttl_s
-        self._acquire = client.register_script(ACQUIRE_LOCK)
-        self._release = client.register_script(RELEASE_LOCK)
+        self._acquire = client.register_script(ACQUIRE_LOCKS)
+        self._release = client.register_script(RELEASE_LOCKS)
 
     # --- per-customer lock -----------------------------------------------------------------------
 
@@ -38,12 +45,7 @@ class Locks:
 
     def lock_customers(self, tenant: str, locks: list[tuple[str, str]], ttl_s: float = LOCK_TTL_S) -> list[bool]:
         """`lock_customer` for many (customer id, token) pairs in one round trip."""
-        if not locks:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for customer_id, token in locks:
-            self._acquire(keys=[keys.customer_lock(tenant, customer_id)], args=[token, int(ttl_s * 1000)], client=pipe)
-        return [bool(granted) for granted in pipe.execute()]
+        return self._take(locks, partial(keys.customer_lock, tenant), ttl_s)
 
     def refresh_locks(self, tenant: str, locks: list[tuple[str, str]], ttl_s: float = LOCK_TTL_S) -> None:
         """Extend locks we still hold (a bulk job can run for minutes); one taken over stays lost."""
@@ -53,12 +55,19 @@ class Locks:
         """Claim (phone, customer id) pairs for `ttl_s`: True where the phone is free or already this
         customer's, False where another customer sent it recently (its profile may not show in a
         lookup yet, and a bulk row carrying it would merge the two)."""
-        if not claims:
+        return self._take(claims, partial(keys.phone_claim, tenant), ttl_s)
+
+    def _take(self, pairs: list[tuple[str, str]], key_of: Callable[[str], str], ttl_s: float) -> list[bool]:
+        """Take the lock `key_of(name)` for each (name, holder token) pair: `acquire_locks.lua`, a script
+        run per `LOCKS_PER_SCRIPT` locks, all in one round trip; each lock is taken atomically."""
+        if not pairs:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for phone, customer_id in claims:
-            self._acquire(keys=[keys.phone_claim(tenant, phone)], args=[customer_id, int(ttl_s * 1000)], client=pipe)
-        return [bool(granted) for granted in pipe.execute()]
+        for start in range(0, len(pairs), LOCKS_PER_SCRIPT):
+            chunk = pairs[start:start + LOCKS_PER_SCRIPT]
+            self._acquire(keys=[key_of(name) for name, _ in chunk],
+                          args=[int(ttl_s * 1000), *(token for _, token in chunk)], client=pipe)
+        return [bool(granted) for answer in pipe.execute() for granted in answer]
 
     def unusable_phones(self, tenant: str, phones: list[str]) -> set[str]:
         """The phones among `phones` that Klaviyo refused before, or that another profile held when
@@ -86,7 +95,8 @@ class Locks:
         if not locks:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for customer_id, token in locks:
-            self._release(keys=[keys.customer_lock(tenant, customer_id)], args=[token], client=pipe)
+        for start in range(0, len(locks), LOCKS_PER_SCRIPT):
+            chunk = locks[start:start + LOCKS_PER_SCRIPT]
+            self._release(keys=[keys.customer_lock(tenant, customer_id) for customer_id, _ in chunk],
+                          args=[token for _, token in chunk], client=pipe)
         pipe.execute()
-
