@@ -1,6 +1,6 @@
 """The state store's calls for many customers at once (a batch's thousands in a few round trips) leave
 Redis exactly as the same calls made one customer at a time: outcomes (still one per customer per run),
-locks."""
+locks, what is remembered of each customer, the journal and the suppressions sent."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
+from worker.merge import FieldChange, Memory
 from worker.outcomes import Outcome
 from worker.state import locks
 from worker.store import OutcomeRecord, Store
@@ -46,7 +47,7 @@ def test_outcomes_recorded_together_are_still_one_per_customer_and_finish_the_ru
     assert store.record_outcomes([record("c-3", Outcome.UNCHANGED)]) == [True]
     info = store.run(run)
     assert info is not None and info.done and info.completed == 4
-    remembered = [store.memory("t", c, None) for c in ("c-1", "c-2", "c-3")]
+    remembered = store.memories("t", [("c-1", None), ("c-2", None), ("c-3", None)])
     assert [m.profile_id for m in remembered] == ["P-c-1", None, "P-c-3"]   # a rejection's is not its own
     assert remembered[0].last_synced == WHEN and remembered[0].last_outcome == "created"
 
@@ -64,3 +65,35 @@ def test_locks_taken_and_released_together_answer_each_pair_as_one_at_a_time(sto
     assert [store.lock_customer("t", f"c-{i}", "next") for i in range(5)] == [True, False, True, True, True]
     claims = [("+35679120000", "c-0"), ("+35679120001", "c-1"), ("+35679120000", "c-2")]
     assert store.claim_phones("t", claims, ttl_s=60) == [True, True, False]
+
+
+def test_memories_read_together_are_each_customers_own(store):
+    """Customers with and without an email, one suppressed by us with its job pending, one unknown."""
+    store.record_outcome(run_id="r", tenant="t", customer_id="c-1", outcome=Outcome.SUPPRESSED, profile_id="P1",
+                         updated_date=WHEN)
+    store.mark_many("t", "suppress", [("one@example.com", "c-1")], "job-1")
+    store.mark_many("t", "suppress", [("shared@example.com", "c-9")], "job-2")   # another customer's job
+    got = store.memories("t", [("c-1", "one@example.com"), ("c-2", None), ("c-3", "shared@example.com")])
+    assert got == [
+        Memory(last_synced=WHEN, suppressed_by_us=True, profile_id="P1", pending_suppression="suppress",
+               last_outcome="suppressed"),
+        Memory(),
+        Memory(suppressed_by_us=True),
+    ]
+    assert store.memories("t", []) == []
+
+
+def test_journal_and_suppression_marks_written_together_equal_those_written_one_by_one(store):
+    changes = (FieldChange("first_name", "Janet", "Jane", "set"), FieldChange("city", "Rome", "Valletta", "set"))
+    store.journal_many("run-1", "t", [("c-1", "P1", changes), ("c-2", "P2", changes[:1])])
+    for customer, profile, done in (("c-1", "P1", changes), ("c-2", "P2", changes[:1])):
+        store.journal_overwrites("run-2", "t", customer, profile, done)
+    def fields(run: str) -> list[tuple[str, str, str]]:
+        return [(e["customer_id"], e["field"], e["old"]) for e in store.journal(run)]
+    assert fields("run-1") == fields("run-2") == [("c-1", "first_name", "Janet"), ("c-1", "city", "Rome"),
+                                                  ("c-2", "first_name", "Janet")]
+    store.mark_many("t", "unsuppress", [("a@example.com", "c-1"), ("b@example.com", "c-2")], "job-3")
+    pending = store.pending_suppressions("t")
+    assert {email: (e["action"], e["job"], e["customer_id"]) for email, e in pending.items()} == {
+        "a@example.com": ("unsuppress", "job-3", "c-1"), "b@example.com": ("unsuppress", "job-3", "c-2")}
+    assert store.memories("t", [("c-1", "a@example.com")])[0].suppressed_by_us is False   # an unsuppress is not ours

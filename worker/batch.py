@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import structlog
 
@@ -71,7 +71,7 @@ from worker.errors import (
 from worker.event_sync import EventSender, Synced, synced
 from worker.job_watcher import JobWatcher
 from worker.klaviyo import MAX_FILTER_VALUES, BulkImportJob, ImportError_, KlaviyoClient
-from worker.merge import Plan, plan_sync, stale_plan
+from worker.merge import FieldChange, Plan, plan_sync, stale_plan
 from worker.messages import customer_id_of
 from worker.models import KlaviyoProfile
 from worker.outcomes import Outcome, after_interruption
@@ -502,10 +502,12 @@ class BatchSync:
         """Bulk import rounds (`worker.bulk_import`) for every customer with a write, until each row is
         confirmed, refused, or out of rounds."""
         writers = [p for p in planned if p.open and p.plan.write]
+        overwrites: dict[str, list[tuple[str, str, tuple[FieldChange, ...]]]] = {}
         for p in writers:
             if p.plan.write == "update" and p.plan.overwrites and p.plan.profile_id:
-                self.store.journal_overwrites(p.work.item.run, self.tenant, p.customer_id, p.plan.profile_id,
-                                              p.plan.overwrites)
+                overwrites.setdefault(p.work.item.run, []).append((p.customer_id, p.plan.profile_id, p.plan.overwrites))
+        for run, journaled in overwrites.items():
+            self.store.journal_many(run, self.tenant, journaled)
         importer: BulkImport[Planned] = BulkImport(
             self.klaviyo, self.tenant, Polling(
                 poll_first_s=self.settings.poll_first_s, poll_max_s=self.settings.poll_max_s,
@@ -610,20 +612,20 @@ class BatchSync:
         unsuppress = [(p, email) for p in planned if p.open and (email := p.plan.unsuppress_email)]
 
         def apply(chunk: list[tuple[Planned, str]], call: Callable[[list[str]], list[str]],
-                  mark: Callable[[str, str, str, str], None]) -> None:
+                  action: Literal["suppress", "unsuppress"]) -> None:
             job_ids = call([email for _, email in chunk])
-            job_id = job_ids[0] if job_ids else ""
-            for p, email in chunk:
-                mark(self.tenant, email, job_id, p.customer_id)
+            self.store.mark_many(self.tenant, action, [(email, p.customer_id) for p, email in chunk],
+                                 job_ids[0] if job_ids else "")
+            for p, _ in chunk:
                 self.finish_planned(p)
 
         def work_of(pair: tuple[Planned, str]) -> Work:
             return pair[0].work
 
         self.each_chunk(works, suppress, 100,
-                        lambda c: apply(c, self.klaviyo.suppress, self.store.mark_suppressed), work_of)
+                        lambda c: apply(c, self.klaviyo.suppress, "suppress"), work_of)
         self.each_chunk(works, unsuppress, 100,
-                        lambda c: apply(c, self.klaviyo.unsuppress, self.store.mark_unsuppressed), work_of)
+                        lambda c: apply(c, self.klaviyo.unsuppress, "unsuppress"), work_of)
 
     def _settle_events(self) -> None:
         """The loyalty events of the customers synced (their level changes), sent after their profiles

@@ -22,12 +22,17 @@ class Journal:
     def journal_overwrites(self, run_id: str, tenant: str, customer_id: str, profile_id: str,
                            changes: tuple[FieldChange, ...]) -> None:
         """Write the old value of every field about to be overwritten, before the write is sent."""
-        if not changes:
-            return
+        self.journal_many(run_id, tenant, [(customer_id, profile_id, changes)])
+
+    def journal_many(self, run_id: str, tenant: str,
+                     overwrites: list[tuple[str, str, tuple[FieldChange, ...]]]) -> None:
+        """`journal_overwrites` for many (customer id, profile id, changes) of one run, in one round trip."""
         now = time.time()
         entries = [json.dumps({"run": run_id, "tenant": tenant, "customer_id": customer_id, "profile_id": profile_id,
                                "field": c.field, "old": c.old, "new": c.new, "at": now}, ensure_ascii=False)
-                   for c in changes]
+                   for customer_id, profile_id, changes in overwrites for c in changes]
+        if not entries:
+            return
         pipe = self.redis.pipeline()
         pipe.rpush(keys.journal(run_id), *entries)
         pipe.expire(keys.journal(run_id), self.journal_ttl_s)

@@ -264,17 +264,22 @@ class RunLedger:
 
     def memories(self, tenant: str, customers: list[tuple[str, str | None]]) -> list[Memory]:
         """`memory` for many (customer id, email) pairs in one round trip."""
-        pipe = self.redis.pipeline()
-        for customer_id, email in customers:
-            pipe.hget(keys.synced(tenant), customer_id)
-            pipe.hexists(keys.suppressed_by_us(tenant), email or "")
-            pipe.hget(keys.profile_ids(tenant), customer_id)
-            pipe.hget(keys.pending_suppressions(tenant), email or "")
+        if not customers:
+            return []
+        ids = [customer_id for customer_id, _ in customers]
+        emails = [email or "" for _, email in customers]
+        pipe = self.redis.pipeline(transaction=False)
+        # A field per customer of the tenant's hashes (one HMGET each), and each customer's own ledger.
+        pipe.hmget(keys.synced(tenant), ids)
+        pipe.hmget(keys.suppressed_by_us(tenant), emails)
+        pipe.hmget(keys.profile_ids(tenant), ids)
+        pipe.hmget(keys.pending_suppressions(tenant), emails)
+        for customer_id in ids:
             pipe.lindex(keys.ledger(tenant, customer_id), 0)
-        raw = pipe.execute()
+        synced, suppressed, profile_ids, pendings, *ledgers = pipe.execute()
         memories = []
         for i, (customer_id, email) in enumerate(customers):
-            last, ours, profile_id, pending, latest = raw[5 * i:5 * i + 5]
+            last, ours, profile_id, pending, latest = synced[i], suppressed[i], profile_ids[i], pendings[i], ledgers[i]
             entry = json.loads(pending) if pending and email else {}
             # Only this customer's own pending job counts (two customers may share an email by case).
             action = entry.get("action") if entry.get("customer_id") in (customer_id, "", None) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 from worker import keys
 from worker.state.client import TextRedis
@@ -17,17 +17,25 @@ class Suppressions:
 
     def mark_suppressed(self, tenant: str, email: str, job_id: str = "", customer_id: str = "") -> None:
         """We sent a suppression for `email` (job `job_id`, applied later by Klaviyo)."""
-        pipe = self.redis.pipeline()
-        pipe.hset(keys.suppressed_by_us(tenant), email, repr(time.time()))
-        pipe.hset(keys.pending_suppressions(tenant), email, json.dumps(
-            {"action": "suppress", "job": job_id, "customer_id": customer_id, "at": time.time()}))
-        pipe.execute()
+        self.mark_many(tenant, "suppress", [(email, customer_id)], job_id)
 
     def mark_unsuppressed(self, tenant: str, email: str, job_id: str = "", customer_id: str = "") -> None:
         """We sent an unsuppress for `email`; `suppressed_by_us` is kept until it is seen applied, so
         an opt-out inside the lag still knows the suppression was ours."""
-        self.redis.hset(keys.pending_suppressions(tenant), email, json.dumps(
-            {"action": "unsuppress", "job": job_id, "customer_id": customer_id, "at": time.time()}))
+        self.mark_many(tenant, "unsuppress", [(email, customer_id)], job_id)
+
+    def mark_many(self, tenant: str, action: Literal["suppress", "unsuppress"], sent: list[tuple[str, str]],
+                  job_id: str = "") -> None:
+        """`mark_suppressed` or `mark_unsuppressed` for many (email, customer id) of one job, in one round trip."""
+        if not sent:
+            return
+        now = time.time()
+        pipe = self.redis.pipeline()
+        if action == "suppress":
+            pipe.hset(keys.suppressed_by_us(tenant), mapping={email: repr(now) for email, _ in sent})
+        pipe.hset(keys.pending_suppressions(tenant), mapping={email: json.dumps(
+            {"action": action, "job": job_id, "customer_id": customer_id, "at": now}) for email, customer_id in sent})
+        pipe.execute()
 
     def profile_ids_of(self, tenant: str) -> dict[str, str]:
         """customer id -> the Klaviyo profile id remembered for it."""
