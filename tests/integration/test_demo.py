@@ -130,4 +130,6 @@ def test_demo_shows_both_merge_modes_undoes_the_merge_on_run_and_leaves_nothing_
     shown = re.findall(r"Loyale [A-Z][a-z]+ [A-Z][a-z]+", events)
     assert shown[:4] == ["Loyale Points Earned", "Loyale Level Reached", "Loyale Coupon Issued",
                          "Loyale Coupon Used"], events
-    assert re.search(r"^\s+4 sent \(loyale-sync customer ", events, re.M), events
+    # Each fact reaches the worker by webhook and by the catch-up pass, in either order: the second copy
+    # is recorded as a duplicate (how many depends on which came first), never sent again.
+    assert re.search(r"^\s+4 sent(, \d+ duplicate)? \(loyale-sync customer ", events, re.M), events
