@@ -22,11 +22,15 @@ from tests.integration.test_backfill import cli, run_id_from
 from tests.test_deployment import procfile
 
 
-def test_flower_requires_auth_and_shows_the_worker_and_its_tasks_without_personal_data(loyale, klaviyo, redis_url):
+def test_flower_requires_auth_and_shows_the_worker_and_its_tasks_without_personal_data(loyale, klaviyo, redis_url,
+                                                                                     broker_url):
+    """On both brokers: Flower reads the workers' events and the producer's task-sent events from Redis
+    or from RabbitMQ's celeryev exchange."""
     scenario = build_scenario(loyale, klaviyo, "flower", customers=3, merge_customers=True, seed=5)
     customers = loyale.customers(scenario.scheme_id)
-    env = {k: v for k, v in sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}))
-           .items() if not k.startswith("FLOWER_")}   # no FLOWER_UNAUTHENTICATED_API from the caller
+    env = {k: v for k, v in sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
+                                     SYNC_BROKER_URL=broker_url).items()
+           if not k.startswith("FLOWER_")}   # no FLOWER_UNAUTHENTICATED_API from the caller
     env["FLOWER_BASIC_AUTH"] = f"ops:{secrets.token_urlsafe(12)}"
     worker = WorkerProcess(env, name="flowerw").start()
     flower = FlowerProcess(env).start()
