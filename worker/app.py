@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init
 from kombu.entity import Exchange, Queue
 
 import producers.tasks
@@ -152,8 +152,41 @@ def _fresh_runtime(**_: object) -> None:
     set_runtime(None)
 
 
+#: AMQP's basic.qos carries the prefetch count in 16 bits (65,535). Celery sends concurrency x prefetch
+#: multiplier as it is, and a worker above it dies as it starts ("'H' format requires 0 <= number <=
+#: 65535"): a backfill worker with SYNC_BATCH_SIZE=10000 and 8 threads asks for 90,000. Room is left
+#: below the maximum for the count Celery adds for each message it holds for a countdown (kombu turns a
+#: count above the maximum into no limit at all).
+AMQP_PREFETCH_MAX = 60_000
+
+
+def prepare_amqp_worker(sender: Any, **_: object) -> None:
+    """`worker_init`, on RabbitMQ only, before the worker consumes:
+    - keep its prefetch count (concurrency x multiplier) within what AMQP can carry; the worker then holds
+      fewer messages than asked (fewer batches ahead), and says so;
+    - declare every queue of the app (with its exchange and binding), not only those it consumes: Celery's
+      delayed delivery binds all of them to its delay exchange as the worker starts, and fails (logging
+      "delayed delivery will not be available") for an exchange nobody has declared yet."""
+    if broker_transport(sender.app.conf.broker_url) != "amqp":
+        return
+    concurrency = max(int(getattr(sender, "max_concurrency", None) or sender.concurrency or 1), 1)
+    if concurrency * sender.prefetch_multiplier > AMQP_PREFETCH_MAX:
+        clamped = max(1, AMQP_PREFETCH_MAX // concurrency)
+        log.warning("prefetch_clamped", asked=concurrency * sender.prefetch_multiplier, holds=clamped * concurrency,
+                    why="RabbitMQ's prefetch count is at most 65,535 messages per consumer")
+        sender.prefetch_multiplier = clamped
+    try:
+        with sender.app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=3)
+            for queue in sender.app.amqp.queues.values():
+                queue.bind(connection.default_channel).declare()
+    except Exception as exc:  # noqa: BLE001 - RabbitMQ not up yet: the worker's own connection waits for it
+        log.warning("queues_not_declared", error=repr(exc))
+
+
 setup_logging.connect(_setup_logging)
 worker_process_init.connect(_fresh_runtime)
+worker_init.connect(prepare_amqp_worker)
 
 
 app = create_app(get_settings())

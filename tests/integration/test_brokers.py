@@ -150,3 +150,34 @@ def test_per_customer_retries_with_countdowns_under_a_second_end_every_customer(
     counts = check_final_state(scenario, loyale, klaviyo, store.outcomes(info.id))
     assert "failed" not in counts
     assert int(klaviyo.requests()["by_status"].get("500", 0)) > 0      # so retries were needed
+
+
+def test_on_rabbitmq_a_backfill_worker_that_asks_to_hold_more_than_amqp_can_count_starts_and_syncs(
+        loyale, klaviyo, redis_url, rabbitmq_server, rabbitmq_url, store):
+    """AMQP's prefetch count has 16 bits: a backfill worker sized for big batches (here 40,000 a batch on
+    2 threads: 120,000 messages) died as it started. It holds fewer instead, says so, and syncs. And a
+    worker that consumes only sync.backfill, first on a broker where the other queues' exchanges do not
+    exist, declares them, so Celery's delayed delivery is bound for every queue (it failed for those)."""
+    with rabbitmq_server.connect() as connection:
+        for queue in ("sync.incremental", "sync.producers"):
+            connection.channel().exchange_delete(queue)
+    klaviyo.set_knobs(rate_limit_scale=50)
+    scenario = build_scenario(loyale, klaviyo, "prefetch", customers=20, merge_customers=True, seed=72)
+    env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
+                   SYNC_BROKER_URL=rabbitmq_url, SYNC_LIMITER_RATE_SCALE="50", SYNC_BATCH_SIZE="40000")
+    worker = WorkerProcess.backfill(env, name="prefetch")
+    assert worker.concurrency * worker.prefetch_multiplier > 65_535
+    worker.start().wait_ready()
+    try:
+        result = cli(env, "backfill", "--tenant", scenario.tenant_id, "--wait")
+    finally:
+        worker.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    info = store.run(run_id_from(result.stdout))
+    assert info.completed == info.expected == 20
+    check_final_state(scenario, loyale, klaviyo, store.outcomes(info.id))
+    assert "prefetch_clamped" in worker.log()
+    assert "Failed to bind queue" not in worker.log() and "Failed to setup delayed delivery" not in worker.log()
+    with rabbitmq_server.connect() as connection:
+        for queue in ("sync.incremental", "sync.producers"):
+            connection.channel().exchange_declare(queue, "topic", passive=True)
