@@ -30,7 +30,16 @@ from bench.ceiling import run_ceiling
 from bench.producer import produce_in_child
 from fakes.klaviyo_control import FakeKlaviyoControl
 from fakes.loyale_control import FakeLoyaleControl
-from fakes.processes import REPO, RedisServer, WorkerProcess, procfile_backfill_worker, sync_env, write_tenants_file
+from fakes.processes import (
+    REPO,
+    RabbitServer,
+    RedisServer,
+    WorkerProcess,
+    procfile_backfill_worker,
+    rabbitmq_server_path,
+    sync_env,
+    write_tenants_file,
+)
 from fakes.serving import ServerProcess
 from worker.broker import RedisBroker
 from worker.messages import QUEUE_BACKFILL
@@ -101,6 +110,13 @@ class Stack:
     loyale: FakeLoyaleControl
     klaviyo: FakeKlaviyoControl
     servers: list[ServerProcess]
+    #: Celery's broker: "redis" (the state Redis itself) or "rabbitmq" (a private node beside it).
+    broker: str = "redis"
+    rabbitmq: RabbitServer | None = None
+
+    @property
+    def broker_url(self) -> str:
+        return self.rabbitmq.url if self.rabbitmq is not None else self.redis_server.url
 
 
 #: The fake Klaviyo of every scenario: None = kind, else the realistic mode at this time scale.
@@ -112,19 +128,24 @@ def fake_klaviyo_label(time_scale: float | None) -> str:
 
 
 @contextmanager
-def stack(time_scale: float | None = None) -> Iterator[Stack]:
-    """Redis and both fakes; `time_scale` (default: `TIME_SCALE`) as for `--time-scale`."""
+def stack(time_scale: float | None = None, broker: str = "redis") -> Iterator[Stack]:
+    """Redis, both fakes and, with `broker="rabbitmq"`, a private RabbitMQ node as Celery's broker;
+    `time_scale` (default: `TIME_SCALE`) as for `--time-scale`."""
     time_scale = TIME_SCALE if time_scale is None else time_scale
     realism = [] if time_scale is None else ["--realistic", "--time-scale", str(time_scale)]
     redis_server = RedisServer().start()
+    rabbitmq = RabbitServer().start() if broker == "rabbitmq" else None
     loyale_server = ServerProcess("fakes.loyale", quiet=True).start()
     klaviyo_server = ServerProcess("fakes.klaviyo", args=realism, quiet=True).start(timeout_s=60)
     try:
         yield Stack(redis_server, FakeLoyaleControl(loyale_server.url, timeout_s=300),
-                    FakeKlaviyoControl(klaviyo_server.url, timeout_s=300), [loyale_server, klaviyo_server])
+                    FakeKlaviyoControl(klaviyo_server.url, timeout_s=300), [loyale_server, klaviyo_server],
+                    broker=broker, rabbitmq=rabbitmq)
     finally:
         for server in (loyale_server, klaviyo_server):
             server.stop()
+        if rabbitmq is not None:
+            rabbitmq.cleanup()
         redis_server.cleanup()
 
 
@@ -241,7 +262,7 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
                  env_extra: dict[str, str], limiter: dict[str, float], time_scale: float | None = None
                  ) -> list[Result]:
     env = sync_env(s.redis_server.url, write_tenants_file({b["tenant"]: b["config"] for b in brands}),
-                   SYNC_LOG_LEVEL="WARNING", **env_extra)
+                   SYNC_LOG_LEVEL="WARNING", SYNC_BROKER_URL=s.broker_url, **env_extra)
     store = Store(redis.Redis.from_url(s.redis_server.url, decode_responses=True))
     pool, threads = procfile_backfill_worker()   # backfill workers as the Procfile starts them
     procs = [(WorkerProcess(env, concurrency=1, name=f"{name}-{i}") if per_customer
@@ -270,7 +291,7 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
                 results.append(measured(
                     s, name, b, customers=info.completed, workers=workers, seconds=seconds, limiter=limiter,
                     peak_rss_mb=max(rss.peak_mb.values()),
-                    extra={"path": "per-customer" if per_customer else "batched",
+                    extra={"path": "per-customer" if per_customer else "batched", "broker": s.broker,
                            "fake_klaviyo": fake_klaviyo_label(TIME_SCALE if time_scale is None else time_scale),
                            "outcomes": info.counts, "max_queue_depth": max(depth or [0]),
                            "producer_peak_rss_mb": round(rss.peak_mb.get("producer", 0.0), 1),
@@ -296,19 +317,24 @@ def quota_bound(customers: int, workers: int) -> list[Result]:
                                        "SYNC_LIMITER_WINDOW_SCALE": str(scale["window"])})
 
 
-def real_limits(customers: int, workers: int, per_customer_customers: int) -> list[Result]:
-    """Klaviyo's real limits: the batched path on `customers`, the per-customer path on a subset."""
+def real_limits(customers: int, workers: int, per_customer_customers: int,
+                brokers: tuple[str, ...] = ("redis",)) -> list[Result]:
+    """Klaviyo's real limits: the batched path on `customers`, the per-customer path on a subset; once
+    per broker (a fresh stack each, the same schemes by seed), so the lines sit side by side."""
     scale = {"rate": 1.0, "window": 1.0}
-    with stack() as s:
-        batched = brand(s, "batched", customers, seed=7)
-        single = brand(s, "single", per_customer_customers, seed=7)   # the same first customers
-        results = run_scenario(s, "real-limits", [batched], workers=workers, per_customer=False, limiter=scale,
-                               env_extra={"SYNC_BATCH_SIZE": "10000", "SYNC_MAX_QUEUED_PER_TENANT": "40000"})
-        results += run_scenario(s, "real-limits", [single], workers=workers, per_customer=True, limiter=scale,
-                                env_extra={})
-    ratio = results[0].customers_per_second / max(results[1].customers_per_second, 1e-9)
-    for r in results:
-        r.extra["batched_vs_per_customer_speed"] = round(ratio, 1)
+    results: list[Result] = []
+    for broker in brokers:
+        with stack(broker=broker) as s:
+            batched = brand(s, "batched", customers, seed=7)
+            single = brand(s, "single", per_customer_customers, seed=7)   # the same first customers
+            pair = run_scenario(s, "real-limits", [batched], workers=workers, per_customer=False, limiter=scale,
+                                env_extra={"SYNC_BATCH_SIZE": "10000", "SYNC_MAX_QUEUED_PER_TENANT": "40000"})
+            pair += run_scenario(s, "real-limits", [single], workers=workers, per_customer=True, limiter=scale,
+                                 env_extra={})
+        ratio = pair[0].customers_per_second / max(pair[1].customers_per_second, 1e-9)
+        for r in pair:
+            r.extra["batched_vs_per_customer_speed"] = round(ratio, 1)
+        results += pair
     return results
 
 
@@ -448,9 +474,10 @@ def producer_throughput(sizes: tuple[int, ...]) -> list[Result]:
 
 
 def print_table(results: list[Result]) -> None:
-    header = ("scenario", "path", "customers", "workers", "seconds", "req/cust", "429s", "allowed/min",
+    header = ("scenario", "path", "broker", "customers", "workers", "seconds", "req/cust", "429s", "allowed/min",
               "achieved/min", "cust/s", "peak MB", "producer MB", "max queue")
-    rows = [(r.scenario, r.extra.get("path", ""), r.customers, r.workers, r.seconds, r.requests_per_customer,
+    rows = [(r.scenario, r.extra.get("path", ""), r.extra.get("broker", "redis"), r.customers, r.workers, r.seconds,
+             r.requests_per_customer,
              r.throttled_429, r.allowed_requests_per_min, r.achieved_requests_per_min, r.customers_per_second,
              r.peak_rss_mb, r.extra.get("producer_peak_rss_mb", ""), r.extra.get("max_queue_depth", ""))
             for r in results]
@@ -478,7 +505,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-customer-customers", type=int, default=2000,
                         help="real-limits: customers synced on the per-customer path for comparison")
     parser.add_argument("--workers", type=int, default=4, help="Celery worker processes (default 4)")
+    parser.add_argument("--brokers", default=None,
+                        help="real-limits: Celery's brokers to run it on, one after the other, e.g. redis,rabbitmq "
+                             "(default: both where rabbitmq-server is installed, else redis); the other scenarios "
+                             "run on Redis")
     args = parser.parse_args(argv)
+    brokers = tuple(b.strip() for b in (args.brokers or ("redis,rabbitmq" if rabbitmq_server_path() else "redis"))
+                    .split(",") if b.strip())
+    if not brokers or set(brokers) - {"redis", "rabbitmq"}:
+        parser.error("--brokers: redis, rabbitmq or both, separated by a comma")
+    if "rabbitmq" in brokers and rabbitmq_server_path() is None:
+        parser.error("--brokers rabbitmq: rabbitmq-server is not installed (Debian: apt-get install rabbitmq-server)")
     if args.time_scale < 0:
         parser.error("--time-scale must be at least 0")
     try:
@@ -491,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario in ("quota-bound", "all"):
         results += quota_bound(args.customers or 600, args.workers)
     if args.scenario in ("real-limits", "all"):
-        results += real_limits(args.customers or 20_000, args.workers, args.per_customer_customers)
+        results += real_limits(args.customers or 20_000, args.workers, args.per_customer_customers, brokers)
     if args.scenario in ("producer-memory", "all"):
         results += producer_memory(args.workers)
     if args.scenario in ("producer-throughput", "all"):

@@ -10,7 +10,6 @@ and beat schedule (`producers.tasks.register`, `producers.schedule`). Nothing im
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import structlog
@@ -87,15 +86,17 @@ def transport_conf(settings: Settings) -> dict[str, Any]:
 
 
 class SyncCelery(Celery):  # type: ignore[misc]  # Celery is untyped
-    """Celery, with countdowns RabbitMQ's native delayed delivery can carry. That routes a message by its
-    countdown in whole seconds (`int(countdown)`), and refuses one under a second (celery 5.6 raises
-    ValueError from kombu's `calculate_routing_key`); Redis takes any. On RabbitMQ a countdown is rounded
-    up to the next whole second: never earlier than asked (a limiter's deferral), at most a second later."""
+    """Celery, with countdowns RabbitMQ's native delayed delivery can carry. That routes a message through
+    its delay queues by the countdown's whole seconds (`int(countdown)`; the worker holds the message for
+    the rest, until its eta), and refuses a countdown under a second (celery 5.6 raises ValueError from
+    kombu's `calculate_routing_key`); Redis takes any. On RabbitMQ a countdown under a second becomes one
+    second: never earlier than asked. (The limiter's short waits do not come here on RabbitMQ: a task
+    sleeps them in place, `Settings.task_wait_inline_s`; what does is a retry's backoff.)"""
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None, countdown: float | None = None,
                   eta: Any = None, **options: Any) -> Any:
-        if countdown is not None and countdown > 0 and self.whole_second_countdowns:
-            countdown = float(math.ceil(countdown))
+        if countdown is not None and 0 < countdown < 1 and self.whole_second_countdowns:
+            countdown = 1.0
         return super().send_task(name, args, kwargs, countdown, eta, **options)
 
     @property

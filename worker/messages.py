@@ -15,17 +15,21 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 import structlog
+from amqp.exceptions import AMQPError
 from celery import Celery
-from kombu.exceptions import BatchPublishError
+from kombu.exceptions import BatchPublishError, KombuError
+from kombu.messaging import Producer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticSerializationError
 
 from worker.chunk_publish import ChunkPublisher, can_publish_chunks
+from worker.confirms import ConfirmedChannel, PublishNotConfirmed
 from worker.models import LoyaleCustomer, parse_customer
+from worker.settings import broker_transport
 
 QUEUE_INCREMENTAL = "sync.incremental"
 QUEUE_BACKFILL = "sync.backfill"
@@ -53,6 +57,10 @@ PUBLISH_CHUNK = 1000
 #: Redis commands a chunk may buffer before kombu flushes on its own: a message is an LPUSH (and, sent
 #: one `send_task` each, its task-sent event's PUBLISH), so a chunk stays one round trip; only a guard.
 PIPELINE_MAX_COMMANDS = 10 * PUBLISH_CHUNK
+#: How long a chunk may wait for RabbitMQ's confirms before it is sent again message by message.
+CONFIRM_TIMEOUT_S = 30.0
+#: What a chunk published on RabbitMQ may meet: a refusal or silence, a lost connection or channel.
+CONFIRM_ERRORS = (PublishNotConfirmed, OSError, KombuError, AMQPError)
 
 log = structlog.get_logger("messages")
 
@@ -182,7 +190,10 @@ def enqueue_many(app: Celery, messages: Iterable[CustomerMessage], queue: str) -
     buffers their LPUSHes and the events' PUBLISH in one pipeline. The queue is declared once per call.
     A chunk whose pipeline fails (delivery uncertain) is sent again one `send_task` each, with Celery's
     publish retries: a customer delivered twice is harmless. A transport without batch publishing gets
-    one `send_task` each, and so does every chunk while a publish signal has a receiver."""
+    one `send_task` each, and so does every chunk while a publish signal has a receiver. On RabbitMQ
+    each message is a `send_task` and each chunk one wait for RabbitMQ's confirms (`worker.confirms`)."""
+    if broker_transport(app.conf.broker_url) == "amqp":
+        return _enqueue_confirmed(app, messages, queue)
     sent = 0
     with app.producer_or_acquire() as producer:
         if not getattr(producer, "supports_batch_publish", False):
@@ -205,6 +216,39 @@ def enqueue_many(app: Celery, messages: Iterable[CustomerMessage], queue: str) -
                 for message in chunk:
                     enqueue(app, message, queue)
             sent += len(chunk)
+    return sent
+
+
+def _enqueue_confirmed(app: Celery, messages: Iterable[CustomerMessage], queue: str) -> int:
+    """RabbitMQ: `send_task` each, on a connection of its own whose channel RabbitMQ confirms a chunk at a
+    time. A chunk not confirmed (refused, no answer, the connection lost) is sent again, and the rest
+    after it, one `send_task` each with a confirm each and Celery's publish retries."""
+    sent = 0
+    chunks = _chunks(messages, PUBLISH_CHUNK)
+    with app.connection_for_write(transport_options={"confirm_publish": False}) as connection:
+        try:
+            confirmed = ConfirmedChannel(connection.default_channel)
+            producer = Producer(confirmed.channel)  # type: ignore[no-untyped-call]
+        except CONFIRM_ERRORS as exc:
+            return _enqueue_each(app, [], chunks, queue, exc)
+        for chunk in chunks:
+            try:
+                for message in chunk:
+                    enqueue(app, message, queue, producer=producer, retry=False)
+                confirmed.wait(CONFIRM_TIMEOUT_S)
+            except CONFIRM_ERRORS as exc:
+                return sent + _enqueue_each(app, chunk, chunks, queue, exc)
+            sent += len(chunk)
+    return sent
+
+
+def _enqueue_each(app: Celery, chunk: list[CustomerMessage], rest: Iterator[list[CustomerMessage]], queue: str,
+                  exc: BaseException) -> int:
+    log.warning("publish_chunk_resent", queue=queue, messages=len(chunk), error=str(exc.__cause__ or exc))
+    sent = 0
+    for message in chain(chunk, chain.from_iterable(rest)):
+        enqueue(app, message, queue)
+        sent += 1
     return sent
 
 

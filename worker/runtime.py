@@ -61,7 +61,8 @@ class Runtime:
     limiter: RateLimiter
     limits_table: dict[str, tuple[str, str]]
     #: An interactive caller (`sync-one`, `preview`) waits up to this long for the limiter in place;
-    #: a Celery task (0) is deferred with a countdown instead, so a worker never sleeps on a limit.
+    #: a Celery task is deferred with a countdown instead, so a worker does not sleep on a limit (on
+    #: RabbitMQ, below a second it does: `Settings.task_wait_inline_s`).
     wait_inline_s: float = 0.0
     gate: Gate = field(init=False)
     #: Polls the bulk import jobs of every batch this process runs (`worker.job_watcher`).
@@ -159,7 +160,8 @@ def get_runtime() -> Runtime:
         if _runtime is None:
             from worker.settings import get_settings
 
-            _runtime = Runtime.build(get_settings())
+            settings = get_settings()
+            _runtime = Runtime.build(settings, wait_inline_s=settings.task_wait_inline_s)
         return _runtime
 
 

@@ -235,6 +235,15 @@ class Settings(BaseSettings):
         return self.consumer_timeout_s if self.broker_transport == "amqp" else self.visibility_timeout_s
 
     @property
+    def task_wait_inline_s(self) -> float:
+        """How long a worker's per-customer task waits for the limiter in place instead of being deferred.
+        Redis: 0, a deferral's countdown is held by the worker to the millisecond. RabbitMQ carries a
+        countdown in whole seconds (Celery's delayed delivery): a shorter wait sent that way came back up to
+        a second after the slot the limiter promised it, and the per-customer path ran at about half of
+        Klaviyo's limit (bench real-limits); so a wait under a second is slept in place."""
+        return 1.0 if self.broker_transport == "amqp" else 0.0
+
+    @property
     def stall_after_effective_s(self) -> float:
         return self.stall_after_s or self.redelivery_timeout_s + self.max_countdown_s + 300
 

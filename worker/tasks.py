@@ -103,14 +103,19 @@ def _sync_customer_task(self: Task, tenant: str, run: str, customer: dict[str, A
         again(LOCK_WAIT_S)  # another customer with this email is being synced (case duplicates)
     run_token = current_run.set(run)
     try:
-        with rt.prepaid(tenant, GET_PROFILES, LOOKUPS_PER_SYNC) as wait_s:
-            if wait_s > 0:
+        waited_s = 0.0
+        while True:
+            with rt.prepaid(tenant, GET_PROFILES, LOOKUPS_PER_SYNC) as wait_s:
+                if wait_s <= 0:
+                    deps = rt.deps(tenant)
+                    result = sync_customer(deps, run, customer)
+                    # Still under the customer's lock: its events never race its profile (worker/event_sync.py).
+                    EventSender(deps).settle(run, [synced(result, events)])
+                    return result.outcome.value
+            if waited_s + wait_s > rt.wait_inline_s:    # 0 on Redis: always deferred
                 raise Deferred("waiting for the rate limit before the lookups", retry_after_s=wait_s)
-            deps = rt.deps(tenant)
-            result = sync_customer(deps, run, customer)
-            # Still under the customer's lock: its events never race its profile (worker/event_sync.py).
-            EventSender(deps).settle(run, [synced(result, events)])
-            return result.outcome.value
+            time.sleep(wait_s)
+            waited_s += wait_s
     except (RetryableError, TenantFatalError) as exc:
         decision = decide(exc, attempt, throttles, policy)
         if isinstance(decision, PauseTenant):

@@ -11,7 +11,8 @@ from typing import Any
 
 import amqp
 import pytest
-from kombu.messaging import Consumer
+from kombu.connection import Connection
+from kombu.messaging import Consumer, Producer
 
 from fakes.serving import free_port
 from tests.harness import WorkerProcess, sync_env, wait_for, write_tenants_file
@@ -19,7 +20,8 @@ from tests.integration.scenario import build_scenario, check_final_state
 from tests.integration.test_backfill import cli, run_id_from
 from worker.app import create_app
 from worker.broker import AmqpBroker, BrokerError, RedisBroker, open_broker
-from worker.messages import QUEUE_BACKFILL, QUEUE_INCREMENTAL, QUEUES, CustomerMessage, enqueue_many
+from worker.confirms import ConfirmedChannel, PublishNotConfirmed
+from worker.messages import PUBLISH_CHUNK, QUEUE_BACKFILL, QUEUE_INCREMENTAL, QUEUES, CustomerMessage, enqueue_many
 from worker.settings import Settings
 
 
@@ -113,21 +115,71 @@ def test_on_rabbitmq_a_publish_the_broker_refuses_raises_instead_of_being_lost(r
     """Publisher confirms: `send_task` returns only once RabbitMQ has taken the message. A queue that
     refuses it (full, here; or a node without quorum) makes the publish fail, so a producer or a
     requeue never believes a message is on its way when it is not."""
-    with rabbitmq_server.connect(confirm_publish=True) as connection:
-        channel = connection.channel()
-        channel.queue_declare("refusing", durable=True, auto_delete=False, arguments={
-            "x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"})
-        channel.exchange_declare("refusing", "direct", durable=True, auto_delete=False)
-        channel.queue_bind("refusing", "refusing", "refusing")
-        with pytest.raises(amqp.exceptions.MessageNacked):   # full (a quorum queue's limit is checked late)
-            for _ in range(5):
-                channel.basic_publish(amqp.Message("filler"), exchange="refusing", routing_key="refusing")
+    refusing_queue(rabbitmq_server)
     app = create_app(Settings(redis_url=redis_url, broker_url=rabbitmq_url))
     try:
         with pytest.raises(amqp.exceptions.MessageNacked), app.producer_or_acquire() as producer:
             producer.publish({"x": 1}, exchange="refusing", routing_key="refusing", retry=False)
     finally:
         app.close()
+
+
+def refusing_queue(rabbitmq_server) -> None:
+    """A full quorum queue (and its direct exchange) that refuses every message from now on. A quorum
+    queue applies its limit late: it is filled one confirmed publish at a time until one is refused."""
+    rabbitmq_server.purge(["refusing"])
+    with rabbitmq_server.connect(confirm_publish=True) as connection:
+        channel = connection.channel()
+        channel.queue_declare("refusing", durable=True, auto_delete=False, arguments={
+            "x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"})
+        channel.exchange_declare("refusing", "direct", durable=True, auto_delete=False)
+        channel.queue_bind("refusing", "refusing", "refusing")
+        with pytest.raises(amqp.exceptions.MessageNacked):
+            for _ in range(5):
+                channel.basic_publish(amqp.Message("filler"), exchange="refusing", routing_key="refusing")
+
+
+def test_on_rabbitmq_a_chunk_confirmed_at_once_still_fails_when_rabbitmq_refuses_one_message(rabbitmq_server,
+                                                                                            rabbitmq_url):
+    """`ConfirmedChannel` lets publishes go without waiting and waits once for RabbitMQ's confirms: a
+    message RabbitMQ refuses (a nack) fails the wait, as a publish with a confirm each would."""
+    refusing_queue(rabbitmq_server)
+    rabbitmq_server.purge([QUEUE_INCREMENTAL])
+    try:
+        with Connection(rabbitmq_url) as connection:
+            confirmed = ConfirmedChannel(connection.default_channel)
+            producer = Producer(confirmed.channel)
+            for i in range(5):     # the queue is full: each is refused
+                producer.publish({"i": i}, exchange="refusing", routing_key="refusing")
+            with pytest.raises(PublishNotConfirmed, match="refused"):
+                confirmed.wait(30)
+            for i in range(5):     # the same channel, a queue with room: confirmed
+                producer.publish({"i": i}, exchange="", routing_key=QUEUE_INCREMENTAL)
+            confirmed.wait(30)
+            assert confirmed.pending == set()
+        assert open_broker(rabbitmq_url).depth(QUEUE_INCREMENTAL) == 5
+    finally:
+        rabbitmq_server.purge(["refusing", QUEUE_INCREMENTAL])
+
+
+def test_on_rabbitmq_enqueue_many_waits_for_confirms_once_a_chunk(rabbitmq_url, redis_url, monkeypatch):
+    """With a confirm awaited after every publish (each a disk write on a quorum queue) the backfill
+    producer enqueued 78 customers a second (bench real-limits); `enqueue_many` waits once a chunk."""
+    waits: list[int] = []
+    wait = ConfirmedChannel.wait
+
+    def counted(self, timeout_s):
+        waits.append(len(self.pending))
+        return wait(self, timeout_s)
+
+    monkeypatch.setattr(ConfirmedChannel, "wait", counted)
+    count = 2 * PUBLISH_CHUNK + 7
+    app = publish(rabbitmq_url, redis_url, {QUEUE_BACKFILL: count})
+    app.close()
+    assert len(waits) == 3 and sum(waits) <= 2 * count     # each message and its task-sent event, at most
+    broker = open_broker(rabbitmq_url)
+    assert broker.depth(QUEUE_BACKFILL) == count
+    broker.close()
 
 
 def test_per_customer_retries_with_countdowns_under_a_second_end_every_customer(loyale, klaviyo, redis_url,
