@@ -97,3 +97,24 @@ def test_journal_and_suppression_marks_written_together_equal_those_written_one_
     assert {email: (e["action"], e["job"], e["customer_id"]) for email, e in pending.items()} == {
         "a@example.com": ("unsuppress", "job-3", "c-1"), "b@example.com": ("unsuppress", "job-3", "c-2")}
     assert store.memories("t", [("c-1", "a@example.com")])[0].suppressed_by_us is False   # an unsuppress is not ours
+
+
+def test_waiting_leaves_out_what_live_batches_hold_and_counts_a_dead_batchs_customers_again(store):
+    """The producer's bound (`Store.waiting`): enqueued, without an outcome, not held by a running batch.
+    A batch that died holds nothing once its entry's time is up: its customers count as waiting again
+    (the broker gives them back)."""
+    run = "run-held"
+    store.create_run("t", "backfill", run_id=run)
+    store.mark_enqueued(run, [f"c{i}" for i in range(10)])
+    store.record_outcomes([record("c0", run=run), record("c1", run=run)])
+    assert store.waiting(run) == 8
+    store.hold(run, "batch-a", 5, ttl_s=120)
+    store.hold(run, "batch-b", 2, ttl_s=120)
+    assert store.waiting(run) == 1
+    store.hold(run, "batch-a", 3, ttl_s=120)      # two of batch A's customers got their outcome...
+    store.record_outcomes([record("c2", run=run), record("c3", run=run)])
+    assert store.waiting(run) == 1                # ...so nothing moved back to waiting
+    store.hold(run, "batch-b", 0, ttl_s=120)      # batch B ended: its customers went back to the queue
+    assert store.waiting(run) == 3
+    store.hold(run, "batch-a", 3, ttl_s=-1)       # batch A's process died: its entry is out of time
+    assert store.waiting(run) == 6

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -74,7 +75,7 @@ from worker.klaviyo import MAX_FILTER_VALUES, BulkImportJob, ImportError_, Klavi
 from worker.merge import FieldChange, Plan, plan_sync, stale_plan
 from worker.messages import customer_id_of
 from worker.models import KlaviyoProfile
-from worker.outcomes import Outcome, after_interruption
+from worker.outcomes import LOOKUP_LAGS, Outcome, after_interruption, lookup_lags
 from worker.pipeline import Prepared, Ready, Stopped, lookup_many, prepare_many
 from worker.ratelimit.gate import waiting_inline
 from worker.retry import Decision, Fail, PauseTenant, Retry, RetryPolicy, decide
@@ -239,6 +240,9 @@ class BatchSync:
         self.synced: list[tuple[str, Synced]] = []
         #: Outcomes decided but not yet recorded (`record_outcomes`).
         self._outcomes: list[OutcomeRecord] = []
+        #: The batch's customers, and its name for `Store.hold`.
+        self._works: list[Work] = []
+        self._token = uuid.uuid4().hex
 
     # --- outcomes --------------------------------------------------------------------------------
 
@@ -262,6 +266,19 @@ class BatchSync:
         after another sync of the customer could start."""
         outcomes, self._outcomes = self._outcomes, []
         self.store.record_outcomes(outcomes)
+        if outcomes:
+            self._hold()
+
+    def _hold(self, *, letting_go: bool = False) -> None:
+        """Tell the producers' backpressure how many of each run's customers this batch holds off the
+        queue without a recorded outcome (`Store.hold`); `letting_go` at the end of the batch."""
+        held: dict[str, int] = {}
+        for w in self._works:
+            held.setdefault(w.item.run, 0)
+            if not letting_go and not isinstance(w.result, Done):
+                held[w.item.run] += 1
+        for run, customers in held.items():
+            self.store.hold(run, self._token, customers, self.settings.lock_ttl_s)
 
     def finish_planned(self, p: Planned) -> None:
         self.finish(p.work, p.plan.outcome, p.plan.reason, p.plan.profile_id)
@@ -311,18 +328,19 @@ class BatchSync:
 
     def run(self, items: list[Item]) -> list[Result]:
         works = [Work(item) for item in items]
+        self._works = works
         paused = self.store.tenant_paused(self.tenant)
         if paused is not None:
             for w in works:
                 self.finish(w, Outcome.FAILED, f"tenant paused: {paused}")
             self.record_outcomes()
             return [w.result for w in works if w.result]
+        self._hold()
         locked = self._lock(works)
         try:
             batch = self._prepare(locked)
             try:
-                planned = self._plan(locked, batch)
-                self._remember_plans(planned)
+                planned = self._remember_plans(self._plan(locked, batch))
                 self._phones(locked, planned)
                 self.record_outcomes()
                 self._write(locked, planned)
@@ -340,6 +358,7 @@ class BatchSync:
         finally:
             try:
                 self.record_outcomes()
+                self._hold(letting_go=True)
             finally:
                 # Also every lock an earlier run of these same messages took (same task id as token) and
                 # could not release: its pool process died mid-batch. A customer that leaves this batch
@@ -365,8 +384,10 @@ class BatchSync:
                     planned.append(Planned(w, ready, plan))
         return planned
 
-    def _remember_plans(self, planned: list[Planned]) -> None:
-        """Note what an interrupted earlier attempt planned, then what this one will write."""
+    def _remember_plans(self, planned: list[Planned]) -> list[Planned]:
+        """Note what an interrupted earlier attempt planned, then what this one will write. A customer
+        whose lookup finds no profile where an earlier attempt found one goes back to the queue
+        (`lookup_lags`). Returns the plans still to carry out."""
         by_run: dict[str, list[Planned]] = {}
         for p in planned:
             by_run.setdefault(p.work.item.run, []).append(p)
@@ -374,8 +395,11 @@ class BatchSync:
             earlier = self.store.pending(run, [p.customer_id for p in group])
             for p in group:
                 p.work.interrupted = earlier.get(p.customer_id)
+                if lookup_lags(p.work.interrupted, p.plan.outcome, p.plan.profile_id):
+                    self.retry_later(p.work, LOOKUP_LAGS)
             self.store.mark_pending(run, {p.customer_id: p.plan.outcome.value for p in group
-                                          if p.plan.writes_anything})
+                                          if p.open and p.plan.writes_anything})
+        return [p for p in planned if p.open]
 
     def _lock(self, works: list[Work]) -> list[Work]:
         self._locked_at = self.clock()   # before any is taken: their TTLs run from later than this
@@ -542,6 +566,7 @@ class BatchSync:
         if now - self._locked_at < self.settings.lock_ttl_s / 3:
             return
         self.store.refresh_locks(self.tenant, self._locks, self.settings.lock_ttl_s)
+        self._hold()   # the customers still count as held, not waiting, for as long as the locks
         self._locked_at = now
 
     def _job_poller(self) -> Callable[[str], BulkImportJob]:

@@ -108,6 +108,13 @@ def run_enqueued(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:enqueued"
 
 
+def run_held(run_id: str) -> str:
+    """Hash batch token -> "customers:expiry epoch": the run's customers a worker's batch holds off the
+    queue without an outcome yet (looked up, in bulk jobs), so the producer's bound counts only the ones
+    that wait. An entry whose batch died lapses at its expiry."""
+    return f"{PREFIX}:run:{run_id}:held"
+
+
 def run_pending(run_id: str) -> str:
     """Hash customer id -> planned outcome, written before our write is sent: if the worker dies after
     the write took effect, the redelivered task reports what the first attempt did, not `unchanged`."""

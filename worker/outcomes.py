@@ -29,6 +29,23 @@ REDRIVABLE = frozenset({Outcome.FAILED, Outcome.REJECTED})
 SETTLED = frozenset(Outcome) - {Outcome.FAILED, Outcome.STALE}
 
 
+#: Outcomes an attempt plans only when its lookup found the customer's profile in Klaviyo.
+FOUND_A_PROFILE = frozenset({Outcome.UPDATED, Outcome.UNSUPPRESSED, Outcome.SUPPRESSED})
+
+LOOKUP_LAGS = ("Klaviyo's lookup shows no profile for this customer, but an earlier attempt of this run found one "
+               "and wrote to it (Klaviyo's filters lag behind writes): tried again later rather than sent as new")
+
+
+def lookup_lags(planned: str | None, now: Outcome, profile_id: str | None) -> bool:
+    """Whether this attempt's lookup contradicts an earlier attempt of the same run: that one found the
+    customer's profile and planned a write (`planned`), this one finds no profile at all. Klaviyo's
+    filters lag behind writes (ours included: a duplicate delivery of the message, or a redelivery after
+    the first attempt's write), so "not found" is not a fact here. Acting on it would report `created`
+    for a profile that existed and, with merge off, upsert every Loyale field over the brand's data."""
+    return planned is not None and Outcome(planned) in FOUND_A_PROFILE and profile_id is None \
+        and now in (Outcome.CREATED, Outcome.SKIPPED_NO_CONSENT)
+
+
 def after_interruption(planned: str | None, now: Outcome) -> Outcome:
     """The outcome to report when an earlier attempt of this run planned `planned` and may have
     written it before its worker died: a write that took effect is not `unchanged` the second time."""

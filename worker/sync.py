@@ -18,7 +18,7 @@ from worker.mapping import MappedProfile
 from worker.merge import Match, Memory, Plan, Policy, plan_sync, stale_plan
 from worker.messages import customer_id_of
 from worker.models import KlaviyoProfile, LoyaleCustomer
-from worker.outcomes import Outcome, after_interruption
+from worker.outcomes import LOOKUP_LAGS, Outcome, after_interruption, lookup_lags
 from worker.pipeline import Stopped, lookup_many, prepare_many
 from worker.settings import TenantConfig
 from worker.store import Store
@@ -173,6 +173,8 @@ def sync_customer(deps: SyncDeps, run_id: str, payload: dict[str, Any], *, dry_r
     planned = None
     if not dry_run and customer is not None:
         planned = deps.store.pending(run_id, [customer_id]).get(customer_id)
+        if lookup_lags(planned, plan.outcome, plan.profile_id):
+            raise RetryableError(LOOKUP_LAGS)
     if not dry_run and plan.writes_anything and customer is not None:
         deps.store.mark_pending(run_id, {customer_id: plan.outcome.value})
         try:

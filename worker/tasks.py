@@ -25,6 +25,7 @@ from kombu.exceptions import BatchPublishError
 
 from worker.adaptive_batches import AdaptiveBatches
 from worker.batch import Again, BatchSettings, BatchSync, Done, Item, Result, email_lock
+from worker.deliveries import HELD
 from worker.errors import Deferred, RetryableError, TenantFatalError, Throttled
 from worker.event_sync import EventSender, settle_failed_events, synced
 from worker.klaviyo import GET_PROFILES
@@ -41,7 +42,7 @@ from worker.messages import (
 from worker.outcomes import Outcome
 from worker.ratelimit import LimiterUnavailable
 from worker.retry import Fail, PauseTenant, Retry, decide, retry_policy
-from worker.runtime import LOOKUPS_PER_SYNC, current_run, get_runtime
+from worker.runtime import LOOKUPS_PER_SYNC, Runtime, current_run, get_runtime
 from worker.settings import Settings
 from worker.store import OutcomeRecord
 from worker.sync import sync_customer
@@ -149,34 +150,24 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
     Every customer ends recorded or back on the queue. If something unexpected breaks the batch, each
     of its customers is retried as after a passing error (`decide`: backoff, `failed` at max_attempts);
     if even that fails, this pool process exits so that the broker redelivers the unacknowledged
-    messages instead of their being acknowledged unprocessed.
+    messages instead of their being acknowledged unprocessed. A second delivery of a message another
+    batch of this process holds is dropped (`worker.deliveries`).
     """
     started = time.monotonic()
+    claimed, duplicates = HELD.claim(r.id for r in requests)
+    if duplicates:
+        log.warning("duplicate_delivery_dropped", customers=len(duplicates),
+                    why="another batch of this worker holds these messages (given back to the queue when the "
+                        "broker connection dropped); that batch records their outcomes")
+        requests = [r for r in requests if r.id in claimed]
     try:
         rt = get_runtime()
         settings = BatchSettings(retry=retry_policy(rt.settings), job_timeout_s=rt.settings.bulk_job_timeout_s,
                                  lock_ttl_s=rt.settings.lock_ttl_s)
-        groups: dict[tuple[str, str], list[Item]] = defaultdict(list)
-        for request in requests:
-            item = Item.from_request(request)
-            groups[(item.tenant, item.run)].append(item)
-        results: list[Result] = []
-        for (tenant, run), items in groups.items():
-            if tenant not in rt.tenants:
-                reason = f"tenant {tenant!r} is not configured in this worker (check SYNC_TENANTS_FILE)"
-                rt.store.record_outcomes([OutcomeRecord(run_id=run, tenant=tenant, customer_id=item.customer_id,
-                                                        outcome=Outcome.FAILED, reason=reason) for item in items])
-                results += [Done(item, Outcome.FAILED, reason) for item in items]
-                continue
-            token = current_run.set(run)
-            try:
-                # A batch holds thousands of customers and spends one lookup per hundred: it waits out
-                # a short limit (the 1 s burst window) in place rather than requeue them all.
-                with rt.waiting_inline(rt.settings.batch_wait_inline_s):
-                    results += BatchSync(rt.deps(tenant), settings, back_off=rt.limiter.back_off,
-                                         watcher=rt.watcher).run(items)
-            finally:
-                current_run.reset(token)
+        try:
+            results = _sync_groups(rt, settings, requests)
+        finally:
+            HELD.release(claimed)   # before any customer goes back to the queue with its task id
         for result in results:
             if isinstance(result, Again):
                 _requeue(app, result.item, result.countdown_s)
@@ -184,6 +175,7 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
         log.info("batch_synced", customers=len(requests), requeued=sum(isinstance(r, Again) for r in results),
                  seconds=round(time.monotonic() - started, 2))
     except Exception as exc:  # noqa: BLE001 - nothing may be acknowledged unprocessed
+        HELD.release(claimed)
         log.exception("batch_failed", error=repr(exc), customers=len(requests))
         try:
             rt = get_runtime()
@@ -201,6 +193,32 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
         except Exception:  # noqa: BLE001
             log.critical("batch_requeue_failed", customers=len(requests))
             os._exit(70)
+
+
+def _sync_groups(rt: Runtime, settings: BatchSettings, requests: list[Any]) -> list[Result]:
+    """Each (tenant, run) group of the batch through `BatchSync`."""
+    groups: dict[tuple[str, str], list[Item]] = defaultdict(list)
+    for request in requests:
+        item = Item.from_request(request)
+        groups[(item.tenant, item.run)].append(item)
+    results: list[Result] = []
+    for (tenant, run), items in groups.items():
+        if tenant not in rt.tenants:
+            reason = f"tenant {tenant!r} is not configured in this worker (check SYNC_TENANTS_FILE)"
+            rt.store.record_outcomes([OutcomeRecord(run_id=run, tenant=tenant, customer_id=item.customer_id,
+                                                    outcome=Outcome.FAILED, reason=reason) for item in items])
+            results += [Done(item, Outcome.FAILED, reason) for item in items]
+            continue
+        token = current_run.set(run)
+        try:
+            # A batch holds thousands of customers and spends one lookup per hundred: it waits out
+            # a short limit (the 1 s burst window) in place rather than requeue them all.
+            with rt.waiting_inline(rt.settings.batch_wait_inline_s):
+                results += BatchSync(rt.deps(tenant), settings, back_off=rt.limiter.back_off,
+                                     watcher=rt.watcher).run(items)
+        finally:
+            current_run.reset(token)
+    return results
 
 
 def _requeue(app: Celery, item: Item, countdown_s: float) -> None:

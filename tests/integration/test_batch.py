@@ -185,3 +185,33 @@ def test_a_backfills_level_changes_go_to_klaviyo_in_bulk_jobs_after_the_profiles
     counts = klaviyo.requests()["by_endpoint"]
     assert counts["POST /api/event-bulk-create-jobs"] == 1 and "POST /api/events" not in counts
     assert rt.store.run("run-2").events == {"sent": 50, "dropped_no_consent": 10}
+
+
+@pytest.mark.parametrize("earlier", ["updated", None], ids=["an-earlier-attempt-wrote", "first-attempt"])
+def test_a_lookup_lagging_behind_an_earlier_attempts_write_sends_nothing(world, klaviyo, earlier):
+    """An attempt of this run found the customer's existing profile, planned an update and wrote it, then
+    died before recording (or a duplicate delivery of its message runs beside it: kombu gives unacked
+    messages back when the broker connection drops). Klaviyo's filters lag behind that write, so the next
+    attempt's lookup shows no profile. It must not act on that: a bulk row for a "new" profile is an upsert
+    by email, which with merge off (fill empty) would overwrite the brand's own values, and `created` would
+    be a false outcome. The customer goes back to the queue with the reason. Without an earlier attempt,
+    the same lookup is trusted (what else could tell a new customer apart) and the customer is created."""
+    batch, account = world
+    rt, sync = batch(merge_customers=False, existing_profiles="fill_empty")
+    [profile_id] = klaviyo.seed_profiles([{"email": "person0@example.com", "first_name": "Kept"}], account_id=account)
+    if earlier:
+        # What the earlier attempt left: its plan, and its write (the empty last name filled in).
+        rt.store.mark_pending("run-1", {"c-0": earlier})
+        rt.deps("t").klaviyo.update_profile(profile_id, {"last_name": "Doe"})
+    klaviyo.set_read_lag(3600)      # the write does not show in any filter for the hour
+    [result] = sync.run(items(1))
+    after = {p["id"]: p["attributes"] for p in klaviyo.profiles(account_id=account)}
+    if earlier:
+        assert isinstance(result, Again) and "filters lag behind writes" in result.reason
+        assert result.item.attempt == 2                       # a retry with backoff: a lag may last minutes
+        assert after[profile_id]["first_name"] == "Kept"      # the brand's value, not Loyale's "Jane"
+        assert rt.store.outcomes("run-1") == {}
+    else:
+        # The profile was never written through the API: the filter shows it, fill-empty keeps "Kept".
+        assert isinstance(result, Done) and result.outcome == "updated"
+        assert after[profile_id]["first_name"] == "Kept"

@@ -7,6 +7,7 @@ import pytest
 
 from tests.builders import loyale_payload
 from tests.integration.scenario import private_key
+from worker.errors import RetryableError
 from worker.outcomes import Outcome
 from worker.runtime import Runtime
 from worker.settings import Settings, TenantConfig
@@ -98,6 +99,26 @@ def test_a_redelivered_message_records_one_outcome_and_writes_nothing_twice(worl
     assert rt.store.run("r1").completed == 1
     assert rt.store.outcomes("r1") == {"c-1": "created"}
     assert len(klaviyo.profiles(account_id=account)) == 1
+
+
+def test_a_redelivery_whose_lookup_lags_behind_the_first_attempts_update_is_retried_not_created(world, klaviyo):
+    """The per-customer path under the same rule as the batch (`lookup_lags`): the first attempt found the
+    brand's profile, wrote to it and died before recording; Klaviyo's filters do not show the written
+    profile yet. The redelivery does not create (an upsert over the brand's values with merge off, and a
+    false `created`): it is retried later, and writes nothing."""
+    runtime, account = world
+    rt = runtime(merge_customers=False, existing_profiles="fill_empty")
+    [profile_id] = klaviyo.seed_profiles([{"email": "jane@example.com", "first_name": "Kept"}], account_id=account)
+    rt.store.mark_pending("r1", {"c-1": Outcome.UPDATED.value})
+    rt.deps("t").klaviyo.update_profile(profile_id, {"last_name": "Doe"})
+    klaviyo.set_read_lag(3600)
+    before = klaviyo.requests()["by_endpoint"]
+    with pytest.raises(RetryableError, match="filters lag behind writes"):
+        sync(rt, "r1")
+    sent = {k: n - before.get(k, 0) for k, n in klaviyo.requests()["by_endpoint"].items() if n != before.get(k, 0)}
+    assert set(sent) <= {"GET /api/profiles", "GET /api/accounts"}, sent     # lookups only, no write
+    assert profile_of(klaviyo, account)["attributes"]["first_name"] == "Kept"
+    assert rt.store.outcomes("r1") == {}
 
 
 def test_merge_on_journals_the_old_value_before_overwriting(world, klaviyo):

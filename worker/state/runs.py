@@ -149,6 +149,34 @@ class RunLedger:
     def enqueued_count(self, run_id: str) -> int:
         return int(self.redis.scard(keys.run_enqueued(run_id)))
 
+    def hold(self, run_id: str, token: str, customers: int, ttl_s: float) -> None:
+        """A worker's batch (`token`) holds `customers` of the run off the queue, without an outcome yet,
+        for `ttl_s` unless it says so again (a batch that died stops counting then); 0 lets go of them."""
+        key = keys.run_held(run_id)
+        if customers <= 0:
+            self.redis.hdel(key, token)
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, token, f"{customers}:{time.time() + ttl_s}")
+        pipe.expire(key, self.ttl_s)
+        pipe.execute()
+
+    def waiting(self, run_id: str) -> int:
+        """The run's customers enqueued, without an outcome, and not held by a live batch: on the queue,
+        in a worker's buffer, or sent back to the queue for later. The producer's backpressure bound."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.scard(keys.run_enqueued(run_id))
+        pipe.hget(keys.run(run_id), "completed")
+        pipe.hvals(keys.run_held(run_id))
+        enqueued, completed, held = pipe.execute()
+        now = time.time()
+        in_batches = 0
+        for entry in held:
+            count, _, expiry = entry.partition(":")
+            if float(expiry) > now:
+                in_batches += int(count)
+        return max(0, int(enqueued) - int(completed or 0) - in_batches)
+
     def finish_producing(self, run_id: str, expected: int) -> None:
         """The producer enqueued `expected` customers; the run is done when all have an outcome."""
         self._finish(keys=[keys.run(run_id)], args=[expected, repr(time.time())])
