@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import psutil
@@ -186,14 +187,21 @@ def backfill(env: dict[str, str], tenant: str, rss: RssSampler, per_customer: bo
     return next(w.rstrip(":") for w in out.split() if w.startswith("backfill-"))
 
 
-def wait_done(store: Store, run_id: str, on_sample: Callable[[int], None] | None = None,
+def record_sample(waiting: list[int], without_outcome: list[int], w: int, n: int) -> None:
+    waiting.append(w)
+    without_outcome.append(n)
+
+
+def wait_done(store: Store, run_id: str, on_sample: Callable[[int, int], None] | None = None,
               timeout_s: float = 3600, progress: list[tuple[float, int]] | None = None) -> None:
-    """Wait for the run; `on_sample` gets the customers waiting, `progress` (seconds, completed) pairs."""
+    """Wait for the run; `on_sample` gets the customers waiting (what the producer's bound bounds: queue,
+    workers' buffers) and those without an outcome (plus what running batches hold), `progress`
+    (seconds, completed) pairs."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         info = store.run(run_id)
         if on_sample is not None and info is not None:
-            on_sample(store.enqueued_count(run_id) - info.completed)
+            on_sample(store.waiting(run_id), store.enqueued_count(run_id) - info.completed)
         if progress is not None and info is not None:
             progress.append((time.monotonic(), info.completed))
         if info is not None and info.done:
@@ -277,13 +285,14 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
             w.wait_ready()
         try:
             for b in brands:
-                depth: list[int] = []
                 progress: list[tuple[float, int]] = []
                 s.klaviyo.set_knobs(request_log_size=200_000)
                 s.klaviyo.loop_lag_max_s()   # from here on
                 started = time.monotonic()
                 run_id = backfill(env, b["tenant"], rss, per_customer)
-                wait_done(store, run_id, depth.append, progress=progress)
+                depth: list[int] = []
+                in_flight: list[int] = []
+                wait_done(store, run_id, partial(record_sample, depth, in_flight), progress=progress)
                 seconds = time.monotonic() - started
                 loop_lag_s = s.klaviyo.loop_lag_max_s()
                 info = store.run(run_id)
@@ -294,6 +303,7 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
                     extra={"path": "per-customer" if per_customer else "batched", "broker": s.broker,
                            "fake_klaviyo": fake_klaviyo_label(TIME_SCALE if time_scale is None else time_scale),
                            "outcomes": info.counts, "max_queue_depth": max(depth or [0]),
+                           "max_without_outcome": max(in_flight or [0]),
                            "producer_peak_rss_mb": round(rss.peak_mb.get("producer", 0.0), 1),
                            "producer_enqueue_per_second": producer_rate(info),
                            "steady_customers_per_second": steady_rate(progress, info.completed),

@@ -201,7 +201,8 @@ class Settings(BaseSettings):
     #: is sent again (Klaviyo applies them minutes to hours later).
     suppression_recheck_interval_s: float = 300.0
     suppression_recheck_max_s: float = 6 * 3600.0
-    #: Backfill backpressure: at most this many of a tenant's tasks wait on the queue at once.
+    #: Backfill backpressure: at most this many of a run's customers wait (on the queue, in a worker's
+    #: buffer, sent back for later) at once; those a running batch holds (lookups, bulk jobs) do not count.
     max_queued_per_tenant: int = 10_000
     incremental_interval_s: float = 60.0
     #: A run whose customers got no outcome for this long, with the queues empty, is rescued: its
