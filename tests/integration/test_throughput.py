@@ -89,7 +89,11 @@ def test_waiting_for_the_limit_is_a_deferral_not_a_spent_attempt(loyale, klaviyo
         worker.stop()
     info = store_for(redis_url).run(run_id_from(result.stdout))
     assert "failed" not in info.counts and info.completed == info.expected
-    assert info.deferrals >= 50
+    # The limit is about 13 lookups a second (7 per 0.55 s window) for about 240: a worker that met it
+    # deferred, and with one attempt allowed a deferral that spent it would have failed its customer.
+    # How many deferrals depends on the machine's speed (a loaded one meets the limit less often), so
+    # only "some" is asked.
+    assert info.deferrals >= 1
     assert klaviyo.requests()["by_status"].get("429", 0) == 0
     # Each deferral is a countdown: the task ends and its customer comes back as a new execution (a
     # process that slept would hold the customer and run it once). One execution per customer plus
