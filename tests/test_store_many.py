@@ -118,3 +118,17 @@ def test_waiting_leaves_out_what_live_batches_hold_and_counts_a_dead_batchs_cust
     assert store.waiting(run) == 3
     store.hold(run, "batch-a", 3, ttl_s=-1)       # batch A's process died: its entry is out of time
     assert store.waiting(run) == 6
+
+
+def test_a_region_klaviyo_refused_for_the_account_makes_its_phones_unusable_for_a_while(store):
+    """Klaviyo refused a phone "not in a supported region for this account": every phone of that region
+    is left out (not sent to be refused again), other regions are not, and the region is tried again
+    once its time is up. A refusal of the number itself makes only that phone unusable."""
+    italian, other_italian, maltese = "+393471234567", "+393479876543", "+35679123456"
+    store.remember_refused_phone("t-region", italian, region_wide=True, now=1_000.0)
+    assert store.unusable_phones("t-region", [italian, other_italian, maltese], now=1_001.0) == {italian, other_italian}
+    later = 1_000.0 + locks.REGION_REFUSED_TTL_S + 1
+    assert store.unusable_phones("t-region", [other_italian, maltese], now=later) == set()
+    assert store.unusable_phones("t-region", [italian], now=later) == {italian}    # the number itself, as before
+    store.remember_refused_phone("t-number", italian)
+    assert store.unusable_phones("t-number", [italian, other_italian]) == {italian}

@@ -68,6 +68,7 @@ from worker.errors import (
     SyncError,
     TenantFatalError,
     Throttled,
+    refuses_region,
 )
 from worker.event_sync import EventSender, Synced, synced
 from worker.job_watcher import JobWatcher
@@ -608,7 +609,7 @@ class BatchSync:
         code = error.code
         if (phone := phone_of(p.plan)) is not None and (error.about_phone or code == "duplicate_profile"):
             if code != "duplicate_profile":
-                self.store.remember_refused_phone(self.tenant, phone)
+                self.store.remember_refused_phone(self.tenant, phone, region_wide=refuses_region(error.detail))
             p.work.warnings.append(f"phone not sent: Klaviyo refused it ({error.detail[:120]})")
             p.plan = p.plan.without_phone()
             if p.plan.write is None or not p.plan.changes:

@@ -67,6 +67,13 @@ class RecordRejected(SyncError):
         return "phone_number" in (self.pointer or "") or "phone" in self.detail.lower()
 
 
+def refuses_region(detail: str) -> bool:
+    """Klaviyo's refusal of a phone for its region, not the number itself: "Phone number is valid but is
+    not in a supported region for this account." (reference: klaviyo-api.md 3.6, 3.8). The account's
+    setting: every phone of that region would be refused the same way."""
+    return "supported region" in detail.lower()
+
+
 class DuplicateProfile(RecordRejected):
     """Raised on 409 duplicate_profile: an identifier we sent belongs to profile `duplicate_profile_id`."""
 

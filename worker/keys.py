@@ -62,6 +62,12 @@ def refused_phones(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:refused-phones"
 
 
+def refused_regions(tenant: str) -> str:
+    """Hash region code -> expiry epoch: regions whose phones Klaviyo refused for the tenant's account
+    ("not in a supported region for this account"); their phones are left out, not sent and refused."""
+    return f"{PREFIX}:tenant:{tenant}:refused-regions"
+
+
 def phone_taken(tenant: str, phone: str) -> str:
     """String, with a TTL: the phone belongs to another Klaviyo profile; not offered again until it expires."""
     return f"{PREFIX}:phone-taken:{tenant}:{phone}"

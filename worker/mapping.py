@@ -127,6 +127,15 @@ def birthday(value: str | None) -> str | None:
     return parsed.date().isoformat() if parsed is not None else None
 
 
+def phone_region(phone: str) -> str | None:
+    """The region code (ISO 3166, "IT") of an E.164 phone, or None when it names no single region."""
+    try:
+        region = phonenumbers.region_code_for_number(phonenumbers.parse(phone))
+    except phonenumbers.NumberParseException:
+        return None
+    return region if region and region != "ZZ" else None
+
+
 def map_customer(customer: LoyaleCustomer, default_phone_region: str | None = None) -> MappedProfile:
     """The Klaviyo fields for a Loyale customer; raises InvalidCustomer if nothing can be sent."""
     warnings: list[str] = []

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from worker.errors import DuplicateProfile, RecordRejected, RetryableError
+from worker.errors import DuplicateProfile, RecordRejected, RetryableError, refuses_region
 from worker.klaviyo import KlaviyoClient
 from worker.mapping import MappedProfile
 from worker.merge import Match, Memory, Plan, Policy, plan_sync, stale_plan
@@ -148,7 +148,7 @@ def execute(deps: SyncDeps, run_id: str, customer: LoyaleCustomer, plan: Plan, w
                 # such a PATCH with 404): look it up again.
                 raise RetryableError(f"Klaviyo no longer shows profile {plan.profile_id}; re-planning") from exc
             if (phone := phone_of(plan)) is not None and exc.status == 400 and exc.about_phone:
-                store.remember_refused_phone(tenant, phone)
+                store.remember_refused_phone(tenant, phone, region_wide=refuses_region(exc.detail))
                 warnings.append(f"phone not sent: Klaviyo refused it ({exc.detail[:120]})")
                 plan = plan.without_phone()
                 continue

@@ -215,3 +215,32 @@ def test_a_lookup_lagging_behind_an_earlier_attempts_write_sends_nothing(world, 
         # The profile was never written through the API: the filter shows it, fill-empty keeps "Kept".
         assert isinstance(result, Done) and result.outcome == "updated"
         assert after[profile_id]["first_name"] == "Kept"
+
+
+def test_a_region_klaviyo_refuses_for_the_account_is_left_out_of_later_batches(world, klaviyo):
+    """The account takes no Italian phones: the first batch's bulk import is refused whole at submit for
+    its Italian rows (the shape observed live), and those rows go again without their phones in a second
+    round. The region is remembered, so the next batch leaves its Italian phones out from the start: one
+    bulk import request and one job round, and its Maltese phones still sent."""
+    batch, account = world
+    rt, sync = batch(merge_customers=True)
+    klaviyo.set_knobs(unsupported_phone_regions=["IT"])
+    imports = "POST /api/profile-bulk-import-jobs"
+
+    def customers(first: int) -> list[Item]:
+        return [Item(task_id=f"task-{i}", tenant="t", run="run-1", customer=loyale_payload(
+            id=f"c-{i}", email=f"person{i}@example.com", areaCode="+39" if i % 2 else "+356",
+            mobileNumber=f"347{i:07d}" if i % 2 else f"7912{i:04d}")) for i in range(first, first + 10)]
+
+    assert set(outcomes(sync.run(customers(0))).values()) == {"created"}
+    first_round = klaviyo.requests()["by_endpoint"][imports]
+    # refused at submit for the Italian phones; the other rows resent at once; the Italian rows, without
+    # their phones, in the next round (once that job is done: against Klaviyo, a job duration later)
+    assert first_round == 3
+    _, later = batch(merge_customers=True)
+    assert set(outcomes(later.run(customers(10))).values()) == {"created"}
+    assert klaviyo.requests()["by_endpoint"][imports] - first_round == 1    # the region left out from the start
+    by_email = {p["attributes"]["email"]: p["attributes"] for p in klaviyo.profiles(account_id=account)}
+    assert by_email["person11@example.com"]["phone_number"] is None
+    assert by_email["person12@example.com"]["phone_number"] == "+35679120012"
+    assert "phone not sent" in rt.store.history("t", "c-11")[0]["reason"]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from functools import partial
 
 from worker import keys
+from worker.mapping import phone_region
 from worker.state.client import TextRedis, lua
 
 ACQUIRE_LOCKS = lua(__file__, "acquire_locks.lua")
@@ -23,6 +24,9 @@ LOCKS_PER_SCRIPT = 1000
 LOCK_TTL_S = 120.0
 #: A phone found on another profile is not offered again for this long (the owner may change).
 PHONE_TAKEN_TTL_S = 86_400
+#: A region Klaviyo refused for the account: its phones are left out for this long, then tried again
+#: (the brand may turn SMS on for it). Each phone refused since is remembered on its own as before.
+REGION_REFUSED_TTL_S = 6 * 3600.0
 
 
 class Locks:
@@ -69,26 +73,38 @@ class Locks:
                           args=[int(ttl_s * 1000), *(token for _, token in chunk)], client=pipe)
         return [bool(granted) for answer in pipe.execute() for granted in answer]
 
-    def unusable_phones(self, tenant: str, phones: list[str]) -> set[str]:
-        """The phones among `phones` that Klaviyo refused before, or that another profile held when
-        last looked up (for `PHONE_TAKEN_TTL_S`): left out without spending a lookup or a write."""
+    def unusable_phones(self, tenant: str, phones: list[str], *, now: float | None = None) -> set[str]:
+        """The phones among `phones` that Klaviyo refused before, whose region it refused for the account
+        lately (`REGION_REFUSED_TTL_S`), or that another profile held when last looked up (for
+        `PHONE_TAKEN_TTL_S`): left out without spending a lookup or a write."""
         if not phones:
             return set()
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(keys.refused_phones(tenant), phones)
         pipe.mget([keys.phone_taken(tenant, p) for p in phones])
-        refused, taken = pipe.execute()
-        return {p for p, r, t in zip(phones, refused, taken, strict=True) if r or t}
+        pipe.hgetall(keys.refused_regions(tenant))
+        refused, taken, regions = pipe.execute()
+        now = time.time() if now is None else now
+        regions = {region for region, until in regions.items() if float(until) > now}
+        return {p for p, r, t in zip(phones, refused, taken, strict=True)
+                if r or t or (regions and phone_region(p) in regions)}
 
     def remember_taken_phone(self, tenant: str, phone: str) -> None:
         self.redis.set(keys.phone_taken(tenant, phone), "1", ex=PHONE_TAKEN_TTL_S)
 
-    def remember_refused_phone(self, tenant: str, phone: str) -> None:
+    def remember_refused_phone(self, tenant: str, phone: str, *, region_wide: bool = False,
+                               now: float | None = None) -> None:
         """Klaviyo refused this phone for what it is (its region, its format): later syncs leave it out
-        at once instead of sending it, being refused and resending every time."""
+        at once instead of sending it, being refused and resending every time. `region_wide`: the refusal
+        was for the phone's region on this account, so every phone of the region is left out for
+        `REGION_REFUSED_TTL_S` (each would cost a bulk job round of minutes to be refused the same way)."""
+        now = time.time() if now is None else now
         pipe = self.redis.pipeline()
-        pipe.hset(keys.refused_phones(tenant), phone, repr(time.time()))
+        pipe.hset(keys.refused_phones(tenant), phone, repr(now))
         pipe.expire(keys.refused_phones(tenant), self.ttl_s)
+        if region_wide and (region := phone_region(phone)) is not None:
+            pipe.hset(keys.refused_regions(tenant), region, repr(now + REGION_REFUSED_TTL_S))
+            pipe.expire(keys.refused_regions(tenant), round(REGION_REFUSED_TTL_S))
         pipe.execute()
 
     def unlock_customers(self, tenant: str, locks: list[tuple[str, str]]) -> None:
