@@ -550,7 +550,14 @@ class BatchSync:
                 if self._settle_row(p, verdict):
                     resend.append(p)
 
-            importer.round([(p, self._row(p)) for p in pending], settle)
+            def again(p: Planned, resend: list[Planned] = resend) -> dict[str, Any] | None:
+                """A row refused at submit goes again at once (its phone left out), in this round."""
+                if p not in resend:
+                    return None
+                resend.remove(p)
+                return self._row(p)
+
+            importer.round([(p, self._row(p)) for p in pending], settle, again)
             pending = resend
         for p in pending:
             self.retry_later(p.work, "Klaviyo did not apply its bulk import row (cancelled or unfinished jobs)")

@@ -116,8 +116,12 @@ class BulkImport(Generic[K]):
         self.poll_job = poll_job
         self.clock = clock
 
-    def round(self, rows: list[Row[K]], verdict: Callable[[K, Verdict], None]) -> None:
-        """Submit every row, wait for every job, and give each row its verdict as soon as it is known."""
+    def round(self, rows: list[Row[K]], verdict: Callable[[K, Verdict], None],
+              again: Callable[[K], dict[str, Any] | None] | None = None) -> None:
+        """Submit every row, wait for every job, and give each row its verdict as soon as it is known.
+        `again`: asked for each row refused at submit, after its verdict; a row it gives back (the row
+        without what Klaviyo refused) goes with the rest of its chunk now, not in a next round a job
+        duration later."""
         jobs: list[JobRows[K]] = []
         queue = chunks(rows)
         while queue:
@@ -128,9 +132,13 @@ class BulkImport(Generic[K]):
                 # An all-or-nothing 400 names rows of our own request (these pointers are ours).
                 named = {i: e for e in refused.errors if (i := row_index(e.pointer)) is not None and i < len(chunk)}
                 if named:
+                    retried: list[Row[K]] = []
                     for index, error in named.items():
-                        verdict(chunk[index][0], Refused(error))
-                    rest = [pair for i, pair in enumerate(chunk) if i not in named]
+                        key = chunk[index][0]
+                        verdict(key, Refused(error))
+                        if again is not None and (row := again(key)) is not None:
+                            retried.append((key, row))
+                    rest = [pair for i, pair in enumerate(chunk) if i not in named] + retried
                     if rest:
                         queue.insert(0, rest)
                 elif len(chunk) > 1:     # refused without naming a row (e.g. 413 too large): halve
