@@ -161,10 +161,10 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
                         "broker connection dropped); that batch records their outcomes")
         requests = [r for r in requests if r.id in claimed]
     try:
-        rt = get_runtime()
-        settings = BatchSettings(retry=retry_policy(rt.settings), job_timeout_s=rt.settings.bulk_job_timeout_s,
-                                 lock_ttl_s=rt.settings.lock_ttl_s)
         try:
+            rt = get_runtime()
+            settings = BatchSettings(retry=retry_policy(rt.settings), job_timeout_s=rt.settings.bulk_job_timeout_s,
+                                     lock_ttl_s=rt.settings.lock_ttl_s)
             results = _sync_groups(rt, settings, requests)
         finally:
             HELD.release(claimed)   # before any customer goes back to the queue with its task id
@@ -175,7 +175,6 @@ def backfill_batch(app: Celery, requests: list[Any]) -> None:
         log.info("batch_synced", customers=len(requests), requeued=sum(isinstance(r, Again) for r in results),
                  seconds=round(time.monotonic() - started, 2))
     except Exception as exc:  # noqa: BLE001 - nothing may be acknowledged unprocessed
-        HELD.release(claimed)
         log.exception("batch_failed", error=repr(exc), customers=len(requests))
         try:
             rt = get_runtime()
