@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from fakes.processes import REPO
+from worker.settings import DEFAULT_SPEC_PATH
 
 MARKER = "LKS_DEMO_TEST_MARKER"
 WARNING = re.compile(r"warn", re.IGNORECASE)
@@ -88,7 +89,10 @@ def test_demo_shows_both_merge_modes_undoes_the_merge_on_run_and_leaves_nothing_
     assert done.returncode == 0, f"exit {done.returncode}\n{out[-4000:]}\n{err[-4000:]}"
     assert not leftovers, f"still running after the demo: {leftovers}"
 
-    # No warning anywhere: not in the log lines on stderr (there are none), not in what it prints.
+    # No warning anywhere: not in the log lines on stderr (there are none), not in what it prints. The one
+    # allowed: a checkout without ../shared beside it (a clone elsewhere) has no Klaviyo spec for the fake.
+    if not DEFAULT_SPEC_PATH.exists():
+        err = "\n".join(line for line in err.splitlines() if "Klaviyo spec not readable" not in line)
     assert not err.strip(), err[-4000:]
     assert not [line for line in out.splitlines() if WARNING.search(line)], out
 
