@@ -20,6 +20,8 @@ building one for every command it sends (`reuse_one_client`): each message recei
 built a client, about 70 us of CPU each (redis-py 8 copies its response callbacks into a new
 case-insensitive dict), a large share of a backfill worker's work per customer.
 
+A batch's messages are acknowledged together, in one Redis round trip (`worker.acks`).
+
 Also: a batch whose pool process died (SIGKILL, out of memory) has its messages rejected back to the
 queue at once instead of staying unacknowledged in this worker until it exits (prefork; on the threads
 pool the backfill worker runs, such a death is the whole worker's, and the broker redelivers).
@@ -37,6 +39,8 @@ from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest, apply_batches_task, partition
 from kombu.transport.redis import Channel as RedisChannel
 
+from worker.acks import ack_together
+
 logger = get_logger(__name__)
 
 
@@ -49,6 +53,8 @@ class _Timer(Protocol):
 class AdaptiveBatches(Batches):  # type: ignore[misc]  # celery-batches ships no type information
     abstract = True
     _tref: _Timer | None  # celery-batches' flush timer
+    #: The consumer's `call_soon`: runs a callable on the worker's event loop thread.
+    _call_soon: Callable[..., Any]
     #: Longest a growing buffer waits for more customers before it is flushed anyway.
     max_wait_s = 30.0
 
@@ -64,6 +70,7 @@ class AdaptiveBatches(Batches):  # type: ignore[misc]  # celery-batches ships no
         # clears the consumer's timer (`hub.timer.clear()` in celery.worker.loops.asynloop), which drops
         # the flush timer while `_tref` still names it, so celery-batches would never start another.
         handler = super().Strategy(task, app, consumer)
+        self._call_soon = consumer.call_soon   # acks run on the event loop's thread, as kombu's do
         if self._tref is not None:
             self._tref.cancel()
             self._tref = None
@@ -110,8 +117,7 @@ class AdaptiveBatches(Batches):  # type: ignore[misc]  # celery-batches ships no
 
         def on_return(result: Any) -> None:
             self._count_in_flight(-1)
-            for req in acks_late:
-                req.acknowledge()
+            self._call_soon(ack_together, acks_late)   # one Redis round trip (`worker.acks`)
 
         def on_error(exc: Any) -> None:
             # The pool process died (errors inside the batch are traced and come back through

@@ -291,10 +291,15 @@ def test_a_backfill_through_real_workers_is_synced_in_few_large_batches(loyale, 
     scenario = build_scenario(loyale, klaviyo, "few-batches", customers=3000, merge_customers=True, seed=57)
     env = sync_env(redis_url, write_tenants_file({scenario.tenant_id: scenario.tenant_config()}),
                    SYNC_BATCH_SIZE="5000", SYNC_BATCH_FLUSH_INTERVAL_S="0.5")
+    raw = redis.Redis.from_url(redis_url)
+    raw.config_resetstat()
     result = backfill_with_two_workers(env, scenario.tenant_id, "few")
     assert result.returncode == 0, result.stderr
     info = store_for(redis_url).run(run_id_from(result.stdout))
     assert info.completed == info.expected == 3000
+    # A batch's messages are acknowledged together (`worker.acks`): kombu alone sends a ZREM per message.
+    zrems = raw.info("commandstats").get("cmdstat_zrem", {}).get("calls", 0)
+    assert zrems <= 3000 / 10, f"{zrems} ZREMs for 3,000 messages"
     log = [e for e in klaviyo.request_log() if e["account_id"] == scenario.account_id]
     jobs = sum(1 for e in log if e["endpoint"] == "POST /api/profile-bulk-import-jobs")
     by_endpoint = Counter(e["endpoint"] for e in log)
