@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -73,9 +74,14 @@ class Result:
 
 
 class RssSampler:
-    """Samples the resident memory of processes (and their children) until stopped; keeps the peak."""
+    """The peak resident memory of processes (and their children), until stopped.
 
-    def __init__(self, interval_s: float = 0.2) -> None:
+    Each process's own peak comes from the kernel (`VmHWM`), so a sample a second misses no peak of a
+    process alive at the sample; the process tree is read once per sample. (Reading every process's
+    tree five times a second cost this bench a quarter of a core, taken from the workers it measures.)
+    """
+
+    def __init__(self, interval_s: float = 1.0) -> None:
         self.pids: dict[str, int] = {}
         self.peak_mb: dict[str, float] = {}
         self.interval_s = interval_s
@@ -85,16 +91,28 @@ class RssSampler:
     def watch(self, name: str, pid: int) -> None:
         self.pids[name] = pid
 
+    @staticmethod
+    def _peak_mb(pid: int) -> float:
+        with suppress(OSError, ValueError), open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        with suppress(psutil.Error):   # not Linux: the current size
+            return float(psutil.Process(pid).memory_info().rss) / 1_048_576
+        return 0.0
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            children: dict[int, list[int]] = {}
+            for proc in psutil.process_iter(["ppid"]):
+                children.setdefault(proc.info["ppid"], []).append(proc.pid)
             for name, pid in list(self.pids.items()):
-                with suppress(psutil.Error):
-                    proc = psutil.Process(pid)
-                    for p in [proc, *proc.children(recursive=True)]:
-                        with suppress(psutil.Error):
-                            mb = p.memory_info().rss / 1_048_576
-                            self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), mb)
-            time.sleep(self.interval_s)
+                tree = [pid]
+                for member in tree:
+                    tree += children.get(member, [])
+                for member in tree:
+                    self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), self._peak_mb(member))
+            self._stop.wait(self.interval_s)
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -175,16 +193,42 @@ def brand(s: Stack, tenant: str, customers: int, *, existing_share: int = 3, see
         "headroom": headroom}}
 
 
-def backfill(env: dict[str, str], tenant: str, rss: RssSampler, per_customer: bool = False) -> str:
+@dataclass
+class Producer:
+    """`loyale-sync backfill` running; its output goes to a file (a pipe nobody reads until it ends
+    would fill and stall it)."""
+
+    proc: subprocess.Popen[str]
+    output: Any
+
+    def done(self) -> None:
+        self.proc.wait()
+        with self.output:
+            if self.proc.returncode:
+                self.output.seek(0)
+                raise RuntimeError(f"backfill failed: {self.output.read()[-4000:]}")
+
+
+def backfill(env: dict[str, str], tenant: str, rss: RssSampler, store: Store,
+             per_customer: bool = False) -> tuple[str, Producer]:
+    """Start `loyale-sync backfill` (it returns when the producer has enqueued every customer) and
+    return its run id as soon as the run exists, so that the run is watched while it is produced."""
     args = [sys.executable, "-m", "cli", "backfill", "--tenant", tenant]
     if per_customer:
         args.append("--per-customer")
-    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    rss.watch("producer", proc.pid)
-    out, err = proc.communicate()
-    if proc.returncode:
-        raise RuntimeError(f"backfill failed: {err or out}")
-    return next(w.rstrip(":") for w in out.split() if w.startswith("backfill-"))
+    before = {info.id for info in store.runs(tenant, limit=100)}
+    output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed with the Producer, after the run
+    producer = Producer(subprocess.Popen(args, env=env, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
+                                         text=True), output)
+    rss.watch("producer", producer.proc.pid)
+    while True:
+        new = [info.id for info in store.runs(tenant, limit=100) if info.id not in before]
+        if new:
+            return new[0], producer
+        if producer.proc.poll() is not None:
+            producer.done()
+            raise RuntimeError("backfill ended without starting a run")
+        time.sleep(0.05)
 
 
 def record_sample(waiting: list[int], without_outcome: list[int], w: int, n: int) -> None:
@@ -223,6 +267,15 @@ def steady_rate(progress: list[tuple[float, int]], total: int) -> float | None:
         return None
     first = next(done for t, done in progress if t == low)
     return round((high[1] - first) / (high[0] - low), 1)
+
+
+def timeline(progress: list[tuple[float, int]], total: int, started: float) -> dict[str, float]:
+    """Seconds from the run's start until the first outcome and 10/50/90/99/100 % of them: where a run
+    loses time (its start, its middle or its tail)."""
+    marks = {"first": 1, "10%": total * 0.1, "50%": total * 0.5, "90%": total * 0.9, "99%": total * 0.99,
+             "100%": total}
+    return {name: round(next((t - started for t, done in progress if done >= need), float("nan")), 1)
+            for name, need in marks.items()}
 
 
 def producer_rate(info: RunInfo) -> float | None:
@@ -289,10 +342,11 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
                 s.klaviyo.set_knobs(request_log_size=200_000)
                 s.klaviyo.loop_lag_max_s()   # from here on
                 started = time.monotonic()
-                run_id = backfill(env, b["tenant"], rss, per_customer)
+                run_id, producer = backfill(env, b["tenant"], rss, store, per_customer)
                 depth: list[int] = []
                 in_flight: list[int] = []
                 wait_done(store, run_id, partial(record_sample, depth, in_flight), progress=progress)
+                producer.done()
                 seconds = time.monotonic() - started
                 loop_lag_s = s.klaviyo.loop_lag_max_s()
                 info = store.run(run_id)
@@ -307,6 +361,9 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
                            "producer_peak_rss_mb": round(rss.peak_mb.get("producer", 0.0), 1),
                            "producer_enqueue_per_second": producer_rate(info),
                            "steady_customers_per_second": steady_rate(progress, info.completed),
+                           "outcomes_at_s": timeline(progress, info.completed, started),
+                           "produced_at_s": (round(info.produced_at - info.started_at, 1)
+                                             if info.produced_at is not None else None),
                            "fake_loop_lag_max_s": loop_lag_s,
                            "limiter_deferrals": info.deferrals}))
                 rss.peak_mb.pop("producer", None)
