@@ -43,6 +43,7 @@ from fakes.processes import (
     write_tenants_file,
 )
 from fakes.serving import ServerProcess
+from worker import keys
 from worker.broker import RedisBroker
 from worker.messages import QUEUE_BACKFILL
 from worker.ratelimit import endpoint_limits, load_spec_limits
@@ -282,6 +283,20 @@ def timeline(progress: list[tuple[float, int]], total: int, started: float) -> d
             for name, need in marks.items()}
 
 
+def last_outcomes(client: redis.Redis, run_id: str, tenant: str, share: float = 0.01) -> dict[str, int]:
+    """What the last `share` of a run's outcomes were (outcome and the start of its reason, counted),
+    from each customer's ledger: what a run's tail waits for."""
+    ids = list(client.hkeys(keys.run_outcomes(run_id)))
+    pipe = client.pipeline(transaction=False)
+    for customer_id in ids:
+        pipe.lrange(keys.ledger(tenant, customer_id), 0, 4)
+    entries = [entry for history in pipe.execute() for raw in history
+               if (entry := json.loads(raw)).get("run") == run_id]
+    entries.sort(key=lambda e: e["at"])
+    tail = entries[int(len(entries) * (1 - share)):]
+    return dict(Counter(f"{e['outcome']}: {e['reason'][:70]}" for e in tail).most_common(8))
+
+
 def producer_rate(info: RunInfo) -> float | None:
     """Customers the producer enqueued per second, from its own start (the run's creation) to its finish."""
     if info.produced_at is None or info.expected is None:
@@ -366,6 +381,7 @@ def run_scenario(s: Stack, name: str, brands: list[dict[str, Any]], *, workers: 
                            "producer_enqueue_per_second": producer_rate(info),
                            "steady_customers_per_second": steady_rate(progress, info.completed),
                            "outcomes_at_s": timeline(progress, info.completed, started),
+                           "last_1_percent": last_outcomes(store.redis, run_id, b["tenant"]),
                            "produced_at_s": (round(info.produced_at - info.started_at, 1)
                                              if info.produced_at is not None else None),
                            "fake_loop_lag_max_s": loop_lag_s,
